@@ -1,0 +1,98 @@
+"""Falcon: rotary, LayerNorm, GELU MLP, fused QKV; single-device, gpt-fast style.
+
+Two layouts (both as Hugging Face ``FalconForCausalLM`` stores them):
+- Falcon-7B: one LayerNorm feeds attention and MLP in parallel; multi-query (nkv = 1).
+- Falcon-40B ``new_decoder_architecture``: ``ln_attn`` and ``ln_mlp`` on the same input, attention
+  and MLP in parallel; grouped KV heads.
+(The old sequential layout, ``parallel_attn=false``, is also built: attention, then MLP.)
+
+The fused QKV output is grouped per KV head: for each of the nkv groups, nh/nkv query heads, then one
+key head, then one value head, each hd wide. HF's three cases (multi-query ``[q.., k, v]``, MHA
+``(nh, 3, hd)`` and new-architecture groups) are all this layout with nkv = 1, nh and nkv.
+
+References: gpt-fast ``model.py``; HF ``modeling_falcon.py`` (``FalconAttention._split_heads``,
+``FalconDecoderLayer``). Shapes: B batch, T tokens of this call, S cached tokens after it,
+H hidden, nh / nkv query / KV heads, hd head dim, g = nh / nkv, I MLP inner size, V vocabulary.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reference.kvcache import KVCache
+from reference.layers import apply_rotary, attention, make_norm, rotary_cos_sin
+from sim.model import ModelSpec
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.nh, self.nkv, self.hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        self.wqkv = nn.Linear(spec.hidden_size, spec.q_size + 2 * spec.kv_size, bias=spec.bias)
+        self.wo = nn.Linear(spec.q_size, spec.hidden_size, bias=spec.bias)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
+                layer_idx: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        g = self.nh // self.nkv
+        qkv = self.wqkv(x).view(b, t, self.nkv, g + 2, self.hd)
+        q = qkv[:, :, :, :g].reshape(b, t, self.nh, self.hd).transpose(1, 2)  # (B, nh, T, hd)
+        k = qkv[:, :, :, g].transpose(1, 2)                                     # (B, nkv, T, hd)
+        v = qkv[:, :, :, g + 1].transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k, v = cache.update(layer_idx, k, v)                                    # (B, nkv, S, hd)
+        y = attention(q, k, v)                                                  # (B, nh, T, hd)
+        return self.wo(y.transpose(1, 2).reshape(b, t, self.nh * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.w1 = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=spec.bias)  # h -> 4h
+        self.w2 = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=spec.bias)  # 4h -> h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.gelu(self.w1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec, layer_idx: int):
+        super().__init__()
+        self.layer_idx, self.parallel = layer_idx, spec.parallel_attn
+        self.attn_norm = make_norm(spec.norm_kind, spec.hidden_size, spec.norm_eps)
+        # With one norm per layer the MLP reads the attention's normed input.
+        self.mlp_norm = (make_norm(spec.norm_kind, spec.hidden_size, spec.norm_eps)
+                         if spec.num_ln_per_layer == 2 else None)
+        self.attention = Attention(spec)
+        self.mlp = MLP(spec)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        a = self.attn_norm(x)
+        if not self.parallel:
+            h = x + self.attention(a, cos, sin, cache, self.layer_idx)
+            return h + self.mlp(self.mlp_norm(h))
+        m = a if self.mlp_norm is None else self.mlp_norm(x)
+        return x + (self.mlp(m) + self.attention(a, cos, sin, cache, self.layer_idx))
+
+
+class Falcon(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        assert spec.family == "falcon", spec.family
+        self.spec = spec
+        self.tok_embeddings = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(Block(spec, i) for i in range(spec.num_layers))
+        self.norm = make_norm(spec.norm_kind, spec.hidden_size, spec.norm_eps)
+        self.output = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        if spec.tie_word_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def forward(self, input_ids: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
+        """input_ids (B, T) at positions start_pos .. start_pos + T - 1 -> last position's logits (B, V)."""
+        x = self.tok_embeddings(input_ids)                              # (B, T, H)
+        cos, sin = rotary_cos_sin(start_pos, input_ids.shape[1], self.spec.head_dim,
+                                  self.spec.rope_theta, x.dtype, x.device)
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache)
+        return self.output(self.norm(x[:, -1]))                         # (B, V)

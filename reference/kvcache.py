@@ -1,0 +1,108 @@
+"""KV-caches, and the two parallel schemes hooked where a layer appends its new keys and values.
+
+A model layer calls ``cache.update(layer_idx, k, v)`` with its own tokens' K and V and attends to
+what comes back. The plain ``KVCache`` appends locally. The scheme caches change what comes back:
+
+- ``ChainedKVCache`` (KV-Runahead): receive rank i-1's cumulative K, V for this layer, append the
+  own chunk, send the cumulative K, V on to rank i+1 asynchronously, return all of them.
+- ``GatheredKVCache`` (TSP): all-gather every rank's chunk, return keys [0, end of the own chunk).
+
+So the model code stays single-device. Reference: ``shared/docs/kv-runahead.md``; docs/design.md.
+
+Shapes: B batch, nkv KV heads, T own new tokens, S tokens held, hd head dim. K and V are
+(B, nkv, S, hd). Messages carry K and V stacked: (2, B, nkv, S, hd).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from reference.transport import Transport, Work
+
+
+class KVCache:
+    """Per-layer K and V of the tokens seen so far, on this process."""
+
+    def __init__(self, num_layers: int):
+        self.k: list[torch.Tensor | None] = [None] * num_layers
+        self.v: list[torch.Tensor | None] = [None] * num_layers
+
+    @property
+    def seq_len(self) -> int:
+        """Tokens held (by layer 0)."""
+        return 0 if self.k[0] is None else self.k[0].shape[-2]
+
+    def _append(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k[layer_idx] is not None:
+            k = torch.cat([self.k[layer_idx], k], dim=-2)
+            v = torch.cat([self.v[layer_idx], v], dim=-2)
+        self.k[layer_idx], self.v[layer_idx] = k, v
+        return k, v
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's k, v (B, nkv, T, hd); return all of the layer's (B, nkv, S, hd)."""
+        return self._append(layer_idx, k, v)
+
+    def finish(self) -> "KVCache":
+        """After prefill: wait for outstanding communication; return a cache that decodes locally."""
+        local = KVCache(len(self.k))
+        local.k, local.v = list(self.k), list(self.v)
+        return local
+
+
+class ChainedKVCache(KVCache):
+    """KV-Runahead: the cumulative cache passed along the chain 0 -> 1 -> ... -> P-1.
+
+    `prev_len` is S_{i-1}, the tokens before this rank's chunk (0 on rank 0). Rank i's update
+    receives (2, B, nkv, S_{i-1}, hd) from rank i-1, appends its chunk and, unless it is the last
+    rank, starts an asynchronous send of the S_i tokens to rank i+1 without waiting for it: the send
+    overlaps this rank's attention and later layers, and ``finish`` waits for all of them.
+    """
+
+    def __init__(self, num_layers: int, transport: Transport, prev_len: int):
+        super().__init__(num_layers)
+        self.transport, self.prev_len = transport, prev_len
+        self.pending: list[Work] = []
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.transport
+        kv = torch.stack([k, v])
+        if t.rank > 0:
+            b, nkv, _, hd = k.shape
+            prev = torch.empty((2, b, nkv, self.prev_len, hd), dtype=k.dtype, device=k.device)
+            t.recv(prev, t.rank - 1)
+            kv = torch.cat([prev, kv], dim=-2)
+        if t.rank < t.world_size - 1:
+            self.pending.append(t.isend(kv, t.rank + 1))  # kv is never modified afterwards
+        return self._append(layer_idx, kv[0], kv[1])
+
+    def finish(self) -> KVCache:
+        for work in self.pending:
+            work.wait()
+        self.pending.clear()
+        return super().finish()
+
+
+class GatheredKVCache(KVCache):
+    """TSP: per layer one all-gather of every rank's K and V (padded to the largest chunk).
+
+    `chunks` are the token counts of all ranks. Rank r returns keys [0, e_r) where e_r is the end
+    of its chunk: keys after e_r are fully masked for its queries, so leaving them out with a
+    bottom-right causal mask gives the masked result without computing masked blocks.
+    """
+
+    def __init__(self, num_layers: int, transport: Transport, chunks: Sequence[int]):
+        super().__init__(num_layers)
+        assert len(chunks) == transport.world_size, (chunks, transport.world_size)
+        self.transport, self.chunks = transport, list(chunks)
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rank, longest = self.transport.rank, max(self.chunks)
+        kv = torch.stack([k, v])  # (2, B, nkv, c_r, hd)
+        pad = longest - kv.shape[-2]
+        if pad:
+            kv = torch.cat([kv, kv.new_zeros(*kv.shape[:-2], pad, kv.shape[-1])], dim=-2)
+        parts = self.transport.all_gather(kv)
+        kv = torch.cat([p[..., :c, :] for p, c in zip(parts[:rank + 1], self.chunks[:rank + 1])], dim=-2)
+        return self._append(layer_idx, kv[0], kv[1])

@@ -1,0 +1,76 @@
+"""Shared leaf maths of the models: RMSNorm, rotary position embeddings, the attention call.
+
+References: Hugging Face ``LlamaRMSNorm`` / ``LlamaRotaryEmbedding`` / ``rotate_half`` (the NeoX
+rotate-half convention that HF Llama and Falcon checkpoints are stored for); gpt-fast ``model.py``;
+``torch.nn.functional.scaled_dot_product_attention`` with ``torch.nn.attention.bias.causal_lower_right``.
+
+Shapes: B batch, T query tokens (this call), S key tokens (cache so far, T of them new),
+nh query heads, nkv KV heads, hd head dim, H hidden.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.attention.bias import causal_lower_right
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight, computed in fp32 and cast back (as HF Llama does)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    """"rmsnorm" (weight) or "layernorm" (weight and bias)."""
+    return RMSNorm(dim, eps) if kind == "rmsnorm" else nn.LayerNorm(dim, eps=eps)
+
+
+def rotary_cos_sin(start_pos: int, num_tokens: int, head_dim: int, theta: float,
+                   dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin of shape (T, hd) for absolute positions start_pos .. start_pos + T - 1.
+
+    A chunk that starts at token s of the prompt gets positions offset by s, so a chunked prefill
+    rotates every token exactly as the whole-prompt prefill does.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=device) / head_dim))
+    pos = torch.arange(start_pos, start_pos + num_tokens, device=device).float()
+    freqs = pos[:, None] * inv_freq[None, :]          # (T, hd/2)
+    emb = torch.cat((freqs, freqs), dim=-1)           # (T, hd)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, n, T, hd) rotated by cos, sin (T, hd)."""
+    return x * cos + _rotate_half(x) * sin
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention of the T newest tokens' queries to S >= T keys; returns (B, nh, T, hd).
+
+    q (B, nh, T, hd); k, v (B, nkv, S, hd) with nkv dividing nh (query head h reads KV head
+    h // (nh / nkv)). The queries are the last T of the S positions, so the causal mask is aligned at
+    the bottom right: query t sees keys [0, S - T + t]. Grouped KV stay compact (enable_gqa) and no
+    dense mask is built, so flash/efficient kernels can serve the call.
+    """
+    t, s = q.shape[-2], k.shape[-2]
+    assert s >= t, f"{s} keys for {t} queries"
+    gqa = q.shape[1] != k.shape[1]
+    if t == s:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if t == 1:  # one new token sees every key
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(t, s), enable_gqa=gqa)

@@ -1,0 +1,85 @@
+"""Llama (Llama-2, Llama-3): MHA or GQA, RMSNorm, SwiGLU, rotary; single-device, gpt-fast style.
+
+References: gpt-fast ``model.py``; Hugging Face ``LlamaForCausalLM`` (the checkpoint layout, see
+``reference/checkpoint.py``). Parallel prefill happens in the cache passed to ``forward``.
+
+Shapes: B batch, T tokens of this call, S tokens in the cache after it, H hidden, nh query heads,
+nkv KV heads, hd head dim, I MLP inner size, V vocabulary.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reference.kvcache import KVCache
+from reference.layers import RMSNorm, apply_rotary, attention, rotary_cos_sin
+from sim.model import ModelSpec
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.nh, self.nkv, self.hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        self.wq = nn.Linear(spec.hidden_size, spec.q_size, bias=False)
+        self.wk = nn.Linear(spec.hidden_size, spec.kv_size, bias=False)
+        self.wv = nn.Linear(spec.hidden_size, spec.kv_size, bias=False)
+        self.wo = nn.Linear(spec.q_size, spec.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
+                layer_idx: int) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.wq(x).view(b, t, self.nh, self.hd).transpose(1, 2)    # (B, nh, T, hd)
+        k = self.wk(x).view(b, t, self.nkv, self.hd).transpose(1, 2)   # (B, nkv, T, hd)
+        v = self.wv(x).view(b, t, self.nkv, self.hd).transpose(1, 2)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        k, v = cache.update(layer_idx, k, v)                            # (B, nkv, S, hd)
+        y = attention(q, k, v)                                          # (B, nh, T, hd)
+        return self.wo(y.transpose(1, 2).reshape(b, t, self.nh * self.hd))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        self.w1 = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)  # gate
+        self.w3 = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)  # up
+        self.w2 = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)  # down
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.attention_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        self.attention = Attention(spec)
+        self.ffn_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        self.feed_forward = FeedForward(spec)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), cos, sin, cache, self.layer_idx)
+        return h + self.feed_forward(self.ffn_norm(h))
+
+
+class Llama(nn.Module):
+    def __init__(self, spec: ModelSpec):
+        super().__init__()
+        assert spec.family == "llama", spec.family
+        self.spec = spec
+        self.tok_embeddings = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(Block(spec, i) for i in range(spec.num_layers))
+        self.norm = RMSNorm(spec.hidden_size, spec.norm_eps)
+        self.output = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        if spec.tie_word_embeddings:
+            self.output.weight = self.tok_embeddings.weight
+
+    def forward(self, input_ids: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
+        """input_ids (B, T) at positions start_pos .. start_pos + T - 1 -> last position's logits (B, V)."""
+        x = self.tok_embeddings(input_ids)                              # (B, T, H)
+        cos, sin = rotary_cos_sin(start_pos, input_ids.shape[1], self.spec.head_dim,
+                                  self.spec.rope_theta, x.dtype, x.device)
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache)
+        return self.output(self.norm(x[:, -1]))                         # (B, V)

@@ -1,0 +1,121 @@
+"""How the ranks of a prefill talk: the three operations the schemes need.
+
+``DistTransport`` runs them over a ``torch.distributed`` process group (NCCL on GPUs, gloo on
+CPUs). ``ThreadTransport`` runs them between threads of one process, so the in-process tests run the
+very same scheme code many more times than real processes could. Ranks are ranks within the group.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Callable, Protocol, Sequence
+
+import torch
+import torch.distributed as dist
+
+
+class Work(Protocol):
+    def wait(self) -> object: ...
+
+
+class Transport(Protocol):
+    rank: int
+    world_size: int
+
+    def isend(self, tensor: torch.Tensor, dst: int) -> Work:
+        """Start sending `tensor` to rank `dst`; it must stay unmodified until ``wait()``."""
+
+    def recv(self, tensor: torch.Tensor, src: int) -> None:
+        """Fill `tensor` with what rank `src` sent (blocks)."""
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        """Every rank's `tensor` (all the same shape), in rank order."""
+
+
+class DistTransport:
+    """Point-to-point and all-gather over a torch.distributed group (default: the world)."""
+
+    def __init__(self, group: dist.ProcessGroup | None = None):
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+
+    def _global(self, rank: int) -> int:
+        return rank if self.group is None else dist.get_global_rank(self.group, rank)
+
+    def isend(self, tensor: torch.Tensor, dst: int) -> Work:
+        return dist.isend(tensor, self._global(dst), group=self.group)
+
+    def recv(self, tensor: torch.Tensor, src: int) -> None:
+        dist.recv(tensor, self._global(src), group=self.group)
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(out, tensor, group=self.group)
+        return out
+
+
+class _Done:
+    def wait(self) -> None:
+        return None
+
+
+class ThreadHub:
+    """Mailboxes and a barrier shared by the threads of one in-process 'world'."""
+
+    def __init__(self, world_size: int, timeout_s: float = 60.0):
+        self.world_size = world_size
+        self.timeout_s = timeout_s
+        self.boxes = {(s, d): queue.Queue() for s in range(world_size) for d in range(world_size)}
+        self.barrier = threading.Barrier(world_size, timeout=timeout_s)
+        self.slots: list[torch.Tensor | None] = [None] * world_size
+
+
+class ThreadTransport:
+    """One rank of a ThreadHub. Sends copy the tensor, so they complete at once."""
+
+    def __init__(self, hub: ThreadHub, rank: int):
+        self.hub, self.rank, self.world_size = hub, rank, hub.world_size
+
+    def isend(self, tensor: torch.Tensor, dst: int) -> Work:
+        self.hub.boxes[(self.rank, dst)].put(tensor.clone())
+        return _Done()
+
+    def recv(self, tensor: torch.Tensor, src: int) -> None:
+        tensor.copy_(self.hub.boxes[(src, self.rank)].get(timeout=self.hub.timeout_s))
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        self.hub.slots[self.rank] = tensor.clone()
+        self.hub.barrier.wait()
+        out = list(self.hub.slots)
+        self.hub.barrier.wait()  # nobody overwrites a slot before everyone has read it
+        return out
+
+
+def run_in_threads(world_size: int, fn: Callable[[ThreadTransport], object],
+                   timeout_s: float = 60.0) -> Sequence[object]:
+    """fn(transport) on `world_size` threads, one per rank; returns the results in rank order.
+
+    An exception on any rank is re-raised here (the others are released by the barrier's abort).
+    """
+    hub = ThreadHub(world_size, timeout_s)
+    results: list[object] = [None] * world_size
+    errors: list[BaseException] = []
+
+    def body(rank: int) -> None:
+        try:
+            results[rank] = fn(ThreadTransport(hub, rank))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller below
+            errors.append(e)
+            hub.barrier.abort()
+
+    threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(world_size)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    if errors:
+        raise errors[0]
+    if any(t.is_alive() for t in threads):
+        raise TimeoutError(f"in-process ranks did not finish within {timeout_s} s")
+    return results
