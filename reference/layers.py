@@ -2,7 +2,7 @@
 
 References: Hugging Face ``LlamaRMSNorm`` / ``LlamaRotaryEmbedding`` / ``rotate_half`` (the NeoX
 rotate-half convention that HF Llama and Falcon checkpoints are stored for); gpt-fast ``model.py``;
-``torch.nn.functional.scaled_dot_product_attention`` with ``torch.nn.attention.bias.causal_lower_right``.
+``reference/fast_attention.py`` (the attention kernel choice).
 
 Shapes: B batch, T query tokens (this call), S key tokens (cache so far, T of them new),
 nh query heads, nkv KV heads, hd head dim, H hidden.
@@ -10,9 +10,9 @@ nh query heads, nkv KV heads, hd head dim, H hidden.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.nn.attention.bias import causal_lower_right
+
+from reference.fast_attention import chunk_attention
 
 
 class RMSNorm(nn.Module):
@@ -63,14 +63,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
     q (B, nh, T, hd); k, v (B, nkv, S, hd) with nkv dividing nh (query head h reads KV head
     h // (nh / nkv)). The queries are the last T of the S positions, so the causal mask is aligned at
-    the bottom right: query t sees keys [0, S - T + t]. Grouped KV stay compact (enable_gqa) and no
-    dense mask is built, so flash/efficient kernels can serve the call.
+    the bottom right: query t sees keys [0, S - T + t]. Grouped KV stay compact and no dense mask is
+    built; ``reference/fast_attention.py`` picks the kernel (SDPA with ``causal_lower_right`` and
+    ``enable_gqa``, or cuDNN with an exact log-sum-exp merge on GPUs).
     """
-    t, s = q.shape[-2], k.shape[-2]
-    assert s >= t, f"{s} keys for {t} queries"
-    gqa = q.shape[1] != k.shape[1]
-    if t == s:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    if t == 1:  # one new token sees every key
-        return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(t, s), enable_gqa=gqa)
+    return chunk_attention(q, k, v)
