@@ -1,0 +1,102 @@
+"""Competing traffic for ``reference.netcluster``: an iperf-like greedy TCP sender and a sink.
+
+``python -m reference.netcluster_noise sink PORT DURATION_S`` reads and discards until the sender closes
+or DURATION_S passes. ``... send HOST PORT DURATION_S START_S ON_S OFF_S`` connects and writes as fast as
+TCP allows while "on" (ON_S = 0 means always on), and stops by itself after DURATION_S. Both run inside
+the cluster's namespaces, so the flow crosses (and competes on) the shaped link src -> dst.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+_NOISE_PORT_BASE = 41000
+_CHUNK = b"\0" * 65536
+
+
+def start_noise(cluster, flows, *, max_duration_s: float) -> list[subprocess.Popen]:
+    """Start every flow's sink (in dst's namespace) and sender (in src's); returns the processes."""
+    procs = []
+    py = [sys.executable, "-m", "reference.netcluster_noise"]
+    from reference.netcluster import _REPO_ROOT  # noqa: PLC0415
+
+    env = {**os.environ, "PYTHONPATH": str(_REPO_ROOT)}
+    port = _NOISE_PORT_BASE
+    for f in flows:
+        duration = str(min(f.max_duration_s, max_duration_s))
+        for _ in range(f.flows):
+            procs.append(cluster.popen(f.dst, [*py, "sink", str(port), duration], env,
+                                       subprocess.DEVNULL, subprocess.DEVNULL))
+            procs.append(cluster.popen(f.src, [*py, "send", cluster.addresses[f.dst], str(port), duration,
+                                               str(f.start_s), str(f.on_s or 0), str(f.off_s or 0)],
+                                       env, subprocess.DEVNULL, subprocess.DEVNULL))
+            port += 1
+    return procs
+
+
+def stop_noise(procs: list[subprocess.Popen]) -> None:
+    from reference.netcluster import _kill_group  # noqa: PLC0415
+
+    for p in procs:
+        if p.poll() is None:
+            _kill_group(p)
+
+
+def _sink(port: int, duration_s: float) -> None:
+    end = time.monotonic() + duration_s
+    with socket.create_server(("0.0.0.0", port)) as srv:
+        srv.settimeout(duration_s)
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(max(0.1, end - time.monotonic()))
+            while time.monotonic() < end and conn.recv(1 << 20):
+                pass
+
+
+def _send(host: str, port: int, duration_s: float, start_s: float, on_s: float, off_s: float) -> None:
+    t0 = time.monotonic()
+    end = t0 + duration_s
+    while True:  # the sink may not listen yet
+        try:
+            conn = socket.create_connection((host, port), timeout=1.0)
+            break
+        except OSError:
+            if time.monotonic() > end:
+                return
+            time.sleep(0.02)
+    with conn:
+        # A small send buffer, so that little queued data keeps flowing into an "off" phase.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 128 * 1024)
+        conn.settimeout(1.0)
+        begin = t0 + start_s
+        while (now := time.monotonic()) < end:
+            phase = now - begin
+            on = phase >= 0 and (on_s == 0 or phase % (on_s + off_s) < on_s)
+            if not on:
+                time.sleep(0.005)
+                continue
+            try:
+                conn.send(_CHUNK)
+            except socket.timeout:
+                pass
+            except OSError:
+                return
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        if args[0] == "sink":
+            _sink(int(args[1]), float(args[2]))
+        else:
+            _send(args[1], int(args[2]), float(args[3]), float(args[4]), float(args[5]), float(args[6]))
+    except OSError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Link probe for ``reference.netcluster``: what the shaped links really deliver to gloo.
+
+Run inside a cluster (one process per rank, env:// variables set), the rank program times, for every
+ordered pair (src, dst) in turn, a small ping-pong (4 bytes there and back: the round trip) and a
+``size``-byte ``torch.distributed.send`` answered by a 4-byte ack, then an ``all_gather`` of each size
+among all ranks. The achieved bandwidth of src -> dst is ``size / (t_send_and_ack - t_round_trip)``:
+both latencies cancel, leaving the serialisation time on the link. Medians over the repeats.
+
+``probe(cluster)`` runs it and returns the report; ``format_probe(report)`` renders a table.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+_MARK = "NETCLUSTER_PROBE_JSON "
+_SMALL_BYTES = 4
+
+
+def probe(cluster, sizes_bytes=(1 << 20, 4 << 20), *, repeats: int = 3,
+          pairs: list[tuple[int, int]] | None = None, all_gather: bool = True,
+          timeout_s: float = 120.0) -> dict:
+    """Measure every ordered pair (or `pairs`) of `cluster` with gloo; returns the report dict.
+
+    Report: ``{"world_size", "shaped", "latency_applied", "pairs": [{src, dst, size_bytes, requested_*,
+    round_trip_s, send_s, achieved_bytes_per_s, ratio}], "all_gather": [{size_bytes, time_s}]}``.
+    """
+    argv = [sys.executable, "-m", "reference.netcluster_probe", "--sizes", ",".join(map(str, sizes_bytes)),
+            "--repeats", str(repeats)]
+    if pairs is not None:
+        argv += ["--pairs", ",".join(f"{s}-{d}" for s, d in pairs)]
+    if not all_gather:
+        argv += ["--no-all-gather"]
+    results = cluster.run(argv, timeout_s=timeout_s)
+    bad = [r for r in results if r.returncode != 0]
+    if bad:
+        r = bad[0]
+        raise RuntimeError(f"probe rank {r.rank} failed (returncode {r.returncode}, timed out {r.timed_out}):\n"
+                           f"{r.stderr[-2000:]}")
+    line = next(l for l in results[0].stdout.splitlines() if l.startswith(_MARK))
+    report = json.loads(line[len(_MARK):])
+    report["shaped"] = cluster.shaped
+    report["latency_applied"] = cluster.latency_applied
+    for p in report["pairs"]:
+        link = cluster.links[p["src"]][p["dst"]]
+        p["requested_bandwidth_bytes_per_s"] = link.bandwidth_bytes_per_s
+        p["requested_latency_s"] = link.latency_s
+        p["ratio"] = p["achieved_bytes_per_s"] / link.bandwidth_bytes_per_s
+    return report
+
+
+def format_probe(report: dict) -> str:
+    """A plain-text table of a probe report (MB = 1e6 bytes)."""
+    rows = [f"shaped={report['shaped']} latency_applied={report['latency_applied']} "
+            f"world_size={report['world_size']}",
+            f"{'pair':>7} {'size':>9} {'asked MB/s':>10} {'got MB/s':>9} {'ratio':>6} {'asked lat':>9} "
+            f"{'rtt/2':>9}"]
+    for p in report["pairs"]:
+        asked = p["requested_bandwidth_bytes_per_s"] / 1e6
+        rows.append(f"{p['src']:>3}->{p['dst']:<3} {p['size_bytes']:>9} {asked:>10.1f} "
+                    f"{p['achieved_bytes_per_s'] / 1e6:>9.2f} {p['ratio']:>6.3f} "
+                    f"{p['requested_latency_s'] * 1e3:>7.2f}ms {p['round_trip_s'] / 2 * 1e3:>7.3f}ms")
+    for g in report.get("all_gather", []):
+        rows.append(f"all_gather {g['size_bytes']:>9} bytes/rank: {g['time_s'] * 1e3:.2f} ms "
+                    f"({g['size_bytes'] * (report['world_size'] - 1) / g['time_s'] / 1e6:.2f} MB/s received per rank)")
+    return "\n".join(rows)
+
+
+def _rank_main(sizes: list[int], repeats: int, pairs: list[tuple[int, int]] | None, do_all_gather: bool) -> None:
+    import torch
+    import torch.distributed as dist
+    from datetime import timedelta
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if pairs is None:
+        pairs = [(s, d) for s in range(world) for d in range(world) if s != d]
+    small = torch.zeros(_SMALL_BYTES // 4)
+    mine = []
+    for s, d in pairs:
+        for size in sizes:
+            x = torch.zeros(max(1, size // 4))
+            rtts, sends = [], []
+            for rep in range(repeats + 1):  # the first repeat warms the connection up
+                dist.barrier()
+                if rank == s:
+                    t0 = time.perf_counter()
+                    dist.send(small, d)
+                    dist.recv(small, d)
+                    t1 = time.perf_counter()
+                    dist.send(x, d)
+                    dist.recv(small, d)
+                    t2 = time.perf_counter()
+                    if rep:
+                        rtts.append(t1 - t0)
+                        sends.append(t2 - t1)
+                elif rank == d:
+                    dist.recv(small, s)
+                    dist.send(small, s)
+                    dist.recv(x, s)
+                    dist.send(small, s)
+            if rank == s:
+                rtt, send = statistics.median(rtts), statistics.median(sends)
+                mine.append({"src": s, "dst": d, "size_bytes": x.numel() * 4, "round_trip_s": rtt,
+                             "send_s": send, "achieved_bytes_per_s": x.numel() * 4 / max(send - rtt, 1e-9)})
+    gathers = []
+    if do_all_gather and world > 1:
+        for size in sizes:
+            x = torch.zeros(max(1, size // 4))
+            out = [torch.empty_like(x) for _ in range(world)]
+            times = []
+            for rep in range(repeats + 1):
+                dist.barrier()
+                t0 = time.perf_counter()
+                dist.all_gather(out, x)
+                if rep:
+                    times.append(time.perf_counter() - t0)
+            gathers.append({"size_bytes": x.numel() * 4, "time_s": statistics.median(times)})
+    everyone = [None] * world
+    dist.all_gather_object(everyone, {"pairs": mine, "all_gather": gathers})
+    if rank == 0:
+        pairs_out = sorted((p for e in everyone for p in e["pairs"]),
+                           key=lambda p: (p["src"], p["dst"], p["size_bytes"]))
+        # An all-gather finishes when its slowest rank does.
+        ag = [{"size_bytes": g["size_bytes"], "time_s": max(e["all_gather"][k]["time_s"] for e in everyone)}
+              for k, g in enumerate(gathers)]
+        print(_MARK + json.dumps({"world_size": world, "pairs": pairs_out, "all_gather": ag}), flush=True)
+    dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="rank side of the netcluster link probe")
+    ap.add_argument("--sizes", default=str(1 << 20))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pairs", default=None, help="e.g. 0-1,1-0")
+    ap.add_argument("--no-all-gather", action="store_true")
+    a = ap.parse_args(argv)
+    pairs = None if a.pairs is None else [tuple(map(int, p.split("-"))) for p in a.pairs.split(",")]
+    _rank_main([int(s) for s in a.sizes.split(",")], a.repeats, pairs, not a.no_all_gather)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
