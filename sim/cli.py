@@ -1,0 +1,99 @@
+"""The command line: ``python -m sim SCENARIO.yaml [--out DIR] [--timeline SPEC]...`` (docs/simulator.md)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import plots, report
+from .scenario import Scenario, ScenarioError, load
+from .simulate import Job, simulate
+
+
+class UsageError(ValueError):
+    """A bad command-line value."""
+
+
+TIMELINE_HELP = ("SCHEME,GPUS,CONTEXT[,MODEL[,CLUSTER]]: also write a Gantt PNG and a Chrome trace of this "
+                 "configuration (MODEL and CLUSTER default to the scenario's first); needs --out; repeatable")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sim", description="Simulate the time to first token of "
+                                "single, TSP and KV-Runahead prefill on the clusters of a YAML scenario.")
+    p.add_argument("scenario", help="scenario YAML file (docs/scenarios.md)")
+    p.add_argument("--out", metavar="DIR", help="write report.json, ttft.csv, ranks.csv, links.csv and "
+                   "ttft_MODEL_CLUSTER.png plots into DIR (created if missing)")
+    p.add_argument("--timeline", metavar="SPEC", action="append", default=[], help=TIMELINE_HELP)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return p
+
+
+def timeline_job(scenario: Scenario, spec: str) -> Job:
+    """The job a ``--timeline`` SPEC names."""
+    parts = spec.split(",")
+    if not 3 <= len(parts) <= 5:
+        raise UsageError(f"--timeline: must be SCHEME,GPUS,CONTEXT[,MODEL[,CLUSTER]], got {spec!r}")
+    scheme_name, gpus, context, model_name, cluster_name = parts + [None] * (5 - len(parts))
+    schemes = {s.name: s for s in scenario.schemes}
+    models = {m.name: m for m in scenario.models}
+    clusters = {c.name: c for c in scenario.clusters}
+    if scheme_name not in schemes:
+        raise UsageError(f"--timeline: scheme must be one of the scenario's {list(schemes)}, got {scheme_name!r}")
+    if model_name is not None and model_name not in models:
+        raise UsageError(f"--timeline: model must be one of {list(models)}, got {model_name!r}")
+    if cluster_name is not None and cluster_name not in clusters:
+        raise UsageError(f"--timeline: cluster must be one of {list(clusters)}, got {cluster_name!r}")
+    model = models[model_name] if model_name else scenario.models[0]
+    cluster = clusters[cluster_name] if cluster_name else scenario.clusters[0]
+    scheme = schemes[scheme_name]
+    if not (gpus.isdigit() and context.isdigit() and 1 <= int(gpus) <= min(cluster.num_gpus, int(context))):
+        raise UsageError(f"--timeline: GPUS must be 1..{cluster.num_gpus} and CONTEXT an integer >= GPUS, "
+                         f"got {gpus!r},{context!r}")
+    n = 1 if scheme.kind == "single" else int(gpus)
+    try:
+        if scheme.chunks(int(context), n) is None:
+            raise UsageError(f"--timeline: scheme {scheme_name!r} has no partition for {n} GPUs at context "
+                             f"{context}, got {spec!r}")
+    except ValueError as e:
+        raise UsageError(f"--timeline: {e}") from None
+    return Job(model=model, gpu=scenario.gpu, dtype=scenario.dtype, cluster=cluster, scheme=scheme,
+               context=int(context), num_gpus=n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        scenario = load(args.scenario)
+        timelines = [timeline_job(scenario, spec) for spec in args.timeline]
+        if timelines and not args.out:
+            raise UsageError("--timeline: needs --out DIR, got no --out")
+        if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise UsageError(f"--out: must be a folder, got the file {args.out!r}")
+    except (ScenarioError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    table = report.run(scenario, progress=not args.no_progress)
+    sys.stdout.write(report.text(scenario, table))
+    if args.out:
+        write_outputs(scenario, table, timelines, args.out)
+    return 0
+
+
+def write_outputs(scenario: Scenario, table, timelines: list[Job], out_dir: str) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    paths = report.write_files(scenario, table, out_dir)
+    for model in scenario.models:
+        for cluster in scenario.clusters:
+            path = os.path.join(out_dir, f"ttft_{model.name}_{cluster.name}.png")
+            plots.ttft_plot(table, model.name, cluster.name, path)
+            paths.append(path)
+    for job in timelines:
+        stem = f"timeline_{job.scheme.name}_{job.num_gpus}gpu_{job.context}_{job.model.name}_{job.cluster.name}"
+        title = (f"{job.scheme.name}: {job.model.name}, C={job.context}, {job.num_gpus} GPUs on "
+                 f"{job.cluster.name}")
+        result = simulate(job)
+        plots.timeline_plot(result, f"{title}, TTFT {result.ttft_s * 1e3:.2f} ms", os.path.join(out_dir, stem + ".png"))
+        plots.chrome_trace(result, title, os.path.join(out_dir, stem + ".trace.json"))
+        paths += [os.path.join(out_dir, stem + ext) for ext in (".png", ".trace.json")]
+    print(f"wrote {len(paths)} files to {out_dir}", file=sys.stderr)

@@ -1,0 +1,54 @@
+"""Communication as SimPy processes: point-to-point send and NCCL's ring all-gather.
+
+- ``send``: the transfers between one ordered pair of ranks run one after another, in issue order (each
+  pair has its own NCCL communicator and stream in torch.distributed's point-to-point path); a transfer
+  takes its route's latency, then its bytes at the link's shared rate (``network.py``).
+- ``ring_all_gather``: NCCL's ring algorithm. Ring order is rank order 0 -> 1 -> ... -> P-1 -> 0 (as
+  NCCL on one NVSwitch node; on other topologies NCCL searches for a ring that follows fast links, which
+  this model does not). It starts when every rank has entered it and runs P-1 steps; in each step every
+  rank sends one chunk to its successor, and a step ends when its slowest transfer ends.
+Reference: NCCL documentation, "Collective operations" and the ring algorithm.
+"""
+from __future__ import annotations
+
+import simpy
+
+
+def send(sim, src: int, dst: int, nbytes: float, tag: object):
+    """Process body: rank ``src`` sends ``nbytes`` to rank ``dst``; the receiver waits on
+    ``sim.message(src, dst, tag)``, which this process triggers on delivery."""
+    with sim.channel(src, dst).request() as turn:
+        yield turn
+        start_s = sim.env.now
+        yield from sim.network.transfer([(src, dst, nbytes)])
+    sim.record_transfer(src, dst, nbytes, start_s, sim.env.now, tag)
+    sim.message(src, dst, tag).succeed()
+
+
+class RingAllGather:
+    """One all-gather among ranks 0..P-1; every rank contributes a chunk of ``chunk_bytes``."""
+
+    def __init__(self, sim, num_ranks: int, chunk_bytes: float, tag: object):
+        self.sim, self.num_ranks, self.chunk_bytes, self.tag = sim, num_ranks, chunk_bytes, tag
+        self._arrived = 0
+        self._all_in = sim.env.event()
+        self.done = sim.env.event()
+        sim.env.process(self._run())
+
+    def join(self) -> simpy.Event:
+        """A rank enters the collective; the returned event fires when the gather is complete."""
+        self._arrived += 1
+        if self._arrived == self.num_ranks:
+            self._all_in.succeed()
+        return self.done
+
+    def _run(self):
+        sim, p = self.sim, self.num_ranks
+        yield self._all_in
+        for step in range(p - 1):
+            start_s = sim.env.now
+            moves = [(r, (r + 1) % p, self.chunk_bytes) for r in range(p)]
+            ends_s = yield from sim.network.transfer(moves)
+            for (src, dst, nbytes), end_s in zip(moves, ends_s):
+                sim.record_transfer(src, dst, nbytes, start_s, end_s, (self.tag, step))
+        self.done.succeed()

@@ -1,0 +1,55 @@
+"""GPU presets: peak dense FLOP/s, HBM bandwidth and the efficiency parameters of the analytic cost model.
+
+References: NVIDIA A100 (SXM4 80 GB), H100 SXM5 and H200 SXM data sheets (dense fp16/bf16 tensor-core
+peak, HBM bandwidth). The efficiencies are the fraction of peak a well-tuned kernel reaches; they are
+round figures, documented in docs/cost_model.md, to be replaced by a measured profile later.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+class HardwareError(ValueError):
+    """An unknown GPU preset or an impossible hardware parameter."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class GpuSpec:
+    """One GPU as the cost model sees it. Rates in FLOP/s and bytes/s, times in seconds."""
+
+    name: str
+    peak_flops_per_s: float  # dense fp16/bf16 tensor-core peak
+    hbm_bytes_per_s: float
+    matmul_efficiency: float = 0.70  # GEMMs (projections, MLP, LM head)
+    attention_efficiency: float = 0.50  # fused (flash) attention
+    memory_efficiency: float = 0.80  # achieved fraction of HBM bandwidth, every op
+    launch_overhead_s: float = 5e-6  # per kernel launch
+
+    def __post_init__(self) -> None:
+        for field in ("peak_flops_per_s", "hbm_bytes_per_s"):
+            if not getattr(self, field) > 0:
+                raise HardwareError(f"gpu {self.name!r}: {field}={getattr(self, field)!r} must be > 0")
+        for field in ("matmul_efficiency", "attention_efficiency", "memory_efficiency"):
+            v = getattr(self, field)
+            if not 0 < v <= 1:
+                raise HardwareError(f"gpu {self.name!r}: {field}={v!r} must be in (0, 1]")
+        if not self.launch_overhead_s >= 0:
+            raise HardwareError(f"gpu {self.name!r}: launch_overhead_s={self.launch_overhead_s!r} must be >= 0")
+
+    def replace(self, **changes: object) -> "GpuSpec":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def preset(cls, name: str) -> "GpuSpec":
+        try:
+            return GPU_PRESETS[name]
+        except KeyError:
+            raise HardwareError(f"unknown GPU preset {name!r}; known: {', '.join(GPU_PRESETS)}") from None
+
+
+GPU_PRESETS: dict[str, GpuSpec] = {g.name: g for g in (
+    GpuSpec(name="a100-80gb-sxm", peak_flops_per_s=312e12, hbm_bytes_per_s=2.039e12),
+    GpuSpec(name="h100-sxm", peak_flops_per_s=989e12, hbm_bytes_per_s=3.35e12),
+    GpuSpec(name="h200", peak_flops_per_s=989e12, hbm_bytes_per_s=4.8e12),
+)}

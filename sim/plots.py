@@ -1,0 +1,90 @@
+"""PNG plots (matplotlib, Agg backend) and the Chrome-trace JSON of a timeline (opens in Perfetto,
+https://ui.perfetto.dev, or chrome://tracing; format: the Trace Event Format's complete events "X").
+"""
+from __future__ import annotations
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+
+from .simulate import Result  # noqa: E402
+
+OP_COLOURS = {"embed": "#7f7f7f", "qkv": "#1f77b4", "attention": "#d62728", "mlp": "#2ca02c",
+              "head": "#9467bd", "send": "#ff7f0e", "all-gather": "#8c564b"}
+
+
+def ttft_plot(rows, model: str, cluster: str, path: str) -> None:
+    """TTFT against context, one panel per GPU count, one line per scheme (``single`` in every panel)."""
+    rows = [r for r in rows if r.job.model.name == model and r.job.cluster.name == cluster]
+    counts = sorted({r.job.num_gpus for r in rows if r.job.scheme.kind != "single"}) or [1]
+    fig, axes = plt.subplots(1, len(counts), figsize=(4.2 * len(counts), 3.8), sharey=True, squeeze=False)
+    schemes = list(dict.fromkeys(r.job.scheme.name for r in rows))
+    for ax, n in zip(axes[0], counts):
+        for i, scheme in enumerate(schemes):
+            pts = sorted((r.job.context, r.result.ttft_s * 1e3) for r in rows
+                         if r.job.scheme.name == scheme and r.job.num_gpus in (n, 1))
+            if pts:
+                style = "--" if scheme == "single" else "-"
+                ax.plot(*zip(*pts), style, marker="o", ms=3, label=scheme, color=f"C{i}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"{n} GPUs")
+        ax.set_xlabel("context (tokens)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("TTFT (ms)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(f"{model} on {cluster}: time to first token")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def timeline_plot(result: Result, title: str, path: str) -> None:
+    """Gantt chart: per rank, a lane of compute ops and below it a lane of the transfers it sends."""
+    ranks = len(result.ranks)
+    fig, ax = plt.subplots(figsize=(13, 1.0 + 0.75 * ranks))
+    for seg in result.segments:
+        y = 2 * (ranks - 1 - seg.rank) + (1 if seg.kind == "compute" else 0.35)
+        h = 0.8 if seg.kind == "compute" else 0.5
+        ax.broken_barh([(seg.start_s * 1e3, (seg.end_s - seg.start_s) * 1e3)], (y, h),
+                       facecolors=OP_COLOURS[seg.op], edgecolor="white" if seg.kind == "compute" else "none",
+                       linewidth=0.2)
+    ax.axvline(result.ttft_s * 1e3, color="black", lw=1, ls="--")
+    ax.text(result.ttft_s * 1e3, 2 * ranks - 0.1, " first token", va="top", fontsize=8)
+    ax.set_yticks([2 * (ranks - 1 - r) + t for r in range(ranks) for t in (1.4, 0.6)])
+    ax.set_yticklabels([f"rank {r} {lane}" for r in range(ranks) for lane in ("compute", "sends")], fontsize=8)
+    ax.set_ylim(0, 2 * ranks)
+    ax.set_xlim(0, result.makespan_s * 1e3 * 1.02)
+    ax.set_xlabel("time (ms)")
+    ax.set_title(title)
+    handles = [matplotlib.patches.Patch(color=c, label=op) for op, c in OP_COLOURS.items()
+               if any(s.op == op for s in result.segments)]
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(handles), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def chrome_trace(result: Result, title: str, path: str) -> None:
+    """One process per rank with two threads, compute (tid 0) and sends (tid 1); times in microseconds."""
+    events: list[dict] = [{"ph": "M", "name": "process_name", "pid": 0, "tid": 0, "args": {"name": title}}]
+    for r in range(len(result.ranks)):
+        events.append({"ph": "M", "name": "process_name", "pid": r + 1, "tid": 0, "args": {"name": f"rank {r}"}})
+        for tid, lane in ((0, "compute"), (1, "sends")):
+            events.append({"ph": "M", "name": "thread_name", "pid": r + 1, "tid": tid, "args": {"name": lane}})
+    for seg in result.segments:
+        args: dict = {"layer": seg.layer}
+        if seg.kind == "transfer":
+            args.update(to_rank=seg.peer, bytes=seg.nbytes)
+        name = seg.op if seg.layer is None else f"{seg.op} L{seg.layer}"
+        events.append({"ph": "X", "name": name, "cat": seg.kind, "pid": seg.rank + 1,
+                       "tid": 0 if seg.kind == "compute" else 1, "ts": seg.start_s * 1e6,
+                       "dur": (seg.end_s - seg.start_s) * 1e6, "args": args})
+    events.append({"ph": "i", "name": "first token", "pid": len(result.ranks), "tid": 0, "s": "p",
+                   "ts": result.ttft_s * 1e6})
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
+        f.write("\n")

@@ -1,0 +1,324 @@
+"""A YAML scenario -> frozen dataclasses. Loading validates everything; a bad value raises
+``ScenarioError`` naming the YAML path, the rule and the value. Every field: docs/scenarios.md.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import yaml
+
+from .cluster import BackgroundFlow, ClusterError, ClusterSpec, LinkSpec, duplex, mesh
+from .hardware import GPU_PRESETS, GpuSpec, HardwareError
+from .model import DTYPE_BYTES, ModelSpec, ModelSpecError
+from .partition import PARTITIONERS, PartitionError, check, from_fractions
+from .schemes import ATTENTION, BUILTIN, KINDS, SchemeSpec
+from .simulate import Job
+
+GB = 1e9  # bytes: bandwidths are given in GB/s (10^9 bytes per second)
+US = 1e-6  # seconds
+THROTTLED_GB_PER_S = 10.0
+NODES_SWITCH = "network"  # the switch that joins the nodes of a `nodes:` cluster
+
+
+class ScenarioError(ValueError):
+    """Bad scenario input: ``<file>: <yaml path>: <rule>, got <value>``."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scenario:
+    name: str
+    description: str
+    models: tuple[ModelSpec, ...]
+    gpu: GpuSpec
+    dtype: str
+    clusters: tuple[ClusterSpec, ...]
+    contexts: tuple[int, ...]
+    gpu_counts: tuple[int, ...]
+    schemes: tuple[SchemeSpec, ...]
+
+    def jobs(self) -> Iterator[Job]:
+        """Every simulation of the sweep, in report order; ``single`` runs once per context on 1 GPU;
+        a scheme with an explicit partition runs where the partition fits."""
+        for model in self.models:
+            for cluster in self.clusters:
+                for scheme in self.schemes:
+                    counts = (1,) if scheme.kind == "single" else self.gpu_counts
+                    for n in counts:
+                        for context in self.contexts:
+                            if scheme.chunks(context, n) is not None:
+                                yield Job(model=model, gpu=self.gpu, dtype=self.dtype, cluster=cluster,
+                                          scheme=scheme, context=context, num_gpus=n)
+
+
+def load(path: str | os.PathLike) -> Scenario:
+    """Read and validate a scenario file."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read the scenario ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ScenarioError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    try:
+        return parse(doc, default_name=os.path.splitext(os.path.basename(path))[0])
+    except ScenarioError as e:
+        raise ScenarioError(f"{path}: {e}") from None
+
+
+def parse(doc: Any, default_name: str = "scenario") -> Scenario:
+    """Validate a parsed YAML document (``ScenarioError`` messages start at the YAML path)."""
+    top = _mapping(doc, "(top level)", required=("models", "hardware", "clusters", "workload"),
+                   optional=("name", "description"))
+    hw = _mapping(top["hardware"], "hardware", required=("gpu",),
+                  optional=("dtype", "peak_tflops", "hbm_gb_per_s", "matmul_efficiency",
+                            "attention_efficiency", "memory_efficiency", "launch_overhead_us"))
+    dtype = hw.get("dtype", "fp16")
+    _need(dtype in DTYPE_BYTES, "hardware.dtype", f"must be one of {sorted(DTYPE_BYTES)}", dtype)
+    models = tuple(_model(m, f"models[{i}]") for i, m in enumerate(_list(top["models"], "models")))
+    clusters = tuple(_cluster(c, f"clusters[{i}]") for i, c in enumerate(_list(top["clusters"], "clusters")))
+    names = [c.name for c in clusters]
+    for i, name in enumerate(names):
+        _need(names.index(name) == i, f"clusters[{i}].name", "must be unique", name)
+    wl = _mapping(top["workload"], "workload", required=("contexts", "gpus", "schemes"))
+    contexts = tuple(_int(c, f"workload.contexts[{i}]") for i, c in enumerate(_list(wl["contexts"], "workload.contexts")))
+    counts = tuple(_int(n, f"workload.gpus[{i}]") for i, n in enumerate(_list(wl["gpus"], "workload.gpus")))
+    for i, n in enumerate(counts):
+        for cluster in clusters:
+            _need(n <= cluster.num_gpus, f"workload.gpus[{i}]",
+                  f"must not exceed the {cluster.num_gpus} GPUs of cluster {cluster.name!r}", n)
+    for i, c in enumerate(contexts):
+        _need(c >= max(counts), f"workload.contexts[{i}]",
+              f"must be at least the largest GPU count ({max(counts)}) so no chunk is empty", c)
+    schemes = tuple(_scheme(s, f"workload.schemes[{i}]", contexts, counts)
+                    for i, s in enumerate(_list(wl["schemes"], "workload.schemes")))
+    labels = [s.name for s in schemes]
+    for i, label in enumerate(labels):
+        _need(labels.index(label) == i, f"workload.schemes[{i}]", "scheme names must be unique", label)
+    return Scenario(
+        name=_str(top.get("name", default_name), "name"),
+        description=_str(top.get("description", ""), "description"),
+        models=models, gpu=_gpu(hw), dtype=dtype, clusters=clusters,
+        contexts=contexts, gpu_counts=counts, schemes=schemes)
+
+
+# ----- sections --------------------------------------------------------------------------------------
+def _model(value: Any, at: str) -> ModelSpec:
+    try:
+        return ModelSpec.resolve(_str(value, at))
+    except ModelSpecError as e:
+        raise ScenarioError(f"{at}: must be a model preset or a config.json path, got {value!r} ({e})") from None
+
+
+def _gpu(hw: dict) -> GpuSpec:
+    name = _str(hw["gpu"], "hardware.gpu")
+    _need(name in GPU_PRESETS, "hardware.gpu", f"must be one of {list(GPU_PRESETS)}", name)
+    scale = {"peak_tflops": ("peak_flops_per_s", 1e12), "hbm_gb_per_s": ("hbm_bytes_per_s", GB),
+             "launch_overhead_us": ("launch_overhead_s", US), "matmul_efficiency": ("matmul_efficiency", 1),
+             "attention_efficiency": ("attention_efficiency", 1), "memory_efficiency": ("memory_efficiency", 1)}
+    changes = {}
+    for key, (field, unit) in scale.items():
+        if key in hw:
+            low = 0 if key == "launch_overhead_us" else None
+            changes[field] = _number(hw[key], f"hardware.{key}", minimum=low) * unit
+    try:
+        return GPU_PRESETS[name].replace(**changes)
+    except HardwareError as e:
+        raise ScenarioError(f"hardware: {e}") from None
+
+
+def _link_params(d: dict, at: str) -> tuple[float, float]:
+    return (_number(d["bandwidth_gb_per_s"], f"{at}.bandwidth_gb_per_s") * GB,
+            _number(d.get("latency_us", 0.0), f"{at}.latency_us", minimum=0) * US)
+
+
+def _cluster(value: Any, at: str) -> ClusterSpec:
+    d = _mapping(value, at, required=("name", "kind", "gpus"),
+                 optional=("bandwidth_gb_per_s", "latency_us", "switches", "links", "nodes", "background"))
+    kind = d["kind"]
+    _need(kind in ("uniform", "throttled", "nonuniform"), f"{at}.kind",
+          "must be 'uniform', 'throttled' or 'nonuniform'", kind)
+    name, n = _str(d["name"], f"{at}.name"), _int(d["gpus"], f"{at}.gpus")
+    own = {"uniform": ("bandwidth_gb_per_s", "latency_us"), "throttled": ("bandwidth_gb_per_s", "latency_us"),
+           "nonuniform": ("switches", "links", "nodes")}[kind]
+    for key in d:
+        _need(key in own or key in ("name", "kind", "gpus", "background"), f"{at}.{key}",
+              f"is not a field of a {kind} cluster", d[key])
+    switches: list[str] = []
+    if kind == "nonuniform":
+        switches = [_str(s, f"{at}.switches[{i}]") for i, s in enumerate(_list(d.get("switches", []), f"{at}.switches", empty=True))]
+        links = _nonuniform_links(d, at, n, switches)
+    else:
+        if kind == "uniform":
+            _need("bandwidth_gb_per_s" in d, at, "a uniform cluster needs bandwidth_gb_per_s", None)
+        bw, lat = _link_params({"bandwidth_gb_per_s": THROTTLED_GB_PER_S, **d}, at)
+        links = mesh(range(n), bw, lat)
+    nodes = set(range(n)) | set(switches)
+    background = tuple(_background(b, f"{at}.background[{i}]", nodes)
+                       for i, b in enumerate(_list(d.get("background", []), f"{at}.background", empty=True)))
+    try:
+        return ClusterSpec(name=name, num_gpus=n, links=links, switches=tuple(switches), background=background)
+    except ClusterError as e:
+        raise ScenarioError(f"{at}: {e}") from None
+
+
+def _nonuniform_links(d: dict, at: str, n: int, switches: list[str]) -> tuple[LinkSpec, ...]:
+    links: list[LinkSpec] = []
+    if "nodes" in d:
+        nd = _mapping(d["nodes"], f"{at}.nodes", required=("gpus_per_node", "intra", "inter"))
+        k = _int(nd["gpus_per_node"], f"{at}.nodes.gpus_per_node")
+        _need(n % k == 0, f"{at}.nodes.gpus_per_node", f"must divide gpus={n}", k)
+        _need(NODES_SWITCH not in switches, f"{at}.switches", f"must not name {NODES_SWITCH!r} "
+              "(the switch that `nodes` adds)", switches)
+        intra = _link_params(_mapping(nd["intra"], f"{at}.nodes.intra", required=("bandwidth_gb_per_s",),
+                                      optional=("latency_us",)), f"{at}.nodes.intra")
+        inter = _link_params(_mapping(nd["inter"], f"{at}.nodes.inter", required=("bandwidth_gb_per_s",),
+                                      optional=("latency_us",)), f"{at}.nodes.inter")
+        for first in range(0, n, k):
+            links += mesh(range(first, first + k), *intra)
+        for g in range(n):
+            links += duplex(g, NODES_SWITCH, *inter)
+        switches.append(NODES_SWITCH)
+    endpoints = set(range(n)) | set(switches)
+    for i, value in enumerate(_list(d.get("links", []), f"{at}.links", empty=True)):
+        li = f"{at}.links[{i}]"
+        ld = _mapping(value, li, required=("bandwidth_gb_per_s",), optional=("ends", "mesh", "directed", "latency_us"))
+        _need(("ends" in ld) != ("mesh" in ld), li, "needs exactly one of `ends: [a, b]` and `mesh: [...]`",
+              sorted(ld))
+        params = _link_params(ld, li)
+        key = "ends" if "ends" in ld else "mesh"
+        ends = [_endpoint(e, f"{li}.{key}[{j}]", endpoints) for j, e in enumerate(_list(ld[key], f"{li}.{key}"))]
+        if key == "ends":
+            _need(len(ends) == 2, f"{li}.ends", "must name two endpoints", ld["ends"])
+            directed = ld.get("directed", False)
+            _need(isinstance(directed, bool), f"{li}.directed", "must be true or false", directed)
+            links += ((LinkSpec(src=ends[0], dst=ends[1], bandwidth_bytes_per_s=params[0], latency_s=params[1]),)
+                      if directed else duplex(ends[0], ends[1], *params))
+        else:
+            _need("directed" not in ld, f"{li}.directed", "applies to `ends` only", ld.get("directed"))
+            links += mesh(ends, *params)
+    _need(bool(links), at, "a nonuniform cluster needs `links` or `nodes`", None)
+    # A later entry for the same directed link replaces an earlier one: "a mesh, then a few slow links".
+    return tuple({(link.src, link.dst): link for link in links}.values())
+
+
+def _endpoint(value: Any, at: str, endpoints: set) -> int | str:
+    _need(not isinstance(value, bool) and value in endpoints, at,
+          f"must be a GPU index 0..{max(e for e in endpoints if isinstance(e, int))} or a listed switch", value)
+    return value
+
+
+def _background(value: Any, at: str, endpoints: set) -> BackgroundFlow:
+    d = _mapping(value, at, required=("link",), optional=("flows", "start_us", "on_us", "off_us"))
+    link = _list(d["link"], f"{at}.link")
+    _need(len(link) == 2, f"{at}.link", "must be [from, to]", d["link"])
+    src, dst = (_endpoint(e, f"{at}.link[{j}]", endpoints) for j, e in enumerate(link))
+    _need(("on_us" in d) == ("off_us" in d), at, "on_us and off_us go together", sorted(d))
+    on_s = _number(d["on_us"], f"{at}.on_us") * US if "on_us" in d else None
+    off_s = _number(d["off_us"], f"{at}.off_us") * US if "off_us" in d else None
+    return BackgroundFlow(src=src, dst=dst, flows=_int(d.get("flows", 1), f"{at}.flows"),
+                          start_s=_number(d.get("start_us", 0), f"{at}.start_us", minimum=0) * US,
+                          on_s=on_s, off_s=off_s)
+
+
+def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, ...]) -> SchemeSpec:
+    if isinstance(value, str):
+        _need(value in BUILTIN, at, f"must be one of {list(BUILTIN)} or a mapping", value)
+        return BUILTIN[value]
+    d = _mapping(value, at, required=("name", "kind"), optional=("partition", "partitioner", "attention"))
+    name, kind = _str(d["name"], f"{at}.name"), d["kind"]
+    _need(kind in KINDS, f"{at}.kind", f"must be one of {list(KINDS)}", kind)
+    if "attention" in d:
+        _need(kind == "tsp", f"{at}.attention", "applies to kind tsp only", d["attention"])
+        _need(d["attention"] in ATTENTION, f"{at}.attention", f"must be one of {list(ATTENTION)}", d["attention"])
+    for key in ("partition", "partitioner"):
+        if key in d:
+            _need(kind == "kvr", f"{at}.{key}", "applies to kind kvr only", d[key])
+    _need(not ("partition" in d and "partitioner" in d), at, "give `partition` or `partitioner`, not both",
+          sorted(d))
+    if "partitioner" in d:
+        _need(d["partitioner"] in PARTITIONERS, f"{at}.partitioner", f"must be one of {list(PARTITIONERS)}",
+              d["partitioner"])
+    fractions, tokens = None, ()
+    if "partition" in d:
+        fractions, tokens = _partition(d["partition"], f"{at}.partition", contexts, counts)
+    return SchemeSpec(name=name, kind=kind, partitioner=d.get("partitioner", "even"), fractions=fractions,
+                      tokens=tokens, attention=d.get("attention", "causal"))
+
+
+def _partition(value: Any, at: str, contexts, counts):
+    if isinstance(value, dict):
+        tokens = []
+        for ctx, chunks in value.items():
+            c = _int(ctx, f"{at} key")
+            _need(c in contexts, f"{at}.{ctx}", f"must be one of workload.contexts {list(contexts)}", c)
+            chunks = tuple(_int(x, f"{at}.{ctx}[{j}]", minimum=0) for j, x in enumerate(_list(chunks, f"{at}.{ctx}")))
+            try:
+                check(c, chunks)
+            except PartitionError as e:
+                raise ScenarioError(f"{at}.{ctx}: chunks must be >= 1 and sum to the context, got {list(chunks)} "
+                                    f"({e})") from None
+            tokens.append((c, chunks))
+        _need(bool(tokens), at, "must not be empty", value)
+        sizes = {len(t[1]) for t in tokens}
+        _need(len(sizes) == 1, at, "every context's partition must have the same number of chunks", value)
+        _need(sizes <= set(counts), at, f"must have as many chunks as a GPU count in workload.gpus {list(counts)}",
+              value)
+        return None, tuple(tokens)
+    fractions = tuple(_number(x, f"{at}[{j}]") for j, x in enumerate(_list(value, at)))
+    _need(abs(sum(fractions) - 1) <= 1e-6, at, "fractions must sum to 1", list(fractions))
+    _need(len(fractions) in counts, at, f"must have as many fractions as a GPU count in workload.gpus {list(counts)}",
+          list(fractions))
+    for c in contexts:
+        try:
+            from_fractions(c, fractions)
+        except PartitionError as e:
+            raise ScenarioError(f"{at}: every chunk must get >= 1 token at every context, got {list(fractions)} "
+                                f"at context {c} ({e})") from None
+    return fractions, ()
+
+
+# ----- typed readers: each names the YAML path, the rule and the value ----------------------------------
+def _need(ok: bool, at: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ScenarioError(f"{at}: {rule}, got {value!r}")
+
+
+def _mapping(value: Any, at: str, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict:
+    _need(isinstance(value, dict), at, "must be a mapping", value)
+    for key in value:
+        _need(key in required or key in optional, f"{at}.{key}" if at != "(top level)" else str(key),
+              f"unknown key (known: {', '.join(required + optional)})", value[key])
+    for key in required:
+        _need(key in value, at, f"missing required key {key!r}", sorted(value, key=str))
+    return value
+
+
+def _list(value: Any, at: str, empty: bool = False) -> list:
+    _need(isinstance(value, list), at, "must be a list", value)
+    _need(empty or bool(value), at, "must not be empty", value)
+    return value
+
+
+def _str(value: Any, at: str) -> str:
+    _need(isinstance(value, str) and bool(value), at, "must be a non-empty string", value)
+    return value
+
+
+def _int(value: Any, at: str, minimum: int = 1) -> int:
+    _need(isinstance(value, int) and not isinstance(value, bool), at, "must be an integer", value)
+    _need(value >= minimum, at, f"must be >= {minimum}", value)
+    return value
+
+
+def _number(value: Any, at: str, minimum: float | None = None) -> float:
+    _need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), at,
+          "must be a finite number", value)
+    if minimum is None:
+        _need(value > 0, at, "must be > 0", value)
+    else:
+        _need(value >= minimum, at, f"must be >= {minimum}", value)
+    return float(value)

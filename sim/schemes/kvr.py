@@ -1,0 +1,28 @@
+"""kvr: KV-Runahead (Cho et al., ICML 2024). Ranks form a chain over contiguous chunks; each passes the
+cumulative KV-cache on to the next with an asynchronous send. See docs/design.md, "Scheme semantics".
+"""
+from __future__ import annotations
+
+from ..cost import causal_pairs
+
+
+def rank(sim, r: int, chunks: list[int]):
+    """Rank r holds tokens [S_{r-1}, S_r). Per layer: QKV of its chunk; wait for rank r-1's K, V of
+    tokens [0, S_{r-1}); send K, V of [0, S_r) to rank r+1 without waiting; attend its c_r queries to
+    S_r keys (causal, bottom right); MLP. The last rank then runs the LM head: the first token."""
+    last = len(chunks) - 1
+    c, keys = chunks[r], sum(chunks[: r + 1])
+    cost = sim.cost
+    qkv_s, mlp_s = cost.pre_attention_s(c), cost.post_attention_s(c)
+    attention_s = cost.attention_s(c, keys, causal_pairs(c, keys))
+    yield from sim.compute(r, None, ("embed", cost.embed_s(c)))
+    for layer in range(sim.num_layers):
+        yield from sim.compute(r, layer, ("qkv", qkv_s))
+        if r > 0:
+            yield sim.message(r - 1, r, layer)
+        if r < last:
+            sim.send(r, r + 1, keys * sim.kv_bytes_per_token, layer)
+        yield from sim.compute(r, layer, ("attention", attention_s), ("mlp", mlp_s))
+    if r == last:
+        yield from sim.compute(r, None, ("head", cost.head_s()))
+        sim.first_token()

@@ -1,0 +1,19 @@
+"""single: one GPU prefills the whole context. The baseline every parallel scheme is measured against."""
+from __future__ import annotations
+
+from ..cost import causal_pairs
+
+
+def rank(sim, r: int, chunks: list[int]):
+    """The only rank: embed, then per layer QKV, causal attention of C queries to C keys, MLP; then
+    the LM head on the last token."""
+    (context,) = chunks
+    cost = sim.cost
+    yield from sim.compute(r, None, ("embed", cost.embed_s(context)))
+    for layer in range(sim.num_layers):
+        yield from sim.compute(r, layer, ("qkv", cost.pre_attention_s(context)))
+        yield from sim.compute(r, layer,
+                               ("attention", cost.attention_s(context, context, causal_pairs(context, context))),
+                               ("mlp", cost.post_attention_s(context)))
+    yield from sim.compute(r, None, ("head", cost.head_s()))
+    sim.first_token()
