@@ -114,6 +114,32 @@ class ModelSpec:
         final_norm = self.hidden_size if self.norm_kind == "rmsnorm" else 2 * self.hidden_size
         return emb + self.num_layers * self.params_per_layer + final_norm + head
 
+    @property
+    def linear_flops_per_token(self) -> int:
+        """Matmul FLOPs of all decoder layers for one token: 2 x (linear weights per layer) x L.
+
+        Linear weights per layer: H*(q + 2kv) + q*H (QKV and output projections) plus 2 or 3 x H*I (MLP).
+        """
+        h = self.hidden_size
+        n_mlp = 3 if self.mlp_kind == "swiglu" else 2
+        weights = h * (self.q_size + 2 * self.kv_size) + self.q_size * h + n_mlp * h * self.intermediate_size
+        return 2 * weights * self.num_layers
+
+    def attention_flops(self, queries: int, past: int = 0) -> float:
+        """FLOPs of causal attention over all layers for `queries` new tokens after `past` cached ones.
+
+        Each (query, key) pair costs 4*hd FLOPs per query head (QK^T and PV); causal attention counts
+        only the pairs the mask keeps: queries*past + queries*(queries+1)/2 ("half the square").
+        """
+        pairs = queries * past + queries * (queries + 1) / 2
+        return 4.0 * pairs * self.head_dim * self.num_heads * self.num_layers
+
+    def prefill_flops(self, context: int) -> float:
+        """FLOPs of one prefill of `context` tokens: linear layers, causal attention, LM head on the
+        last token only (embedding lookups, norms and rotary are not counted)."""
+        return (context * self.linear_flops_per_token + self.attention_flops(context)
+                + 2 * self.hidden_size * self.vocab_size)
+
     def replace(self, **changes: Any) -> "ModelSpec":
         return dataclasses.replace(self, **changes)
 
