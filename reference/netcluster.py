@@ -34,6 +34,8 @@ SUBNET_PREFIX = "10.213.0."  # exists only inside the namespaces we create
 MASTER_PORT = 29500  # ports are per namespace, so parallel clusters cannot collide
 NAME_PREFIX = "ncl-"  # namespace names: ncl-<owner pid>-<seq>-hub, ncl-<owner pid>-<seq>-r<rank>
 _NAME_RE = re.compile(r"^ncl-(\d+)-(\d+)-(hub|r\d+)$")
+# A full 1500-byte-MTU TCP segment: 1448 payload bytes + 32 TCP (timestamps) + 20 IP + 14 Ethernet.
+WIRE_OVER_PAYLOAD = 1514 / 1448
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 _seq = itertools.count()
 
@@ -276,7 +278,10 @@ def shaping_commands(ns: str, rank: int, row: Sequence[LinkSpec | None], use_net
         if link is None or not link.shaped:
             continue
         classid = f"1:{10 + j:x}"
-        rate = link.bandwidth_bytes_per_s if math.isfinite(link.bandwidth_bytes_per_s) else 100e9 / 8
+        # htb counts Ethernet, IP and TCP headers; scale the wire rate so the TCP payload (the tensor
+        # bytes) moves at the requested bandwidth.
+        rate = (link.bandwidth_bytes_per_s * WIRE_OVER_PAYLOAD if math.isfinite(link.bandwidth_bytes_per_s)
+                else 100e9 / 8)
         # A burst of 64 KiB (one GSO segment on veth) or 1 ms of traffic keeps htb from rounding the rate
         # down at high rates while staying small next to the messages we time.
         burst = max(64 * 1024, int(rate * 1e-3))
@@ -471,3 +476,14 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m reference.netcluster``: see ``reference/netcluster_cli.py``."""
+    from reference.netcluster_cli import main as cli_main  # noqa: PLC0415
+
+    return cli_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,8 @@ Run inside a cluster (one process per rank, env:// variables set), the rank prog
 ordered pair (src, dst) in turn, a small ping-pong (4 bytes there and back: the round trip) and a
 ``size``-byte ``torch.distributed.send`` answered by a 4-byte ack, then an ``all_gather`` of each size
 among all ranks. The achieved bandwidth of src -> dst is ``size / (t_send_and_ack - t_round_trip)``:
-both latencies cancel, leaving the serialisation time on the link. Medians over the repeats.
+both latencies cancel, leaving the serialisation time on the link. Send times are medians over the
+repeats; the round trip is the fastest one (the latency floor; slower ones met a busy CPU).
 
 ``probe(cluster)`` runs it and returns the report; ``format_probe(report)`` renders a table.
 """
@@ -103,7 +104,8 @@ def _rank_main(sizes: list[int], repeats: int, pairs: list[tuple[int, int]] | No
                     dist.recv(x, s)
                     dist.send(small, s)
             if rank == s:
-                rtt, send = statistics.median(rtts), statistics.median(sends)
+                # The fastest round trip is the latency floor; slower ones met a busy CPU (2 cores).
+                rtt, send = min(rtts), statistics.median(sends)
                 mine.append({"src": s, "dst": d, "size_bytes": x.numel() * 4, "round_trip_s": rtt,
                              "send_s": send, "achieved_bytes_per_s": x.numel() * 4 / max(send - rtt, 1e-9)})
     gathers = []

@@ -1,0 +1,97 @@
+"""Command line of ``reference.netcluster``.
+
+    python -m reference.netcluster --world-size 2 --bandwidth 100MB/s --latency 1ms -- CMD ARGS...
+    python -m reference.netcluster probe --world-size 3 --bandwidth "x,20MB/s,5MB/s;20MB/s,x,inf;5MB/s,inf,x"
+    python -m reference.netcluster cleanup
+
+``--bandwidth`` and ``--latency`` take one value for every directed pair, or a P x P matrix written as
+rows separated by ``;`` and entries by ``,`` (row i, column j is link i -> j; the diagonal, e.g. ``x``, is ignored).
+``--noise SRC-DST[:ON_S/OFF_S]`` (repeatable) adds a competing flow on link SRC -> DST.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from reference.netcluster import (LinkSpec, NetClusterError, NoiseFlow, ShapedCluster, cleanup_stale,
+                                  parse_bandwidth, parse_duration)
+
+
+def _matrix(text: str, world_size: int, parse) -> list[list[float]]:
+    if ";" not in text:
+        v = parse(text)
+        return [[v] * world_size for _ in range(world_size)]
+    rows = [r.split(",") for r in text.split(";")]
+    if len(rows) != world_size or any(len(r) != world_size for r in rows):
+        raise NetClusterError(f"matrix {text!r} is not {world_size} x {world_size}")
+    return [[0.0 if i == j else parse(v) for j, v in enumerate(r)] for i, r in enumerate(rows)]
+
+
+def _noise(text: str) -> NoiseFlow:
+    pair, _, period = text.partition(":")
+    try:
+        src, dst = map(int, pair.split("-"))
+        on_s, off_s = (map(float, period.split("/")) if period else (None, None))
+    except ValueError:
+        raise NetClusterError(f"--noise {text!r}: expected SRC-DST or SRC-DST:ON_S/OFF_S") from None
+    return NoiseFlow(src=src, dst=dst, on_s=on_s, off_s=off_s)
+
+
+def _cluster(a: argparse.Namespace) -> ShapedCluster:
+    bw = _matrix(a.bandwidth, a.world_size, parse_bandwidth)
+    lat = _matrix(a.latency, a.world_size, parse_duration)
+    links = [[None if i == j else LinkSpec(bandwidth_bytes_per_s=bw[i][j], latency_s=lat[i][j])
+              for j in range(a.world_size)] for i in range(a.world_size)]
+    return ShapedCluster(a.world_size, links, noise=[_noise(n) for n in a.noise])
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m reference.netcluster", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--world-size", type=int, default=2)
+    ap.add_argument("--bandwidth", default="inf", help="e.g. 100MB/s, or a matrix (see above)")
+    ap.add_argument("--latency", default="0", help="e.g. 1ms, or a matrix")
+    ap.add_argument("--noise", action="append", default=[], help="SRC-DST[:ON_S/OFF_S]")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds before every rank is killed")
+    ap.add_argument("--sizes", default="1MB,4MB", help="probe: message sizes")
+    ap.add_argument("--repeats", type=int, default=3, help="probe: timed repeats per size")
+    ap.add_argument("--json", default=None, help="probe: also write the report here")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    mode = args.pop(0) if args[:1] and args[0] in ("run", "probe", "cleanup") else "run"
+    command = args[args.index("--") + 1:] if "--" in args else []
+    a = _parser().parse_args(args[:args.index("--")] if "--" in args else args)
+    a.mode = mode
+    try:
+        if a.mode == "cleanup":
+            print("\n".join(cleanup_stale()) or "nothing to clean")
+            return 0
+        if a.mode == "run" and not command:
+            raise NetClusterError("nothing to run: give -- CMD ARGS...")
+        with _cluster(a) as cluster:
+            if a.mode == "probe":
+                from reference.netcluster_probe import format_probe, probe  # noqa: PLC0415
+
+                sizes = [int(parse_bandwidth(s)) for s in a.sizes.split(",")]
+                report = probe(cluster, sizes, repeats=a.repeats, timeout_s=a.timeout)
+                print(format_probe(report))
+                if a.json:
+                    with open(a.json, "w") as f:
+                        json.dump(report, f, indent=1)
+                return 0
+            results = cluster.run(command, timeout_s=a.timeout)
+    except NetClusterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for r in results:
+        for stream, text in ((sys.stdout, r.stdout), (sys.stderr, r.stderr)):
+            for line in text.splitlines():
+                print(f"[rank {r.rank}] {line}", file=stream)
+    if any(r.timed_out for r in results):
+        print(f"error: timed out after {a.timeout} s; every rank was killed", file=sys.stderr)
+        return 124
+    return max((r.returncode for r in results), key=abs)

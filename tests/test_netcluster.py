@@ -1,0 +1,190 @@
+"""The shaped-link cluster: namespaces come and go, links are as slow as asked, timeouts kill every rank.
+
+The tests that create namespaces need root and iproute2; elsewhere they skip, and the loopback fallback
+is still tested.
+"""
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from reference.netcluster import (LinkSpec, NetClusterError, NoiseFlow, ShapedCluster, cleanup_stale,
+                                  link_matrix, namespaces_available, our_namespaces, parse_bandwidth,
+                                  parse_duration, scale_links)
+from reference.netcluster_cli import main as cli_main
+from reference.netcluster_probe import probe
+
+_OK, _WHY = namespaces_available()
+needs_netns = pytest.mark.skipif(not _OK, reason=f"network namespaces unavailable: {_WHY}")
+MB = 1e6
+
+
+def _mine(prefix: str = f"ncl-{os.getpid()}-") -> list[str]:
+    return [n for n in our_namespaces() if n.startswith(prefix)]
+
+
+def _root_links() -> set[str]:
+    out = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    return {line.split(":")[1].strip() for line in out.splitlines()}
+
+
+@needs_netns
+def test_namespaces_and_qdiscs_exist_inside_and_are_gone_after_an_exception():
+    links_before = _root_links()
+    with pytest.raises(RuntimeError, match="boom"):
+        with ShapedCluster(3, LinkSpec(bandwidth_bytes_per_s=10 * MB)) as c:
+            assert c.shaped and c.fallback_reason == ""
+            assert sorted(_mine()) == sorted([c.hub, *c.namespaces])
+            res = c.run(["tc", "class", "show", "dev", "eth0"], timeout_s=10)
+            # one htb class per destination rank
+            assert [r.stdout.count("class htb") for r in res] == [2, 2, 2]
+            # 10 MB/s of payload is 83.6 Mbit/s on the wire, headers included
+            assert all(re.search(r"rate 836\d\dKbit", r.stdout) for r in res)
+            raise RuntimeError("boom")
+    assert _mine() == []
+    assert _root_links() == links_before
+
+
+@needs_netns
+def test_ranks_get_env_variables_and_their_own_addresses():
+    with ShapedCluster(2, LinkSpec(bandwidth_bytes_per_s=math.inf)) as c:
+        res = c.run(["sh", "-c", "echo $RANK $WORLD_SIZE $LOCAL_RANK $LOCAL_WORLD_SIZE $MASTER_ADDR "
+                     "$MASTER_PORT $GLOO_SOCKET_IFNAME; ip -4 -o addr show eth0 | awk '{print $4}'"],
+                    timeout_s=10)
+    assert [r.stdout.split() for r in res] == [
+        ["0", "2", "0", "1", "10.213.0.1", "29500", "eth0", "10.213.0.1/24"],
+        ["1", "2", "0", "1", "10.213.0.1", "29500", "eth0", "10.213.0.2/24"]]
+    assert [r.returncode for r in res] == [0, 0]
+
+
+@needs_netns
+def test_timeout_kills_every_rank_and_its_children():
+    with ShapedCluster(2, LinkSpec(bandwidth_bytes_per_s=10 * MB)) as c:
+        t0 = time.monotonic()
+        res = c.run(lambda r: ["sh", "-c", "sleep 30 & sleep 30" if r else "echo quick"], timeout_s=1.0)
+        elapsed = time.monotonic() - t0
+        leftover = [subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+                    for ns in c.namespaces]
+    assert elapsed < 5
+    assert [(r.returncode, r.timed_out) for r in res] == [(0, False), (-signal.SIGKILL, True)]
+    assert res[0].stdout == "quick\n"
+    assert leftover == [[], []]
+    assert _mine() == []
+
+
+@needs_netns
+def test_a_shaped_link_takes_bytes_over_bandwidth_and_an_unshaped_one_is_much_faster():
+    links = {(0, 1): LinkSpec(bandwidth_bytes_per_s=20 * MB), (1, 0): LinkSpec(bandwidth_bytes_per_s=math.inf)}
+    with ShapedCluster(2, lambda i, j: links[i, j]) as c:
+        report = probe(c, [4 << 20], repeats=2, all_gather=False, timeout_s=60)
+    slow, fast = report["pairs"]
+    assert (slow["src"], slow["dst"], fast["src"], fast["dst"]) == (0, 1, 1, 0)
+    expected_s = (4 << 20) / (20 * MB)
+    assert slow["send_s"] == pytest.approx(expected_s, rel=0.2)
+    assert fast["send_s"] < expected_s / 5
+
+
+@needs_netns
+def test_a_non_uniform_matrix_gives_each_directed_pair_its_own_rate():
+    bw = [[None, 40, 10], [20, None, 40], [40, 10, None]]  # MB/s
+    links = [[None if b is None else LinkSpec(bandwidth_bytes_per_s=b * MB) for b in row] for row in bw]
+    with ShapedCluster(3, links) as c:
+        report = probe(c, [1 << 20], repeats=2, all_gather=False, timeout_s=60)
+    got = {(p["src"], p["dst"]): p["achieved_bytes_per_s"] / MB for p in report["pairs"]}
+    assert sorted(got) == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
+    for (i, j), rate in got.items():
+        assert rate == pytest.approx(bw[i][j], rel=0.25), (i, j, got)
+
+
+@needs_netns
+def test_a_competing_flow_takes_its_share_of_one_link_and_stops_with_the_run():
+    noise = [NoiseFlow(src=0, dst=1, max_duration_s=30)]
+    with ShapedCluster(2, LinkSpec(bandwidth_bytes_per_s=20 * MB), noise=noise) as c:
+        report = probe(c, [2 << 20], repeats=2, all_gather=False, timeout_s=60)
+        leftover = [subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
+                    for ns in c.namespaces]
+    ratio = {(p["src"], p["dst"]): p["ratio"] for p in report["pairs"]}
+    assert ratio[0, 1] < 0.75  # one competing greedy flow: about half
+    assert ratio[1, 0] > 0.8
+    assert leftover == [[], []]
+
+
+@needs_netns
+# SIGINT: KeyboardInterrupt unwinds the with-block, then Python exits by re-raising SIGINT.
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, -signal.SIGINT)])
+def test_sigterm_and_interrupt_tear_everything_down(sig, code):
+    script = textwrap.dedent("""
+        import sys, time
+        from reference.netcluster import ShapedCluster, LinkSpec
+        with ShapedCluster(2, LinkSpec(bandwidth_bytes_per_s=1e6)) as c:
+            print(c.prefix, flush=True)
+            c.run(["sleep", "30"], timeout_s=30)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prefix = p.stdout.readline().strip()
+    assert prefix.startswith("ncl-") and len(_mine(prefix)) == 3
+    time.sleep(0.3)
+    p.send_signal(sig)
+    assert p.wait(timeout=10) == code
+    assert _mine(prefix) == []
+
+
+@needs_netns
+def test_cleanup_stale_removes_namespaces_of_dead_owners_only():
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale, live = f"ncl-{dead.pid}-0-r0", f"ncl-{os.getpid()}-999-r0"
+    for ns in (stale, live):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        assert cleanup_stale() == [stale]
+        assert stale not in our_namespaces() and live in our_namespaces()
+    finally:
+        subprocess.run(["ip", "netns", "del", live])
+
+
+def test_fallback_runs_plain_loopback_processes_and_says_so(monkeypatch, capsys):
+    monkeypatch.setenv("NETCLUSTER_FORCE_LOOPBACK", "1")
+    with ShapedCluster(2, LinkSpec(bandwidth_bytes_per_s=10 * MB)) as c:
+        res = c.run(["sh", "-c", "echo $RANK $MASTER_ADDR $GLOO_SOCKET_IFNAME"], timeout_s=10)
+    assert (c.shaped, c.fallback_reason) == (False, "NETCLUSTER_FORCE_LOOPBACK=1")
+    assert [r.stdout for r in res] == ["0 127.0.0.1 lo\n", "1 127.0.0.1 lo\n"]
+    assert "falling back to unshaped loopback" in capsys.readouterr().err
+    with pytest.raises(NetClusterError, match="namespaces unavailable: NETCLUSTER_FORCE_LOOPBACK=1"):
+        with ShapedCluster(2, LinkSpec(bandwidth_bytes_per_s=10 * MB), allow_fallback=False):
+            pass
+
+
+@needs_netns
+def test_cli_runs_a_command_in_every_rank(capsys):
+    assert cli_main(["--world-size", "2", "--bandwidth", "10MB/s", "--", "sh", "-c", "echo $RANK"]) == 0
+    assert capsys.readouterr().out == "[rank 0] 0\n[rank 1] 1\n"
+    assert cli_main(["--world-size", "2", "--timeout", "0.5", "--", "sleep", "10"]) == 124
+    assert cli_main(["--bandwidth", "10XB", "--", "true"]) == 2
+    assert "error: bandwidth '10XB'" in capsys.readouterr().err
+
+
+def test_scale_links_divides_bandwidth_and_multiplies_latency_by_the_slowdown():
+    cpu = scale_links(LinkSpec(bandwidth_bytes_per_s=300e9, latency_s=2e-6), 1000)
+    assert (cpu.bandwidth_bytes_per_s, cpu.latency_s) == (300e6, pytest.approx(2e-3))
+    with pytest.raises(NetClusterError, match="cpu_over_gpu_slowdown=0 must be > 0"):
+        scale_links(cpu, 0)
+
+
+def test_units_and_bad_input():
+    assert [parse_bandwidth(t) for t in ("100MB/s", "1GiB/s", "800mbit", "inf")] == [100e6, 2**30, 100e6, math.inf]
+    assert [parse_duration(t) for t in ("1ms", "200us", "2")] == [1e-3, pytest.approx(2e-4), 2.0]
+    with pytest.raises(NetClusterError, match=r"bandwidth_bytes_per_s=0 must be > 0"):
+        LinkSpec(bandwidth_bytes_per_s=0)
+    with pytest.raises(NetClusterError, match=r"link matrix is 1 x \[2\], expected 2 x 2"):
+        link_matrix(2, [[None, LinkSpec(bandwidth_bytes_per_s=1)]])
+    with pytest.raises(NetClusterError, match=r"noise flow 1->1 x1: need src != dst"):
+        NoiseFlow(src=1, dst=1)
+    with pytest.raises(NetClusterError, match=r"noise flow 0->3: ranks must be in 0..1"):
+        ShapedCluster(2, LinkSpec(bandwidth_bytes_per_s=1), noise=[NoiseFlow(src=0, dst=3)])
