@@ -9,10 +9,50 @@ nh query heads, nkv KV heads, hd head dim, H hidden.
 """
 from __future__ import annotations
 
+import functools
+import os
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reference.fast_attention import chunk_attention
+
+
+def cuda_fused(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """`fn` as written on CPUs; on CUDA tensors, compiled by torch.compile into one fused kernel.
+
+    Memory-bound chains (a norm, the rotary rotation, SiLU times up) cost one pass over their
+    tensors this way instead of one per eager op; at 16k tokens that is about a tenth of the prefill.
+    ``KVR_COMPILE=0`` turns it off. The compiled graph is shape-dynamic, so chunks of any length
+    reuse it.
+    """
+    compiled = None
+
+    @functools.wraps(fn)
+    def wrapper(*args):
+        nonlocal compiled
+        if args[0].is_cuda and os.environ.get("KVR_COMPILE", "1") != "0":
+            if compiled is None:
+                compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+            return compiled(*args)
+        return fn(*args)
+    return wrapper
+
+
+@cuda_fused
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / rms(x) * weight over the last dim, in fp32 and cast back (as HF Llama does)."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+@cuda_fused
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU's SiLU(gate) * up."""
+    return F.silu(gate) * up
 
 
 class RMSNorm(nn.Module):
@@ -24,9 +64,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
@@ -53,6 +91,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+@cuda_fused
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x (B, n, T, hd) rotated by cos, sin (T, hd)."""
     return x * cos + _rotate_half(x) * sin

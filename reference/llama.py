@@ -9,11 +9,10 @@ nkv KV heads, hd head dim, I MLP inner size, V vocabulary.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from reference.kvcache import KVCache
-from reference.layers import RMSNorm, apply_rotary, attention, rotary_cos_sin
+from reference.layers import RMSNorm, apply_rotary, attention, rotary_cos_sin, silu_mul
 from sim.model import ModelSpec
 
 
@@ -46,7 +45,7 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)  # down
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return self.w2(silu_mul(self.w1(x), self.w3(x)))
 
 
 class Block(nn.Module):
