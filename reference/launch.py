@@ -202,6 +202,12 @@ def _layer_times(model, run, barrier, sync) -> list[float]:
     return times
 
 
+def _is_comm_failure(e: RuntimeError) -> bool:
+    """A peer died or a collective timed out. gloo raises plain RuntimeErrors for these."""
+    return isinstance(e, dist.DistError) or any(
+        w in str(e) for w in ("gloo", "NCCL", "Connection closed", "Connection reset", "imed out", "timeout"))
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -257,7 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         results = _run(args, rank, world, local_rank, spec, ids, chunks, device, backend)
     except ValueError as e:  # a checkpoint that does not fit its config
         return fail(str(e), 2)
-    except dist.DistError as e:  # a peer died or a collective timed out
+    except RuntimeError as e:
+        if not _is_comm_failure(e):
+            raise  # a bug of ours: keep the traceback
         return fail(str(e).strip().splitlines()[0], 1)
     finally:
         if dist.is_initialized():

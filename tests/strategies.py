@@ -11,3 +11,82 @@ def partitions(draw, total: int, parts: int):
     cuts = sorted(draw(st.sets(st.integers(1, total - 1), min_size=parts - 1, max_size=parts - 1)))
     bounds = [0, *cuts, total]
     return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+# ----- runtime (reference/) ------------------------------------------------------------------------
+LAYOUTS = ("llama", "falcon-7b", "falcon-40b", "falcon-sequential")
+
+
+@st.composite
+def tiny_model_specs(draw, layouts=LAYOUTS):
+    """A random tiny ModelSpec: Llama (MHA, GQA, MQA) or Falcon (7B layout: one LayerNorm, parallel;
+    40B layout: two LayerNorms, parallel; the old sequential layout), 1 to 3 layers, small sizes."""
+    from sim.model import ModelSpec
+
+    layout = draw(st.sampled_from(layouts))
+    nkv = draw(st.sampled_from([1, 2, 4]))
+    nh = nkv * draw(st.sampled_from([1, 2, 4]))  # group 1: MHA; nkv 1: MQA
+    hd = draw(st.sampled_from([4, 8, 16]))
+    base = {"llama": "tiny-llama", "falcon-7b": "tiny-falcon"}.get(layout, "tiny-falcon-40b")
+    changes = dict(
+        name=f"random-{layout}", num_layers=draw(st.integers(1, 3)), num_heads=nh, num_kv_heads=nkv,
+        head_dim=hd, hidden_size=draw(st.sampled_from([16, 32, 48])),
+        intermediate_size=draw(st.sampled_from([24, 64])), vocab_size=draw(st.integers(8, 80)),
+        rope_theta=draw(st.sampled_from([10000.0, 500000.0])),
+        tie_word_embeddings=draw(st.booleans()))
+    if layout != "llama":
+        changes["bias"] = draw(st.booleans())
+    if layout == "falcon-sequential":
+        changes["parallel_attn"] = False
+    return ModelSpec.preset(base).replace(**changes)
+
+
+@st.composite
+def prefill_examples(draw, scheme: str, max_world: int = 4, max_context: int = 64):
+    """A prefill example: spec, weight seed, world size 1..max_world, a partition of C tokens
+    (random for kvr, even for tsp; every chunk >= 1, world <= C) and random token ids."""
+    spec = draw(tiny_model_specs())
+    world = draw(st.integers(1, max_world))
+    context = draw(st.integers(world, max_context))
+    if scheme == "kvr":
+        chunks = draw(partitions(context, world)) if world > 1 else [context]
+    else:
+        q, r = divmod(context, world)
+        chunks = [q + 1 if i < r else q for i in range(world)]
+    ids = draw(st.lists(st.integers(0, spec.vocab_size - 1), min_size=context, max_size=context))
+    return {"spec": spec.to_dict(), "seed": draw(st.integers(0, 2**16)), "scheme": scheme,
+            "chunks": chunks, "ids": ids}
+
+
+# ----- simulator (sim/) ----------------------------------------------------------------------------
+@st.composite
+def sim_models(draw):
+    """A random ModelSpec of the Llama or Falcon layouts, 1 to 3 layers, small to 7B-like widths (so
+    that both compute- and launch-bound ops occur)."""
+    from sim.model import ModelSpec
+
+    base = ModelSpec.preset(draw(st.sampled_from(["llama-2-7b", "llama-3-8b", "falcon-7b", "falcon-40b"])))
+    nkv = draw(st.sampled_from([1, 2, 8]))
+    nh = nkv * draw(st.sampled_from([1, 4]))
+    hd = draw(st.sampled_from([64, 128]))
+    return base.replace(name="random", num_layers=draw(st.integers(1, 3)), num_heads=nh, num_kv_heads=nkv,
+                        head_dim=hd, hidden_size=nh * hd, intermediate_size=draw(st.sampled_from([256, 4096])),
+                        vocab_size=draw(st.sampled_from([1000, 32000])))
+
+
+@st.composite
+def mesh_clusters(draw, num_gpus: int, background: bool = True):
+    """A full mesh of ``num_gpus`` GPUs, one latency for every link (so every route is the direct link),
+    each directed link at its own bandwidth (1 to 400 GB/s); optionally constant background flows."""
+    from sim.cluster import BackgroundFlow, ClusterSpec, LinkSpec
+
+    latency_s = draw(st.sampled_from([0.0, 2e-6, 2e-5]))
+    pairs = [(a, b) for a in range(num_gpus) for b in range(num_gpus) if a != b]
+    links = tuple(LinkSpec(src=a, dst=b, latency_s=latency_s,
+                           bandwidth_bytes_per_s=draw(st.floats(1e9, 4e11)))
+                  for a, b in pairs)
+    flows = ()
+    if background and pairs:
+        chosen = draw(st.lists(st.sampled_from(pairs), max_size=3, unique=True))
+        flows = tuple(BackgroundFlow(src=a, dst=b, flows=draw(st.integers(1, 3))) for a, b in chosen)
+    return ClusterSpec(name="random", num_gpus=num_gpus, links=links, background=flows)
