@@ -70,7 +70,7 @@ def time_cuda(fn: Callable[[], Any], warmup: int, repeat: int) -> list[float]:
 def _ours(spec: ModelSpec, dtype: torch.dtype):
     from reference.checkpoint import random_model
     from reference.schemes.single import prefill
-    model = random_model(spec, seed=0, device="cuda", dtype=dtype)
+    model = random_model(spec, seed=0, device="cuda", dtype=dtype).fuse_()
     return model, lambda ids: int(prefill(model, ids).logits.argmax(-1)[0])
 
 

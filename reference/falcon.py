@@ -88,6 +88,10 @@ class Falcon(nn.Module):
         if spec.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
 
+    def fuse_(self) -> "Falcon":
+        """Nothing to do: Falcon's checkpoint already stores Q, K and V as one fused weight."""
+        return self
+
     def forward(self, input_ids: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
         """input_ids (B, T) at positions start_pos .. start_pos + T - 1 -> last position's logits (B, V)."""
         x = self.tok_embeddings(input_ids)                              # (B, T, H)

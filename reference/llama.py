@@ -16,6 +16,14 @@ from reference.layers import RMSNorm, apply_rotary, attention, rotary_cos_sin, s
 from sim.model import ModelSpec
 
 
+def _fused_linear(*parts: nn.Linear) -> nn.Linear:
+    """One bias-free Linear whose output is the parts' outputs side by side (weights concatenated)."""
+    w = torch.cat([p.weight for p in parts], dim=0)
+    fused = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+    fused.weight = nn.Parameter(w, requires_grad=False)
+    return fused
+
+
 class Attention(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
@@ -24,13 +32,22 @@ class Attention(nn.Module):
         self.wk = nn.Linear(spec.hidden_size, spec.kv_size, bias=False)
         self.wv = nn.Linear(spec.hidden_size, spec.kv_size, bias=False)
         self.wo = nn.Linear(spec.q_size, spec.hidden_size, bias=False)
+        self.wqkv: nn.Linear | None = None  # set by fuse_(): one GEMM instead of three
+
+    def fuse_(self) -> None:
+        self.wqkv = _fused_linear(self.wq, self.wk, self.wv)
+        del self.wq, self.wk, self.wv
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
                 layer_idx: int) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.wq(x).view(b, t, self.nh, self.hd).transpose(1, 2)    # (B, nh, T, hd)
-        k = self.wk(x).view(b, t, self.nkv, self.hd).transpose(1, 2)   # (B, nkv, T, hd)
-        v = self.wv(x).view(b, t, self.nkv, self.hd).transpose(1, 2)
+        if self.wqkv is not None:
+            q, k, v = self.wqkv(x).split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], -1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q = q.view(b, t, self.nh, self.hd).transpose(1, 2)             # (B, nh, T, hd)
+        k = k.view(b, t, self.nkv, self.hd).transpose(1, 2)            # (B, nkv, T, hd)
+        v = v.view(b, t, self.nkv, self.hd).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         k, v = cache.update(layer_idx, k, v)                            # (B, nkv, S, hd)
         y = attention(q, k, v)                                          # (B, nh, T, hd)
@@ -43,8 +60,15 @@ class FeedForward(nn.Module):
         self.w1 = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)  # gate
         self.w3 = nn.Linear(spec.hidden_size, spec.intermediate_size, bias=False)  # up
         self.w2 = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)  # down
+        self.w13: nn.Linear | None = None  # set by fuse_(): gate and up in one GEMM
+
+    def fuse_(self) -> None:
+        self.w13 = _fused_linear(self.w1, self.w3)
+        del self.w1, self.w3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w13 is not None:
+            return self.w2(silu_mul(*self.w13(x).chunk(2, dim=-1)))
         return self.w2(silu_mul(self.w1(x), self.w3(x)))
 
 
@@ -73,6 +97,14 @@ class Llama(nn.Module):
         self.output = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         if spec.tie_word_embeddings:
             self.output.weight = self.tok_embeddings.weight
+
+    def fuse_(self) -> "Llama":
+        """Concatenate Q/K/V and gate/up weights into single GEMMs (in place, for speed; the
+        checkpoint layout is unchanged until this is called)."""
+        for layer in self.layers:
+            layer.attention.fuse_()
+            layer.feed_forward.fuse_()
+        return self
 
     def forward(self, input_ids: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
         """input_ids (B, T) at positions start_pos .. start_pos + T - 1 -> last position's logits (B, V)."""
