@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from typing import Callable
 
 import torch
@@ -28,15 +29,21 @@ def cuda_fused(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     ``KVR_COMPILE=0`` turns it off. The compiled graph is shape-dynamic, so chunks of any length
     reuse it.
     """
-    compiled = None
+    compiled: Callable[..., torch.Tensor] | None = None
+    failed = False
 
     @functools.wraps(fn)
     def wrapper(*args):
-        nonlocal compiled
-        if args[0].is_cuda and os.environ.get("KVR_COMPILE", "1") != "0":
+        nonlocal compiled, failed
+        if args[0].is_cuda and not failed and os.environ.get("KVR_COMPILE", "1") != "0":
             if compiled is None:
                 compiled = torch.compile(fn, dynamic=True, fullgraph=True)
-            return compiled(*args)
+            try:
+                return compiled(*args)
+            except Exception as e:  # noqa: BLE001 - compiler or toolchain trouble: stay correct, eager
+                failed = True
+                warnings.warn(f"torch.compile of {fn.__name__} failed ({type(e).__name__}: {e}); "
+                              "running it eagerly", RuntimeWarning, stacklevel=2)
         return fn(*args)
     return wrapper
 
