@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 
-from . import plots, report
+from . import report
 from .scenario import Scenario, ScenarioError, load
 from .simulate import Job, simulate
 
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_outputs(scenario: Scenario, table, timelines: list[Job], out_dir: str) -> None:
+    from . import plots  # matplotlib: only when there is something to draw
+
     os.makedirs(out_dir, exist_ok=True)
     paths = report.write_files(scenario, table, out_dir)
     for model in scenario.models:

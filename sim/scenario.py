@@ -18,7 +18,7 @@ from .schemes import ATTENTION, BUILTIN, KINDS, SchemeSpec
 from .simulate import Job
 
 GB = 1e9  # bytes: bandwidths are given in GB/s (10^9 bytes per second)
-US = 1e-6  # seconds
+US_PER_S = 1e6  # times are given in microseconds; value / 1e6 is exact for round values
 THROTTLED_GB_PER_S = 10.0
 NODES_SWITCH = "network"  # the switch that joins the nodes of a `nodes:` cluster
 
@@ -100,7 +100,7 @@ def parse(doc: Any, default_name: str = "scenario") -> Scenario:
         _need(labels.index(label) == i, f"workload.schemes[{i}]", "scheme names must be unique", label)
     return Scenario(
         name=_str(top.get("name", default_name), "name"),
-        description=_str(top.get("description", ""), "description"),
+        description=_str(top["description"], "description") if "description" in top else "",
         models=models, gpu=_gpu(hw), dtype=dtype, clusters=clusters,
         contexts=contexts, gpu_counts=counts, schemes=schemes)
 
@@ -117,13 +117,14 @@ def _gpu(hw: dict) -> GpuSpec:
     name = _str(hw["gpu"], "hardware.gpu")
     _need(name in GPU_PRESETS, "hardware.gpu", f"must be one of {list(GPU_PRESETS)}", name)
     scale = {"peak_tflops": ("peak_flops_per_s", 1e12), "hbm_gb_per_s": ("hbm_bytes_per_s", GB),
-             "launch_overhead_us": ("launch_overhead_s", US), "matmul_efficiency": ("matmul_efficiency", 1),
+             "launch_overhead_us": ("launch_overhead_s", 1 / US_PER_S), "matmul_efficiency": ("matmul_efficiency", 1),
              "attention_efficiency": ("attention_efficiency", 1), "memory_efficiency": ("memory_efficiency", 1)}
     changes = {}
     for key, (field, unit) in scale.items():
         if key in hw:
             low = 0 if key == "launch_overhead_us" else None
-            changes[field] = _number(hw[key], f"hardware.{key}", minimum=low) * unit
+            value = _number(hw[key], f"hardware.{key}", minimum=low)
+            changes[field] = value / US_PER_S if key == "launch_overhead_us" else value * unit
     try:
         return GPU_PRESETS[name].replace(**changes)
     except HardwareError as e:
@@ -132,7 +133,7 @@ def _gpu(hw: dict) -> GpuSpec:
 
 def _link_params(d: dict, at: str) -> tuple[float, float]:
     return (_number(d["bandwidth_gb_per_s"], f"{at}.bandwidth_gb_per_s") * GB,
-            _number(d.get("latency_us", 0.0), f"{at}.latency_us", minimum=0) * US)
+            _number(d.get("latency_us", 0.0), f"{at}.latency_us", minimum=0) / US_PER_S)
 
 
 def _cluster(value: Any, at: str) -> ClusterSpec:
@@ -217,10 +218,10 @@ def _background(value: Any, at: str, endpoints: set) -> BackgroundFlow:
     _need(len(link) == 2, f"{at}.link", "must be [from, to]", d["link"])
     src, dst = (_endpoint(e, f"{at}.link[{j}]", endpoints) for j, e in enumerate(link))
     _need(("on_us" in d) == ("off_us" in d), at, "on_us and off_us go together", sorted(d))
-    on_s = _number(d["on_us"], f"{at}.on_us") * US if "on_us" in d else None
-    off_s = _number(d["off_us"], f"{at}.off_us") * US if "off_us" in d else None
+    on_s = _number(d["on_us"], f"{at}.on_us") / US_PER_S if "on_us" in d else None
+    off_s = _number(d["off_us"], f"{at}.off_us") / US_PER_S if "off_us" in d else None
     return BackgroundFlow(src=src, dst=dst, flows=_int(d.get("flows", 1), f"{at}.flows"),
-                          start_s=_number(d.get("start_us", 0), f"{at}.start_us", minimum=0) * US,
+                          start_s=_number(d.get("start_us", 0), f"{at}.start_us", minimum=0) / US_PER_S,
                           on_s=on_s, off_s=off_s)
 
 

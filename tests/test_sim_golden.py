@@ -1,0 +1,24 @@
+"""Each shipped scenario's report equals its checked-in expected report (regenerate deliberately with
+``python -m sim.regen``)."""
+import glob
+import os
+
+import pytest
+
+from sim import report
+from sim.regen import SCENARIOS, expected_path
+from sim.scenario import load
+
+PATHS = sorted(glob.glob(os.path.join(SCENARIOS, "*.yaml")))
+
+
+def test_every_scenario_is_shipped_with_its_expected_report():
+    assert [os.path.basename(p) for p in PATHS] == ["nonuniform.yaml", "throttled.yaml", "uniform.yaml"]
+    assert all(os.path.exists(expected_path(p)) for p in PATHS)
+
+
+@pytest.mark.parametrize("path", PATHS, ids=os.path.basename)
+def test_report_matches_expected(path):
+    scenario = load(path)
+    with open(expected_path(path), encoding="utf-8") as f:
+        assert report.text(scenario, report.run(scenario, progress=False)) == f.read()
