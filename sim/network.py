@@ -15,7 +15,7 @@ import simpy
 
 from .cluster import ClusterSpec, Link, routes
 
-_DONE_REL = 1e-9  # a flow with this fraction of its bytes left has finished (float rounding)
+_DONE_REL = 1e-12  # a flow due within this fraction of the clock has finished (float rounding)
 
 
 class _Group:
@@ -28,13 +28,21 @@ class _Group:
 
 
 class _Flow:
-    __slots__ = ("links", "size", "remaining", "rate", "group", "end_s")
+    """Bytes moving along ``links``: ``remaining`` at time ``since_s``, at ``rate`` since then."""
 
-    def __init__(self, links: tuple[Link, ...], size: float, group: _Group | None):
-        self.links, self.size, self.remaining = links, size, size
-        self.rate = 0.0
+    __slots__ = ("links", "cap", "remaining", "rate", "since_s", "finish_s", "group", "end_s")
+
+    def __init__(self, links: tuple[Link, ...], cap: float, size: float, group: _Group | None):
+        self.links, self.cap, self.remaining = links, cap, size
+        self.rate, self.since_s, self.finish_s = 0.0, 0.0, float("inf")
         self.group = group  # None for background flows, which never end
         self.end_s = 0.0
+
+    def set_rate(self, rate: float, now_s: float) -> None:
+        self.remaining -= self.rate * (now_s - self.since_s)
+        self.rate, self.since_s = rate, now_s
+        if self.group is not None:
+            self.finish_s = now_s + self.remaining / rate
 
 
 class Network:
@@ -48,9 +56,12 @@ class Network:
         latency = {(l.src, l.dst): l.latency_s for l in cluster.links}
         self._route_latency_s = {pair: sum(latency[link] for link in route)
                                  for pair, route in self.routes.items()}
+        self._route_cap = {pair: min(self.capacity[link] for link in route) for pair, route in self.routes.items()}
         self.bytes_carried: dict[Link, float] = defaultdict(float)
         self._flows: dict[_Flow, None] = {}  # insertion-ordered set: deterministic
-        self._last_s = 0.0
+        self._users: Counter[Link] = Counter()  # active flows per link
+        self._shared = 0  # links with two or more active flows
+        self._changed = False
         self._wake = env.event()
         env.process(self._manage())
         for bg in cluster.background:
@@ -63,81 +74,83 @@ class Network:
         """Process body: transfers that start now, each ``(src GPU, dst GPU, bytes)``; each waits its own
         route latency, then flows. Returns each one's end time, in order (the process ends with the last)."""
         group = _Group(self.env, len(moves))
-        flows: list[_Flow | None] = [None] * len(moves)
+        flows: dict[int, _Flow] = {}
         waited_s = 0.0
-        for i in sorted(range(len(moves)), key=lambda i: self.route_latency_s(*moves[i][:2])):
+        for i in sorted(range(len(moves)), key=lambda i: self._route_latency_s[moves[i][0], moves[i][1]]):
             src, dst, nbytes = moves[i]
-            latency_s = self.route_latency_s(src, dst)
+            latency_s = self._route_latency_s[src, dst]
             if latency_s > waited_s:
                 yield self.env.timeout(latency_s - waited_s)
                 waited_s = latency_s
             links = self.routes[src, dst]
             for link in links:
                 self.bytes_carried[link] += nbytes
-            flows[i] = _Flow(links, nbytes, group)
+            flows[i] = _Flow(links, self._route_cap[src, dst], nbytes, group)
             self._add(flows[i])
         yield group.done
-        return [f.end_s for f in flows]
+        return [flows[i].end_s for i in range(len(moves))]
 
     # ----- the link manager ----------------------------------------------------------------------
     def _add(self, flow: _Flow) -> None:
-        self._settle()
         self._flows[flow] = None
+        for link in flow.links:
+            self._users[link] += 1
+            if self._users[link] == 2:
+                self._shared += 1
         self._poke()
 
     def _remove(self, flow: _Flow) -> None:
-        self._settle()
         del self._flows[flow]
+        for link in flow.links:
+            self._users[link] -= 1
+            if self._users[link] == 1:
+                self._shared -= 1
         self._poke()
 
     def _poke(self) -> None:
+        """A flow started or stopped: rates must be shared anew."""
+        self._changed = True
+        self._wake_up()
+
+    def _wake_up(self, _timer: simpy.Event | None = None) -> None:
         if not self._wake.triggered:
             self._wake.succeed()
 
-    def _settle(self) -> None:
-        """Advance every flow's remaining bytes to now at the rates it has had since the last change."""
-        dt = self.env.now - self._last_s
-        if dt > 0:
-            for f in self._flows:
-                f.remaining -= f.rate * dt
-            self._last_s = self.env.now
-
     def _manage(self):
+        """Sleep until a flow starts or stops or the next flow ends; then end flows, share, repeat."""
         while True:
-            self._settle()
-            for f in [f for f in self._flows if f.group is not None and f.remaining <= _DONE_REL * f.size]:
-                del self._flows[f]
-                f.end_s = self.env.now
+            now_s = self.env.now
+            for f in [f for f in self._flows if f.finish_s <= now_s + _DONE_REL * now_s]:
+                self._remove(f)
+                f.end_s = now_s
                 f.group.left -= 1
                 if not f.group.left:
                     f.group.done.succeed()
-            self._share()
-            next_s = min((f.remaining / f.rate for f in self._flows if f.group is not None), default=None)
+            if self._changed:
+                self._changed = False
+                self._share(now_s)
+                next_s = min((f.finish_s for f in self._flows), default=float("inf"))
+                if next_s < float("inf"):  # earlier timers may still fire: they find nothing due
+                    self.env.timeout(max(next_s - now_s, 0.0)).callbacks.append(self._wake_up)
             self._wake = self.env.event()
-            if next_s is None:
-                yield self._wake
-            else:
-                yield self._wake | self.env.timeout(next_s)
+            yield self._wake
 
-    def _share(self) -> None:
-        """Max-min fair rates by progressive filling."""
-        left: dict[Link, float] = {}
-        users: Counter[Link] = Counter()
-        for f in self._flows:
-            for link in f.links:
-                left[link] = self.capacity[link]
-                users[link] += 1
-        if all(n == 1 for n in users.values()):  # no link shared: each flow gets its slowest link
+    def _share(self, now_s: float) -> None:
+        """Max-min fair rates. With no link shared every flow runs at its route's slowest link."""
+        if not self._shared:
             for f in self._flows:
-                f.rate = min(self.capacity[link] for link in f.links)
+                if f.rate != f.cap:
+                    f.set_rate(f.cap, now_s)
             return
+        left = {link: self.capacity[link] for link in self._users if self._users[link]}
+        users = +self._users
         todo = list(self._flows)
-        while todo:
+        while todo:  # progressive filling: the most loaded link fixes its flows' rate
             bottleneck = min(users, key=lambda link: left[link] / users[link])
             rate = max(left[bottleneck], 0.0) / users[bottleneck]
             fixed = [f for f in todo if bottleneck in f.links]
             for f in fixed:
-                f.rate = rate
+                f.set_rate(rate, now_s)
                 for link in f.links:
                     left[link] -= rate
                     users[link] -= 1
@@ -147,7 +160,8 @@ class Network:
 
     def _background(self, bg):
         """Greedy competing flows on one link: never finish, switched on and off by this process."""
-        flows = [_Flow(((bg.src, bg.dst),), float("inf"), None) for _ in range(bg.flows)]
+        link = (bg.src, bg.dst)
+        flows = [_Flow((link,), self.capacity[link], float("inf"), None) for _ in range(bg.flows)]
         yield self.env.timeout(bg.start_s)
         while True:
             for f in flows:

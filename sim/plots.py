@@ -28,17 +28,20 @@ def ttft_plot(rows, model: str, cluster: str, path: str) -> None:
                          if r.job.scheme.name == scheme and r.job.num_gpus in (n, 1))
             if pts:
                 style = "--" if scheme == "single" else "-"
-                ax.plot(*zip(*pts), style, marker="o", ms=3, label=scheme, color=f"C{i}")
+                ax.plot(*zip(*pts), style, marker="osv^Dxp*"[i % 8], ms=4, label=scheme, color=f"C{i}",
+                        alpha=0.85)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(f"{n} GPUs")
         ax.set_xlabel("context (tokens)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("TTFT (ms)")
-    axes[0][-1].legend(fontsize=8)
+    handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
+    fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.02),
+               ncol=len(handles), fontsize=9, frameon=False)
     fig.suptitle(f"{model} on {cluster}: time to first token")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -53,7 +56,7 @@ def timeline_plot(result: Result, title: str, path: str) -> None:
                        facecolors=OP_COLOURS[seg.op], edgecolor="white" if seg.kind == "compute" else "none",
                        linewidth=0.2)
     ax.axvline(result.ttft_s * 1e3, color="black", lw=1, ls="--")
-    ax.text(result.ttft_s * 1e3, 2 * ranks - 0.1, " first token", va="top", fontsize=8)
+    ax.text(result.ttft_s * 1e3, 2 * ranks, "first token", va="bottom", ha="center", fontsize=8)
     ax.set_yticks([2 * (ranks - 1 - r) + t for r in range(ranks) for t in (1.4, 0.6)])
     ax.set_yticklabels([f"rank {r} {lane}" for r in range(ranks) for lane in ("compute", "sends")], fontsize=8)
     ax.set_ylim(0, 2 * ranks)
@@ -62,9 +65,10 @@ def timeline_plot(result: Result, title: str, path: str) -> None:
     ax.set_title(title)
     handles = [matplotlib.patches.Patch(color=c, label=op) for op, c in OP_COLOURS.items()
                if any(s.op == op for s in result.segments)]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=len(handles), fontsize=8)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (1.0 + 0.75 * ranks) - 0.1),
+              ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -1,0 +1,58 @@
+"""``python -m sim.bench``: the simulator's speed figures (docs/benchmarks.md).
+
+1. One simulation of Llama-2-7B (32 layers) at 16k tokens on 8 GPUs of a uniform 300 GB/s cluster,
+   per scheme: the median and best of ``--repeat`` runs, in ms.
+2. All of ``scenarios/nonuniform.yaml`` (load, every simulation, the text report), in s.
+Each figure is given as wall-clock time and as this process's CPU time (``time.process_time``); on a
+machine shared with other work the CPU time is the one that says how fast the simulator is.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+from . import report
+from .cluster import ClusterSpec
+from .hardware import GpuSpec
+from .model import ModelSpec
+from .regen import SCENARIOS
+from .scenario import load
+from .schemes import BUILTIN
+from .simulate import Job, simulate
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--repeat", type=int, default=20, help="runs per scheme (default 20)")
+    args = p.parse_args(argv)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}")
+    cluster = ClusterSpec.uniform("nvlink-300", 8, 300e9, 10e-6)
+    print("one simulation: llama-2-7b, 32 layers, C=16384, 8 GPUs, uniform 300 GB/s")
+    for name in ("single", "tsp", "tsp-masked", "kvr-e"):
+        job = Job(model=ModelSpec.preset("llama-2-7b"), gpu=GpuSpec.preset("a100-80gb-sxm"), dtype="fp16",
+                  cluster=cluster, scheme=BUILTIN[name], context=16384, num_gpus=1 if name == "single" else 8)
+        simulate(job)  # warm-up: routes are cached per cluster
+        wall_ms, cpu_ms = [], []
+        for _ in range(args.repeat):
+            wall, cpu = time.perf_counter(), time.process_time()
+            simulate(job)
+            wall_ms.append((time.perf_counter() - wall) * 1e3)
+            cpu_ms.append((time.process_time() - cpu) * 1e3)
+        print(f"  {name:<11} wall median {statistics.median(wall_ms):6.1f} ms, best {min(wall_ms):6.1f} ms;"
+              f"  CPU median {statistics.median(cpu_ms):6.1f} ms, best {min(cpu_ms):6.1f} ms")
+    wall, cpu = time.perf_counter(), time.process_time()
+    scenario = load(os.path.join(SCENARIOS, "nonuniform.yaml"))
+    table = report.run(scenario, progress=False)
+    report.text(scenario, table)
+    print(f"scenarios/nonuniform.yaml: {len(table)} simulations, wall {time.perf_counter() - wall:.2f} s, "
+          f"CPU {time.process_time() - cpu:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
