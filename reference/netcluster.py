@@ -32,6 +32,7 @@ from typing import Callable, Sequence, Union
 
 SUBNET_PREFIX = "10.213.0."  # exists only inside the namespaces we create
 MASTER_PORT = 29500  # ports are per namespace, so parallel clusters cannot collide
+NOISE_PORT_BASE = 41000  # competing flows listen on 41000, 41001, ... in their destination's namespace
 NAME_PREFIX = "ncl-"  # namespace names: ncl-<owner pid>-<seq>-hub, ncl-<owner pid>-<seq>-r<rank>
 _NAME_RE = re.compile(r"^ncl-(\d+)-(\d+)-(hub|r\d+)$")
 # A full 1500-byte-MTU TCP segment: 1448 payload bytes + 32 TCP (timestamps) + 20 IP + 14 Ethernet.
@@ -67,8 +68,10 @@ class NoiseFlow:
     """A competing greedy TCP flow on link src -> dst (same fields as ``sim.cluster.BackgroundFlow``).
 
     Constant when ``on_s`` is None, else on for ``on_s`` and off for ``off_s``, repeating, from
-    ``start_s`` after the ranks start. It shares the link's htb class with the ranks' traffic and always
-    stops by itself after ``max_duration_s`` (or the run's timeout, whichever is first).
+    ``start_s`` after the ranks start. It always stops by itself after ``max_duration_s`` (or the run's
+    timeout, whichever is first). ``fair_share=True``: htb gives the ranks' traffic and the ``flows``
+    greedy connections equal shares of the link while both send (the simulator's model);
+    ``fair_share=False``: all share one FIFO and TCP decides (bursty ranks' traffic often gets far less).
     """
 
     src: int
@@ -78,6 +81,7 @@ class NoiseFlow:
     on_s: float | None = None
     off_s: float | None = None
     max_duration_s: float = 600.0
+    fair_share: bool = True
 
     def __post_init__(self) -> None:
         if self.src == self.dst or self.flows < 1:
@@ -161,6 +165,34 @@ def link_matrix(world_size: int, links: LinksArg) -> list[list[LinkSpec | None]]
                 raise NetClusterError(f"links[{i}][{j}]={link!r} is not a LinkSpec")
         out.append([None if i == j else row[j] for j in range(world_size)])
     return out
+
+
+def from_cluster_spec(spec, cpu_over_gpu_slowdown: float = 1.0) -> tuple[list[list[LinkSpec | None]], list[NoiseFlow]]:
+    """A ``sim.cluster.ClusterSpec`` as (link matrix, noise flows) for ``ShapedCluster``, scaled to the CPU.
+
+    Pair (i, j) gets the simulator's route from GPU i to j: the route's smallest bandwidth and the sum of
+    its latencies (so links shared by several routes, e.g. through a switch, are not shared here).
+    Background flows must be on direct GPU-to-GPU links; their times are scaled like the latencies.
+    """
+    from sim.cluster import routes  # noqa: PLC0415  (reference may import sim; sim never imports torch)
+
+    k = cpu_over_gpu_slowdown
+    matrix: list[list[LinkSpec | None]] = [[None] * spec.num_gpus for _ in range(spec.num_gpus)]
+    by_pair = {(l.src, l.dst): l for l in spec.links}
+    for (i, j), route in routes(spec).items():
+        hops = [by_pair[h] for h in route]
+        gpu_link = LinkSpec(bandwidth_bytes_per_s=min(h.bandwidth_bytes_per_s for h in hops),
+                            latency_s=sum(h.latency_s for h in hops))
+        matrix[i][j] = scale_links(gpu_link, k)
+    noise = []
+    for bg in spec.background:
+        if not (isinstance(bg.src, int) and isinstance(bg.dst, int)):
+            raise NetClusterError(f"background flow {bg.src!r}->{bg.dst!r}: only flows on direct GPU-to-GPU "
+                                  "links can run on the shaped cluster")
+        noise.append(NoiseFlow(src=bg.src, dst=bg.dst, flows=bg.flows, start_s=bg.start_s * k,
+                               on_s=None if bg.on_s is None else bg.on_s * k,
+                               off_s=None if bg.off_s is None else bg.off_s * k))
+    return matrix, noise
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -270,29 +302,74 @@ def _rate_bits(bandwidth_bytes_per_s: float) -> str:
     return f"{max(8, int(round(bandwidth_bytes_per_s * 8)))}bit"
 
 
-def shaping_commands(ns: str, rank: int, row: Sequence[LinkSpec | None], use_netem: bool) -> list[list[str]]:
-    """The tc commands that shape rank `rank`'s outgoing links (row[j] is link rank -> j)."""
-    dev = ["dev", "eth0"]
-    cmds = [["tc", "-n", ns, "qdisc", "add", *dev, "root", "handle", "1:", "htb"]]
+def noise_ports(flows: Sequence[NoiseFlow]) -> list[list[int]]:
+    """The TCP port of each connection of each flow (one connection per ``flows``), in flow order."""
+    ports, next_port = [], NOISE_PORT_BASE
+    for f in flows:
+        ports.append(list(range(next_port, next_port + f.flows)))
+        next_port += f.flows
+    return ports
+
+
+def shaping_commands(ns: str, rank: int, row: Sequence[LinkSpec | None], use_netem: bool,
+                     noise: Sequence[tuple[NoiseFlow, list[int]]] = ()) -> list[list[str]]:
+    """The tc commands that shape rank `rank`'s outgoing links (row[j] is link rank -> j).
+
+    Per destination j: htb class 1:(10+j) at the link's rate, a netem delay under it (where available),
+    and a u32 filter on j's address. A link that carries fair-share noise gets two children that share
+    the link as n greedy flows would: the ranks' traffic (1:(1000+j)) is assured 1/(n+1) of the rate
+    and the noise (1:(2000+j), matched by port) n/(n+1), each borrowing up to the whole link when the
+    other is idle.
+    """
+    tc, dev = ["tc", "-n", ns], ["dev", "eth0"]
+    cmds = [[*tc, "qdisc", "add", *dev, "root", "handle", "1:", "htb"],
+            # Pure TCP ACKs (52-byte IP packets: 20 IP + 32 TCP with timestamps) skip the shaping (flowid
+            # 1: is htb's direct queue). Otherwise the ACKs of flow i -> j wait behind the data of j -> i
+            # in j's queue, and a two-way exchange (an all-gather) gets ~65% of the rate on each link.
+            [*tc, "filter", "add", *dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+             "match", "ip", "protocol", "6", "0xff", "match", "u16", "52", "0xffff", "at", "2", "flowid", "1:"]]
+
+    def add_class(parent: str, minor: int, rate: float, ceil: float) -> str:
+        # A burst of 64 KiB (one GSO segment on veth) or 1 ms of traffic keeps htb from rounding the
+        # rate down at high rates while staying small next to the messages we time.
+        burst = str(max(64 * 1024, int(ceil * 1e-3)))
+        cmds.append([*tc, "class", "add", *dev, "parent", parent, "classid", f"1:{minor:x}", "htb",
+                     "rate", _rate_bits(rate), "ceil", _rate_bits(ceil), "burst", burst, "cburst", burst,
+                     "quantum", "65536"])
+        return f"1:{minor:x}"
+
+    def add_leaf(classid: str, link: LinkSpec) -> None:
+        if use_netem and link.latency_s > 0:
+            cmds.append([*tc, "qdisc", "add", *dev, "parent", classid, "handle", f"{classid[2:]}:",
+                         "netem", "delay", f"{link.latency_s * 1e6:.0f}us", "limit", "100000"])
+
+    def add_filter(prio: int, dst: int, classid: str, dport: int | None = None) -> None:
+        port = ["match", "ip", "dport", str(dport), "0xffff"] if dport is not None else []
+        cmds.append([*tc, "filter", "add", *dev, "parent", "1:", "protocol", "ip", "prio", str(prio), "u32",
+                     "match", "ip", "dst", f"{SUBNET_PREFIX}{dst + 1}/32", *port, "flowid", classid])
+
     for j, link in enumerate(row):
         if link is None or not link.shaped:
             continue
-        classid = f"1:{10 + j:x}"
         # htb counts Ethernet, IP and TCP headers; scale the wire rate so the TCP payload (the tensor
         # bytes) moves at the requested bandwidth.
         rate = (link.bandwidth_bytes_per_s * WIRE_OVER_PAYLOAD if math.isfinite(link.bandwidth_bytes_per_s)
                 else 100e9 / 8)
-        # A burst of 64 KiB (one GSO segment on veth) or 1 ms of traffic keeps htb from rounding the rate
-        # down at high rates while staying small next to the messages we time.
-        burst = max(64 * 1024, int(rate * 1e-3))
-        cmds.append(["tc", "-n", ns, "class", "add", *dev, "parent", "1:", "classid", classid, "htb",
-                     "rate", _rate_bits(rate), "ceil", _rate_bits(rate), "burst", str(burst),
-                     "cburst", str(burst), "quantum", "65536"])
-        if use_netem and link.latency_s > 0:
-            cmds.append(["tc", "-n", ns, "qdisc", "add", *dev, "parent", classid, "handle", f"{10 + j:x}:",
-                         "netem", "delay", f"{link.latency_s * 1e6:.0f}us", "limit", "100000"])
-        cmds.append(["tc", "-n", ns, "filter", "add", *dev, "parent", "1:", "protocol", "ip", "prio", "1",
-                     "u32", "match", "ip", "dst", f"{SUBNET_PREFIX}{j + 1}/32", "flowid", classid])
+        top = add_class("1:", 0x10 + j, rate, rate)
+        fair = [(f, ports) for f, ports in noise if f.dst == j and f.fair_share]
+        if not fair:
+            add_leaf(top, link)
+            add_filter(3, j, top)
+            continue
+        n = sum(f.flows for f, _ in fair)
+        ranks_cls = add_class(top, 0x1000 + j, rate / (n + 1), rate)
+        noise_cls = add_class(top, 0x2000 + j, rate * n / (n + 1), rate)
+        for cls in (ranks_cls, noise_cls):
+            add_leaf(cls, link)
+        for _, ports in fair:
+            for port in ports:
+                add_filter(2, j, noise_cls, dport=port)
+        add_filter(3, j, ranks_cls)
     return cmds
 
 
@@ -380,7 +457,8 @@ class ShapedCluster:
             _ip("-n", ns, "link", "set", "eth0", "up")
             _ip("-n", self.hub, "link", "set", f"r{r}", "master", "br0")
             _ip("-n", self.hub, "link", "set", f"r{r}", "up")
-            for cmd in shaping_commands(ns, r, self.links[r], use_netem):
+            noise = [(f, p) for f, p in zip(self.noise, noise_ports(self.noise)) if f.src == r]
+            for cmd in shaping_commands(ns, r, self.links[r], use_netem, noise):
                 _cmd(cmd)
 
     def close(self) -> None:

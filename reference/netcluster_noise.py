@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-_NOISE_PORT_BASE = 41000
 _CHUNK = b"\0" * 65536
 
 
@@ -21,19 +20,17 @@ def start_noise(cluster, flows, *, max_duration_s: float) -> list[subprocess.Pop
     """Start every flow's sink (in dst's namespace) and sender (in src's); returns the processes."""
     procs = []
     py = [sys.executable, "-m", "reference.netcluster_noise"]
-    from reference.netcluster import _REPO_ROOT  # noqa: PLC0415
+    from reference.netcluster import _REPO_ROOT, noise_ports  # noqa: PLC0415
 
     env = {**os.environ, "PYTHONPATH": str(_REPO_ROOT)}
-    port = _NOISE_PORT_BASE
-    for f in flows:
+    for f, ports in zip(flows, noise_ports(flows)):
         duration = str(min(f.max_duration_s, max_duration_s))
-        for _ in range(f.flows):
+        for port in ports:
             procs.append(cluster.popen(f.dst, [*py, "sink", str(port), duration], env,
                                        subprocess.DEVNULL, subprocess.DEVNULL))
             procs.append(cluster.popen(f.src, [*py, "send", cluster.addresses[f.dst], str(port), duration,
                                                str(f.start_s), str(f.on_s or 0), str(f.off_s or 0)],
                                        env, subprocess.DEVNULL, subprocess.DEVNULL))
-            port += 1
     return procs
 
 
