@@ -20,7 +20,8 @@ def start_noise(cluster, flows, *, max_duration_s: float) -> list[subprocess.Pop
     """Start every flow's sink (in dst's namespace) and sender (in src's); returns the processes."""
     procs = []
     py = [sys.executable, "-m", "reference.netcluster_noise"]
-    from reference.netcluster import _REPO_ROOT, noise_ports  # noqa: PLC0415
+    from reference.netcluster import _REPO_ROOT  # noqa: PLC0415
+    from reference.netcluster_net import noise_ports  # noqa: PLC0415
 
     env = {**os.environ, "PYTHONPATH": str(_REPO_ROOT)}
     for f, ports in zip(flows, noise_ports(flows)):

@@ -1,0 +1,152 @@
+"""Link and noise descriptions for ``reference.netcluster``: LinkSpec, NoiseFlow, units, scaling.
+
+``scale_links`` keeps a GPU cluster's compute-to-communication ratio on a CPU cluster (docs/netcluster.md);
+``from_cluster_spec`` turns the simulator's ``sim.cluster.ClusterSpec`` into a link matrix and noise.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence, Union
+
+
+class NetClusterError(ValueError):
+    """Bad cluster input, or a namespace/tc command that failed."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinkSpec:
+    """One directed link between two ranks. ``bandwidth_bytes_per_s = math.inf`` leaves it unshaped."""
+
+    bandwidth_bytes_per_s: float
+    latency_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.bandwidth_bytes_per_s > 0:
+            raise NetClusterError(f"bandwidth_bytes_per_s={self.bandwidth_bytes_per_s!r} must be > 0")
+        if not (self.latency_s >= 0 and math.isfinite(self.latency_s)):
+            raise NetClusterError(f"latency_s={self.latency_s!r} must be finite and >= 0")
+
+    @property
+    def shaped(self) -> bool:
+        return math.isfinite(self.bandwidth_bytes_per_s) or self.latency_s > 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseFlow:
+    """A competing greedy TCP flow on link src -> dst (same fields as ``sim.cluster.BackgroundFlow``).
+
+    Constant when ``on_s`` is None, else on for ``on_s`` and off for ``off_s``, repeating, from
+    ``start_s`` after the ranks start. It always stops by itself after ``max_duration_s`` (or the run's
+    timeout, whichever is first). ``fair_share=True``: htb gives the ranks' traffic and the ``flows``
+    greedy connections equal shares of the link while both send (the simulator's model);
+    ``fair_share=False``: all share one FIFO and TCP decides (bursty ranks' traffic often gets far less).
+    """
+
+    src: int
+    dst: int
+    flows: int = 1
+    start_s: float = 0.0
+    on_s: float | None = None
+    off_s: float | None = None
+    max_duration_s: float = 600.0
+    fair_share: bool = True
+
+    def __post_init__(self) -> None:
+        if self.src == self.dst or self.flows < 1:
+            raise NetClusterError(f"noise flow {self.src}->{self.dst} x{self.flows}: need src != dst, flows >= 1")
+        if (self.on_s is None) != (self.off_s is None):
+            raise NetClusterError(f"noise flow {self.src}->{self.dst}: give both on_s and off_s, or neither")
+
+
+LinksArg = Union[Callable[[int, int], LinkSpec], Sequence[Sequence[LinkSpec | None]], LinkSpec]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Units, scaling
+
+
+_BW_UNITS = {"b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+_BIT_UNITS = {"bit": 1 / 8, "kbit": 1e3 / 8, "mbit": 1e6 / 8, "gbit": 1e9 / 8}
+_TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def parse_bandwidth(text: str) -> float:
+    """'100MB/s', '1.5GiB/s', '800mbit', 'inf' -> bytes per second."""
+    t = text.strip().lower().replace(" ", "")
+    if t in ("inf", "unshaped", "none"):
+        return math.inf
+    m = re.fullmatch(r"([0-9.eE+-]+)([a-z]*)(/s|ps)?", t)
+    if m and m.group(2) in _BW_UNITS:
+        return float(m.group(1)) * _BW_UNITS[m.group(2)]
+    if m and m.group(2) in _BIT_UNITS:
+        return float(m.group(1)) * _BIT_UNITS[m.group(2)]
+    raise NetClusterError(f"bandwidth {text!r}: expected a number and B/KB/MB/GB/KiB/MiB/GiB per s, or kbit/mbit/gbit")
+
+
+def parse_duration(text: str) -> float:
+    """'1ms', '200us', '0.5s' -> seconds."""
+    m = re.fullmatch(r"([0-9.eE+-]+)(s|ms|us|ns)?", text.strip().lower())
+    if not m:
+        raise NetClusterError(f"duration {text!r}: expected a number and s/ms/us/ns")
+    return float(m.group(1)) * _TIME_UNITS[m.group(2) or "s"]
+
+
+def scale_links(gpu_link: LinkSpec, cpu_over_gpu_slowdown: float) -> LinkSpec:
+    """The CPU-cluster link that keeps a GPU link's compute-to-communication ratio.
+
+    CPU compute is ``cpu_over_gpu_slowdown`` times slower than the GPU's, so every transfer must take
+    that many times longer too: bandwidth is divided and latency multiplied by the slowdown (e.g. a
+    300 GB/s NVLink at a 1000x slowdown becomes 300 MB/s; 10 GB/s becomes 10 MB/s).
+    """
+    if not cpu_over_gpu_slowdown > 0:
+        raise NetClusterError(f"cpu_over_gpu_slowdown={cpu_over_gpu_slowdown!r} must be > 0")
+    return LinkSpec(bandwidth_bytes_per_s=gpu_link.bandwidth_bytes_per_s / cpu_over_gpu_slowdown,
+                    latency_s=gpu_link.latency_s * cpu_over_gpu_slowdown)
+
+
+def link_matrix(world_size: int, links: LinksArg) -> list[list[LinkSpec | None]]:
+    """Normalise a LinkSpec, a function (i, j) -> LinkSpec, or a P x P matrix to a matrix (diagonal None)."""
+    if isinstance(links, LinkSpec):
+        return [[None if i == j else links for j in range(world_size)] for i in range(world_size)]
+    if callable(links):
+        return [[None if i == j else links(i, j) for j in range(world_size)] for i in range(world_size)]
+    rows = [list(r) for r in links]
+    if len(rows) != world_size or any(len(r) != world_size for r in rows):
+        raise NetClusterError(f"link matrix is {len(rows)} x {[len(r) for r in rows]}, expected {world_size} x {world_size}")
+    out = []
+    for i, row in enumerate(rows):
+        for j, link in enumerate(row):
+            if i != j and not isinstance(link, LinkSpec):
+                raise NetClusterError(f"links[{i}][{j}]={link!r} is not a LinkSpec")
+        out.append([None if i == j else row[j] for j in range(world_size)])
+    return out
+
+
+def from_cluster_spec(spec, cpu_over_gpu_slowdown: float = 1.0) -> tuple[list[list[LinkSpec | None]], list[NoiseFlow]]:
+    """A ``sim.cluster.ClusterSpec`` as (link matrix, noise flows) for ``ShapedCluster``, scaled to the CPU.
+
+    Pair (i, j) gets the simulator's route from GPU i to j: the route's smallest bandwidth and the sum of
+    its latencies (so links shared by several routes, e.g. through a switch, are not shared here).
+    Background flows must be on direct GPU-to-GPU links; their times are scaled like the latencies.
+    """
+    from sim.cluster import routes  # noqa: PLC0415  (reference may import sim; sim never imports torch)
+
+    k = cpu_over_gpu_slowdown
+    matrix: list[list[LinkSpec | None]] = [[None] * spec.num_gpus for _ in range(spec.num_gpus)]
+    by_pair = {(l.src, l.dst): l for l in spec.links}
+    for (i, j), route in routes(spec).items():
+        hops = [by_pair[h] for h in route]
+        gpu_link = LinkSpec(bandwidth_bytes_per_s=min(h.bandwidth_bytes_per_s for h in hops),
+                            latency_s=sum(h.latency_s for h in hops))
+        matrix[i][j] = scale_links(gpu_link, k)
+    noise = []
+    for bg in spec.background:
+        if not (isinstance(bg.src, int) and isinstance(bg.dst, int)):
+            raise NetClusterError(f"background flow {bg.src!r}->{bg.dst!r}: only flows on direct GPU-to-GPU "
+                                  "links can run on the shaped cluster")
+        noise.append(NoiseFlow(src=bg.src, dst=bg.dst, flows=bg.flows, start_s=bg.start_s * k,
+                               on_s=None if bg.on_s is None else bg.on_s * k,
+                               off_s=None if bg.off_s is None else bg.off_s * k))
+    return matrix, noise
