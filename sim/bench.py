@@ -26,7 +26,7 @@ from .simulate import Job, simulate
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sim.bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m sim.bench", description="Print the simulator's speed figures.")
     p.add_argument("--repeat", type=int, default=20, help="runs per scheme (default 20)")
     args = p.parse_args(argv)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
