@@ -52,9 +52,10 @@ def timeline_plot(result: Result, title: str, path: str) -> None:
     for seg in result.segments:
         y = 2 * (ranks - 1 - seg.rank) + (1 if seg.kind == "compute" else 0.35)
         h = 0.8 if seg.kind == "compute" else 0.5
-        ax.broken_barh([(seg.start_s * 1e3, (seg.end_s - seg.start_s) * 1e3)], (y, h),
-                       facecolors=OP_COLOURS[seg.op], edgecolor="white" if seg.kind == "compute" else "none",
-                       linewidth=0.2)
+        colour = OP_COLOURS[seg.op]  # transfers get an edge in their colour so short ones stay visible
+        ax.broken_barh([(seg.start_s * 1e3, (seg.end_s - seg.start_s) * 1e3)], (y, h), facecolors=colour,
+                       edgecolor="white" if seg.kind == "compute" else colour,
+                       linewidth=0.2 if seg.kind == "compute" else 0.6)
     ax.axvline(result.ttft_s * 1e3, color="black", lw=1, ls="--")
     ax.text(result.ttft_s * 1e3, 2 * ranks, "first token", va="bottom", ha="center", fontsize=8)
     ax.set_yticks([2 * (ranks - 1 - r) + t for r in range(ranks) for t in (1.4, 0.6)])
@@ -65,7 +66,7 @@ def timeline_plot(result: Result, title: str, path: str) -> None:
     ax.set_title(title)
     handles = [matplotlib.patches.Patch(color=c, label=op) for op, c in OP_COLOURS.items()
                if any(s.op == op for s in result.segments)]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.5 / (1.0 + 0.75 * ranks) - 0.1),
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.55 / (0.75 * ranks)),
               ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")

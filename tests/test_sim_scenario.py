@@ -64,3 +64,13 @@ def test_load_names_the_file(tmp_path):
         load(path)
     path.write_text(yaml.safe_dump(doc(kind="uniform", bandwidth_gb_per_s=2)))
     assert load(path).name == "x"
+
+
+def test_a_model_from_a_hugging_face_config(tmp_path):
+    cfg = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "num_hidden_layers": 2, "intermediate_size": 128, "vocab_size": 256}
+    (tmp_path / "config.json").write_text(__import__("json").dumps(cfg))
+    d = doc(kind="uniform", bandwidth_gb_per_s=1)
+    d["models"] = [str(tmp_path / "config.json"), str(tmp_path)]
+    a, b = parse(d).models
+    assert a == b and (a.num_kv_heads, a.head_dim, a.num_layers) == (2, 16, 2)
