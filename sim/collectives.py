@@ -14,21 +14,21 @@ from __future__ import annotations
 import simpy
 
 
-def send(sim, src: int, dst: int, nbytes: float, tag: object):
+def send(sim, src: int, dst: int, nbytes: float, tag: int):
     """Process body: rank ``src`` sends ``nbytes`` to rank ``dst``; the receiver waits on
-    ``sim.message(src, dst, tag)``, which this process triggers on delivery."""
+    ``sim.message(src, dst, tag)``, which this process triggers on delivery. The tag is the layer."""
     with sim.channel(src, dst).request() as turn:
         yield turn
         start_s = sim.env.now
         yield from sim.network.transfer([(src, dst, nbytes)])
-    sim.record_transfer(src, dst, nbytes, start_s, sim.env.now, tag)
+    sim.record_transfer("send", src, dst, nbytes, start_s, sim.env.now, tag)
     sim.message(src, dst, tag).succeed()
 
 
 class RingAllGather:
     """One all-gather among ranks 0..P-1; every rank contributes a chunk of ``chunk_bytes``."""
 
-    def __init__(self, sim, num_ranks: int, chunk_bytes: float, tag: object):
+    def __init__(self, sim, num_ranks: int, chunk_bytes: float, tag: int):
         self.sim, self.num_ranks, self.chunk_bytes, self.tag = sim, num_ranks, chunk_bytes, tag
         self._arrived = 0
         self._all_in = sim.env.event()
@@ -50,5 +50,5 @@ class RingAllGather:
             moves = [(r, (r + 1) % p, self.chunk_bytes) for r in range(p)]
             ends_s = yield from sim.network.transfer(moves)
             for (src, dst, nbytes), end_s in zip(moves, ends_s):
-                sim.record_transfer(src, dst, nbytes, start_s, end_s, (self.tag, step))
+                sim.record_transfer("all-gather", src, dst, nbytes, start_s, end_s, self.tag)
         self.done.succeed()

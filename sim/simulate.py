@@ -84,7 +84,7 @@ class Sim:
         self.ttft_s: float | None = None
         self._messages: dict[tuple, simpy.Event] = {}
         self._channels: dict[tuple[int, int], simpy.Resource] = {}
-        self._gathers: dict[object, collectives.RingAllGather] = {}
+        self._gathers: dict[int, collectives.RingAllGather] = {}
 
     def hold_gpu(self, rank: int, body):
         """Process body: the rank's process holds its GPU's compute stream for its whole life, so a
@@ -102,11 +102,11 @@ class Sim:
             self.segments.append(Segment(rank, "compute", op, start_s, start_s + seconds, layer))
             start_s += seconds
 
-    def send(self, src: int, dst: int, nbytes: float, tag: object) -> None:
+    def send(self, src: int, dst: int, nbytes: float, tag: int) -> None:
         """Start an asynchronous point-to-point send; the caller does not wait for it."""
         self.env.process(collectives.send(self, src, dst, nbytes, tag))
 
-    def message(self, src: int, dst: int, tag: object) -> simpy.Event:
+    def message(self, src: int, dst: int, tag: int) -> simpy.Event:
         """The event of the message ``tag`` from ``src`` arriving at ``dst``."""
         key = (src, dst, tag)
         if key not in self._messages:
@@ -118,18 +118,16 @@ class Sim:
             self._channels[src, dst] = simpy.Resource(self.env, capacity=1)
         return self._channels[src, dst]
 
-    def all_gather(self, tag: object, chunk_bytes: float) -> simpy.Event:
+    def all_gather(self, tag: int, chunk_bytes: float) -> simpy.Event:
         """Enter the all-gather ``tag`` (shared by all ranks); the event fires when it completes."""
         if tag not in self._gathers:
             self._gathers[tag] = collectives.RingAllGather(self, len(self.gpus), chunk_bytes, tag)
         return self._gathers[tag].join()
 
-    def record_transfer(self, src: int, dst: int, nbytes: float, start_s: float, end_s: float,
-                        tag: object) -> None:
+    def record_transfer(self, op: str, src: int, dst: int, nbytes: float, start_s: float, end_s: float,
+                        layer: int) -> None:
         self.sent[src] += nbytes
         self.received[dst] += nbytes
-        op = "send" if isinstance(tag, int) else "all-gather"
-        layer = tag if isinstance(tag, int) else tag[0]
         self.segments.append(Segment(src, "transfer", op, start_s, end_s, layer, dst, nbytes))
 
     def first_token(self) -> None:

@@ -95,7 +95,7 @@ def job(model="tiny-llama", scheme="kvr-e", context=64, gpus=4, cluster=None):
 def test_ring_all_gather_on_uniform_links(p):
     b, lat, chunk = 25 * GB, 3e-6, 4e6
     sim = Sim(job(cluster=ClusterSpec.uniform("u", p, b, lat), gpus=p), p)
-    done = [sim.all_gather("ag", chunk) for _ in range(p)]
+    done = [sim.all_gather(0, chunk) for _ in range(p)]
     sim.env.run(until=sim.env.all_of(done))
     assert sim.env.now == pytest.approx((p - 1) * (lat + chunk / b), rel=1e-12)
     assert sim.sent == sim.received == [(p - 1) * chunk] * p
@@ -105,7 +105,7 @@ def test_ring_all_gather_step_waits_for_its_slowest_transfer():
     slow = LinkSpec(src=2, dst=0, bandwidth_bytes_per_s=GB, latency_s=0.0)
     fast = tuple(l for l in ClusterSpec.uniform("u", 3, 10 * GB, 0.0).links if (l.src, l.dst) != (2, 0))
     sim = Sim(job(cluster=ClusterSpec(name="n", num_gpus=3, links=(*fast, slow)), gpus=3), 3)
-    done = [sim.all_gather("ag", 1e9) for _ in range(3)]
+    done = [sim.all_gather(0, 1e9) for _ in range(3)]
     sim.env.run(until=sim.env.all_of(done))
     assert sim.env.now == pytest.approx(2 * 1.0)  # two steps, each as slow as the 1 GB/s link
 
