@@ -8,6 +8,7 @@ link and the timeline. Rank r runs on GPU r of the cluster.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import simpy
 
@@ -34,9 +35,9 @@ class Job:
         return AnalyticCost(self.model, self.gpu, self.dtype)
 
 
-@dataclass(frozen=True)
-class Segment:
-    """A bar on the timeline: a compute op on a rank, or a transfer from ``rank`` to ``peer``."""
+class Segment(NamedTuple):
+    """A bar on the timeline: a compute op on a rank, or a transfer from ``rank`` to ``peer``.
+    (A named tuple rather than a frozen dataclass: thousands are made per simulation.)"""
 
     rank: int
     kind: str  # "compute" | "transfer"
