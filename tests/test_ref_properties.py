@@ -82,6 +82,18 @@ def test_scheme_matches_single_in_threads(scheme, one_thread_per_rank):
     check()
 
 
+@pytest.mark.parametrize("name, chunks", [("tiny-llama-gqa", [9, 5, 3, 2]), ("tiny-falcon", [3, 8, 8]),
+                                           ("tiny-falcon-40b", [10, 9])])
+def test_greedy_generation_after_kvr_equals_single(pool, name, chunks):
+    """The last rank of a KV-Runahead chain decodes from its cache exactly as one process does."""
+    spec = ModelSpec.preset(name)
+    ids = torch.randint(0, spec.vocab_size, (sum(chunks),), generator=torch.Generator().manual_seed(7)).tolist()
+    task = {"spec": spec.to_dict(), "seed": 5, "scheme": "kvr", "chunks": chunks, "ids": ids, "generate": 12}
+    want = run_example({**task, "scheme": "single", "chunks": [sum(chunks)]}, None)["generated"]
+    assert pool.run(task)["generated"] == want
+    assert len(want) == 12
+
+
 def test_pool_reports_a_failing_worker(pool):
     """A worker's exception reaches the test as an error at once (runs last: it retires the pool
     for worlds > 1, whose peers could be left with unmatched messages)."""

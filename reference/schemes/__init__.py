@@ -7,11 +7,12 @@ Scheme semantics: docs/design.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
+if TYPE_CHECKING:  # torch stays unimported here, so the launcher checks its input before paying for it
+    import torch
 
-from reference.kvcache import KVCache
+    from reference.kvcache import KVCache
 
 SCHEME_NAMES = ("single", "kvr", "tsp")
 
@@ -25,8 +26,8 @@ class Prefill:
     """What one rank holds after prefill: the last position's logits (B, V) of its chunk and its
     KV-cache (ready to decode locally). On the rank of the last chunk the logits give the first token."""
 
-    logits: torch.Tensor
-    cache: KVCache
+    logits: "torch.Tensor"
+    cache: "KVCache"
 
 
 def even_partition(context: int, world_size: int) -> list[int]:
@@ -69,7 +70,7 @@ def chunk_bounds(chunks: Sequence[int], rank: int) -> tuple[int, int]:
     return start, start + chunks[rank]
 
 
-def prefill(scheme: str, model: torch.nn.Module, input_ids: torch.Tensor, chunks: Sequence[int],
+def prefill(scheme: str, model: "torch.nn.Module", input_ids: "torch.Tensor", chunks: Sequence[int],
             transport) -> Prefill:
     """Run `scheme` ("single", "kvr", "tsp") on this rank."""
     from reference.schemes import kvr, single, tsp

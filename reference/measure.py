@@ -1,0 +1,175 @@
+"""The measured part of a launch: device and process group, model loading, warm-up, TTFT timing,
+optional per-layer timings and greedy decoding, and the results dict (schema: docs/reference.md).
+
+TTFT method: the prompt is already on the device; all ranks meet at a barrier (then the device is
+synchronised); the clock runs on the last rank from there until it holds the first token (argmax of
+the last position's logits, copied to the host, device synchronised). Samples travel from the last
+rank to rank 0, which alone writes the results.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from argparse import Namespace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from reference.checkpoint import DTYPES, load_model
+from reference.generate import greedy
+from reference.schemes import prefill
+from reference.transport import DistTransport
+
+SCHEMA_VERSION = 1
+
+
+class DeviceError(ValueError):
+    """A device that this machine does not have."""
+
+
+def pick_device(choice: str, local_rank: int, local_world: int) -> torch.device:
+    """cuda:LOCAL_RANK when every local rank has its own GPU (or --device cuda), else cpu."""
+    has_gpu = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
+    if choice == "cuda" and not has_gpu:
+        raise DeviceError(f"--device cuda: need {local_world} CUDA GPUs on this host, "
+                          f"found {torch.cuda.device_count()}")
+    if choice == "cuda" or (choice == "auto" and has_gpu):
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def is_comm_failure(e: BaseException) -> bool:
+    """A peer died or a collective timed out (gloo raises plain RuntimeErrors for these)."""
+    return isinstance(e, dist.DistError) or (isinstance(e, RuntimeError) and any(
+        w in str(e) for w in ("gloo", "NCCL", "Connection closed", "Connection reset", "imed out", "timeout")))
+
+
+class _Solo:
+    """The transport of a world of one (no process group): nothing to send or gather."""
+    rank, world_size = 0, 1
+
+
+def measure(args: Namespace, rank: int, world: int, local_rank: int, local_world: int,
+            ids: list[int], chunks: list[int], say: Callable[[str], None]) -> dict[str, Any] | None:
+    """Set up, warm up, time; the results dict on rank 0, None on the other ranks."""
+    device = pick_device(args.device, local_rank, local_world)
+    cuda = device.type == "cuda"
+    backend = ("nccl" if cuda else "gloo") if args.backend == "auto" else args.backend
+    if cuda:
+        torch.cuda.set_device(device)
+    else:  # ranks sharing a CPU share its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if "MASTER_ADDR" in os.environ:
+        dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout),
+                                device_id=device if cuda else None)
+    try:
+        return _measure(args, rank, world, local_rank, ids, chunks, device, backend, say)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@torch.no_grad()
+def _measure(args, rank, world, local_rank, ids, chunks, device, backend, say):
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    spec, model, source = load_model(args.model, device, DTYPES[args.dtype], args.seed)
+    input_ids = torch.tensor([ids], device=device)
+    transport = DistTransport() if dist.is_initialized() else _Solo()
+    last = rank == world - 1
+
+    def barrier() -> None:
+        if dist.is_initialized():
+            dist.barrier(device_ids=[local_rank]) if cuda else dist.barrier()
+        sync()
+
+    def run():
+        return prefill(args.scheme, model, input_ids, chunks, transport)
+
+    def once():
+        barrier()
+        t0 = time.perf_counter()
+        res = run()
+        token = int(res.logits[0].argmax()) if last else None  # int() waits for the device
+        sync()
+        return time.perf_counter() - t0, token, res
+
+    for _ in range(args.warmup):
+        once()
+    say(f"reference.launch: warm-up done, timing {args.repeat} runs")
+    samples, token, res = [], None, None
+    for _ in range(args.repeat):
+        dt, token, res = once()
+        samples.append(dt)
+    generated = greedy(model, res.logits, res.cache, args.generate) if last and args.generate else None
+    layer_times = _layer_times(model, run, barrier, sync) if args.layer_timings else None
+
+    # TTFT is the last rank's clock; rank 0 writes, so everything travels there.
+    mine = {"ttft_s": samples, "first_token_id": token, "generated_ids": generated}
+    if dist.is_initialized():
+        box = [mine]
+        dist.broadcast_object_list(box, src=world - 1, device=device if cuda else None)
+        mine = box[0]
+        if layer_times is not None:
+            every: list = [None] * world
+            dist.all_gather_object(every, layer_times)
+            layer_times = every
+    elif layer_times is not None:
+        layer_times = [layer_times]
+    if rank != 0:
+        return None
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": spec.to_dict(), "model_arg": args.model, "model_source": source,
+        "scheme": args.scheme, "partition": chunks, "world_size": world, "context": len(ids),
+        "dtype": args.dtype, "backend": backend, "device": _device_name(device),
+        "torch_version": torch.__version__, "nccl_version": _nccl_version(),
+        "link": args.link, "seed": args.seed, "input_ids_file": args.input_ids,
+        "warmup": args.warmup, "repeat": args.repeat,
+        "ttft_s": mine["ttft_s"], "ttft_median_s": statistics.median(mine["ttft_s"]),
+        "first_token_id": mine["first_token_id"], "generated_ids": mine["generated_ids"],
+        "layer_times_s": layer_times,
+        "host": platform.node(), "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _layer_times(model, run, barrier, sync) -> list[float]:
+    """Wall seconds of each layer in one extra prefill, device-synchronised at every layer boundary
+    (so it includes waits for peers, e.g. the KV-Runahead receive)."""
+    starts, times = [], []
+
+    def pre(mod, inp) -> None:  # a hook's return value would replace the layer's input or output
+        sync()
+        starts.append(time.perf_counter())
+
+    def post(mod, inp, out) -> None:
+        sync()
+        times.append(time.perf_counter() - starts[-1])
+
+    handles = [h for layer in model.layers
+               for h in (layer.register_forward_pre_hook(pre), layer.register_forward_hook(post))]
+    try:
+        barrier()
+        run()
+    finally:
+        for h in handles:
+            h.remove()
+    return times
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def _nccl_version() -> str | None:
+    try:
+        v = torch.cuda.nccl.version()
+    except (AttributeError, RuntimeError):
+        return None
+    return ".".join(map(str, v)) if isinstance(v, tuple) else str(v)

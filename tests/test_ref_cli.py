@@ -1,0 +1,170 @@
+"""The launcher from the outside: a good run writes the documented results JSON; bad input is one
+line on stderr and exit code 2, quickly; a rank killed mid-prefill makes the others exit with an
+error within a bounded time."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+for _k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+    ENV.pop(_k, None)
+LAUNCH = [sys.executable, "-m", "reference.launch"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def run(cmd, env=None, timeout=120):
+    return subprocess.run(cmd, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+def one_error_line(proc) -> str:
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    assert len(lines) == 1 and lines[0].startswith("reference.launch: error: "), proc.stderr
+    return lines[0]
+
+
+def test_kvr_run_over_torchrun_writes_results(tmp_path):
+    out = tmp_path / "r.json"
+    proc = run([*TORCHRUN, "--nproc-per-node", "2", "-m", "reference.launch", "--model", "tiny-llama-gqa",
+                "--scheme", "kvr", "--partition", "12,8", "--context", "20", "--warmup", "1", "--repeat", "2",
+                "--generate", "3", "--layer-timings", "--link", "loopback", "--timeout", "30", "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    summary = [line for line in proc.stdout.splitlines() if line.startswith("scheme=")]
+    assert len(summary) == 1 and summary[0].startswith("scheme=kvr model=tiny-llama-gqa P=2 C=20 partition=12,8")
+    r = json.loads(out.read_text())
+    assert set(r) == {
+        "schema_version", "model", "model_arg", "model_source", "scheme", "partition", "world_size", "context",
+        "dtype", "backend", "device", "torch_version", "nccl_version", "link", "seed", "input_ids_file", "warmup",
+        "repeat", "ttft_s", "ttft_median_s", "first_token_id", "generated_ids", "layer_times_s", "host",
+        "timestamp_utc"}
+    assert (r["schema_version"], r["scheme"], r["partition"], r["world_size"], r["context"], r["backend"],
+            r["link"], r["model"]["name"], r["model_source"]) == (1, "kvr", [12, 8], 2, 20, "gloo", "loopback",
+                                                                  "tiny-llama-gqa", "preset")
+    assert len(r["ttft_s"]) == 2 and r["ttft_median_s"] > 0
+    assert r["generated_ids"][0] == r["first_token_id"] and len(r["generated_ids"]) == 3
+    assert [len(t) for t in r["layer_times_s"]] == [2, 2]
+
+
+def test_single_with_input_ids_matches_kvr_first_token(tmp_path):
+    ids = tmp_path / "ids.json"
+    ids.write_text(json.dumps(list(range(3, 40))))
+    first = []
+    for cmd in ([*LAUNCH, "--scheme", "single"],
+                [*TORCHRUN, "--nproc-per-node", "3", "-m", "reference.launch", "--scheme", "tsp"]):
+        out = tmp_path / "r.json"
+        proc = run([*cmd, "--model", "tiny-falcon", "--input-ids", str(ids), "--repeat", "1", "--out", str(out)])
+        assert proc.returncode == 0, proc.stderr
+        first.append(json.loads(out.read_text())["first_token_id"])
+    assert first[0] == first[1]
+
+
+@pytest.mark.parametrize("args, world, message", [
+    (["--scheme", "kvr", "--context", "10", "--partition", "4,4"], 2, r"sums to 8, not the context 10"),
+    (["--scheme", "kvr", "--context", "10", "--partition", "0,10"], 2, r"every chunk needs at least one token"),
+    (["--scheme", "kvr", "--context", "10", "--partition", "5,5"], 3, r"has 2 chunks for world size 3"),
+    (["--scheme", "tsp", "--context", "10", "--partition", "6,4"], 2, r"uses the even split \[5, 5\]"),
+    (["--scheme", "kvr", "--context", "2"], 3, r"3 ranks for 2 tokens"),
+    (["--scheme", "single", "--context", "8"], 2, r"'single' runs on one process"),
+    (["--scheme", "kvr", "--context", "8", "--model", "llama-9b"], 1, r"'llama-9b' is neither a model preset"),
+    (["--scheme", "fast", "--context", "8"], 1, r"argument --scheme: invalid choice"),
+    (["--scheme", "kvr"], 1, r"give --context C or --input-ids FILE"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, world, message):
+    out = tmp_path / "r.json"
+    out.write_text("previous results\n")
+    env = {"RANK": "0", "WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    model = [] if "--model" in args else ["--model", "tiny-llama"]
+    start = time.monotonic()
+    proc = run([*LAUNCH, *model, *args, "--out", str(out)], env=env)
+    assert time.monotonic() - start < 30
+    assert pytest.importorskip("re").search(message, one_error_line(proc)), proc.stderr
+    assert out.read_text() == "previous results\n"  # a failed run never touches the results file
+
+
+def test_more_ranks_than_tokens_under_torchrun():
+    proc = run([*TORCHRUN, "--nproc-per-node", "3", "-m", "reference.launch", "--model", "tiny-llama",
+                "--scheme", "kvr", "--context", "2"], timeout=60)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("reference.launch: error:")]
+    assert ours == ["reference.launch: error: 3 ranks for 2 tokens: every rank needs at least one token"]
+
+
+@pytest.fixture
+def broken_checkpoint(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
+
+    def edit(fn):
+        path = tmp_path / "model.safetensors"
+        tensors = load_file(path)
+        fn(tensors)
+        save_file(tensors, path, metadata={"format": "pt"})
+        return str(tmp_path)
+    return edit
+
+
+def test_checkpoint_missing_tensor_at_cli(broken_checkpoint):
+    folder = broken_checkpoint(lambda t: t.pop("model.norm.weight"))
+    proc = run([*LAUNCH, "--model", folder, "--scheme", "single", "--context", "4"])
+    assert "missing tensor 'model.norm.weight'" in one_error_line(proc)
+
+
+def test_checkpoint_wrong_shape_at_cli(broken_checkpoint):
+    key = "model.layers.0.self_attn.k_proj.weight"
+    folder = broken_checkpoint(lambda t: t.__setitem__(key, t[key].T.contiguous()))
+    proc = run([*LAUNCH, "--model", folder, "--scheme", "single", "--context", "4"])
+    assert f"tensor '{key}' has shape (32, 16), expected (16, 32)" in one_error_line(proc)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("scheme", ["kvr", "tsp"])
+def test_killed_rank_makes_the_others_fail_in_bounded_time(tmp_path, scheme):
+    """Three ranks started by hand (no torchrun to tear them down); SIGKILL rank 1 while the others
+    are in the middle of prefills: ranks 0 and 2 print one error line and exit 1 well within
+    --timeout + a margin."""
+    world, port = 3, _free_port()
+    procs = []
+    for rank in range(world):
+        env = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen(
+            [*LAUNCH, "--model", "tiny-llama", "--scheme", scheme, "--context", "256", "--warmup", "1",
+             "--repeat", "1000000", "--timeout", "10", "--out", str(tmp_path / "r.json")],
+            cwd=ROOT, env={**ENV, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        assert procs[0].stdout.readline().startswith("reference.launch: warm-up done"), procs[0].stderr.read()
+        time.sleep(0.5)  # the ranks are now looping over timed prefills
+        procs[1].send_signal(signal.SIGKILL)
+        start = time.monotonic()
+        codes = [procs[r].wait(timeout=40) for r in (0, 2)]
+        elapsed = time.monotonic() - start
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert codes == [1, 1] and elapsed < 30
+    for r in (0, 2):
+        err = procs[r].stderr.read().strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"reference.launch: error: rank {r}: "), err
+    assert not (tmp_path / "r.json").exists()
