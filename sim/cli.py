@@ -52,11 +52,12 @@ def timeline_job(scenario: Scenario, spec: str) -> Job:
                          f"got {gpus!r},{context!r}")
     n = 1 if scheme.kind == "single" else int(gpus)
     try:
-        if scheme.chunks(int(context), n) is None:
-            raise UsageError(f"--timeline: scheme {scheme_name!r} has no partition for {n} GPUs at context "
-                             f"{context}, got {spec!r}")
-    except ValueError as e:
-        raise UsageError(f"--timeline: {e}") from None
+        chunks = scheme.chunks(int(context), n)
+    except ValueError as e:  # a fractional partition that leaves a chunk empty at this context
+        raise UsageError(f"--timeline: {e}, got {spec!r}") from None
+    if chunks is None:
+        raise UsageError(f"--timeline: scheme {scheme_name!r} has no partition for {n} GPUs at context "
+                         f"{context}, got {spec!r}")
     return Job(model=model, gpu=scenario.gpu, dtype=scenario.dtype, cluster=cluster, scheme=scheme,
                context=int(context), num_gpus=n)
 

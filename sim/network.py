@@ -41,8 +41,8 @@ class _Flow:
     def set_rate(self, rate: float, now_s: float) -> None:
         self.remaining -= self.rate * (now_s - self.since_s)
         self.rate, self.since_s = rate, now_s
-        if self.group is not None:
-            self.finish_s = now_s + self.remaining / rate
+        if self.group is not None:  # a rate of 0 (a link saturated by others) waits for the next change
+            self.finish_s = now_s + self.remaining / rate if rate > 0 else float("inf")
 
 
 class Network:
