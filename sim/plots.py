@@ -17,25 +17,34 @@ OP_COLOURS = {"embed": "#7f7f7f", "qkv": "#1f77b4", "attention": "#d62728", "mlp
 
 
 def ttft_plot(rows, model: str, cluster: str, path: str) -> None:
-    """TTFT against context, one panel per GPU count, one line per scheme (``single`` in every panel)."""
+    """One column per GPU count: TTFT against context (log-log; ``single`` in every column) and, below,
+    the speedup over ``tsp`` on as many GPUs."""
     rows = [r for r in rows if r.job.model.name == model and r.job.cluster.name == cluster]
     counts = sorted({r.job.num_gpus for r in rows if r.job.scheme.kind != "single"}) or [1]
-    fig, axes = plt.subplots(1, len(counts), figsize=(4.2 * len(counts), 3.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(2, len(counts), figsize=(4.2 * len(counts), 6.4), sharex=True, sharey="row",
+                             squeeze=False, gridspec_kw={"height_ratios": [3, 2]})
     schemes = list(dict.fromkeys(r.job.scheme.name for r in rows))
-    for ax, n in zip(axes[0], counts):
+    for col, n in enumerate(counts):
+        top, bottom = axes[0][col], axes[1][col]
         for i, scheme in enumerate(schemes):
-            pts = sorted((r.job.context, r.result.ttft_s * 1e3) for r in rows
-                         if r.job.scheme.name == scheme and r.job.num_gpus in (n, 1))
-            if pts:
-                style = "--" if scheme == "single" else "-"
-                ax.plot(*zip(*pts), style, marker="osv^Dxp*"[i % 8], ms=4, label=scheme, color=f"C{i}",
-                        alpha=0.85)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_title(f"{n} GPUs")
-        ax.set_xlabel("context (tokens)")
-        ax.grid(True, which="both", alpha=0.3)
+            mine = sorted((r.job.context, r) for r in rows
+                          if r.job.scheme.name == scheme and r.job.num_gpus in (n, 1))
+            if not mine:
+                continue
+            style = dict(ls="--" if scheme == "single" else "-", marker="osv^Dxp*"[i % 8], ms=4,
+                         color=f"C{i}", alpha=0.85, label=scheme)
+            top.plot([c for c, _ in mine], [r.result.ttft_s * 1e3 for _, r in mine], **style)
+            sped = [(c, r.speedup_vs_tsp) for c, r in mine if r.speedup_vs_tsp is not None]
+            if sped:
+                bottom.plot(*zip(*sped), **style)
+        top.set_yscale("log")
+        top.set_title(f"{n} GPUs")
+        bottom.set_xscale("log", base=2)
+        bottom.set_xlabel("context (tokens)")
+        for ax in (top, bottom):
+            ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("TTFT (ms)")
+    axes[1][0].set_ylabel("speedup over tsp")
     handles = {label: h for ax in axes[0] for h, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.02),
                ncol=len(handles), fontsize=9, frameon=False)
