@@ -86,6 +86,9 @@ def parse(doc: Any, default_name: str = "scenario") -> Scenario:
     wl = _mapping(top["workload"], "workload", required=("contexts", "gpus", "schemes"))
     contexts = tuple(_int(c, f"workload.contexts[{i}]") for i, c in enumerate(_list(wl["contexts"], "workload.contexts")))
     counts = tuple(_int(n, f"workload.gpus[{i}]") for i, n in enumerate(_list(wl["gpus"], "workload.gpus")))
+    for name, values in (("contexts", contexts), ("gpus", counts)):
+        for i, v in enumerate(values):
+            _need(values.index(v) == i, f"workload.{name}[{i}]", "must not repeat an earlier value", v)
     for i, n in enumerate(counts):
         for cluster in clusters:
             _need(n <= cluster.num_gpus, f"workload.gpus[{i}]",

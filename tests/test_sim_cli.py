@@ -74,6 +74,8 @@ CASES = [
      "workload.gpus[1]: must not exceed the 4 GPUs of cluster 'fast', got 8"),
     ("context below GPU count", lambda d: d["workload"].update(contexts=[3, 256]),
      "workload.contexts[0]: must be at least the largest GPU count (4) so no chunk is empty, got 3"),
+    ("repeated context", lambda d: d["workload"].update(contexts=[64, 256, 64]),
+     "workload.contexts[2]: must not repeat an earlier value, got 64"),
     ("unknown model", lambda d: d.update(models=["gpt-9"]), "models[0]: must be a model preset or a config.json"),
     ("unknown GPU", lambda d: d["hardware"].update(gpu="tpu"), "hardware.gpu: must be one of"),
     ("unknown scheme", lambda d: d["workload"].update(schemes=["tsp", "ring"]),
