@@ -140,7 +140,7 @@ class ShapedCluster:
             ip("-n", ns, "link", "set", "lo", "up")
             # TCP small queues: at most this many bytes of one socket wait in the qdisc. The kernel's
             # 4 MiB default is 200 ms of a 20 MB/s link; gloo runs both directions of a pair on one TCP
-            # connection, so its ACKs ride on data queued behind that and a two-way exchange slows down.
+            # connection, so its control messages and ACKs would wait that long behind queued data.
             cmd(["ip", "netns", "exec", ns, "sh", "-c",
                  f"echo {TCP_LIMIT_OUTPUT_BYTES} > /proc/sys/net/ipv4/tcp_limit_output_bytes"])
             ip("-n", ns, "link", "set", "eth0", "up")
@@ -185,6 +185,10 @@ class ShapedCluster:
         """
         from reference.netcluster_noise import start_noise, stop_noise  # noqa: PLC0415
 
+        if not (self._created or self.fallback_reason):
+            raise NetClusterError("ShapedCluster.run outside its with-block: enter the cluster first")
+        if self.noise and not self.shaped:
+            print("netcluster: loopback fallback; the noise flows are not started", file=sys.stderr)
         port = MASTER_PORT if self.shaped else _free_port()
         procs, files, argvs = [], [], []
         noise = []

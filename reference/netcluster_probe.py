@@ -26,7 +26,8 @@ def probe(cluster, sizes_bytes=(1 << 20, 4 << 20), *, repeats: int = 3,
     """Measure every ordered pair (or `pairs`) of `cluster` with gloo; returns the report dict.
 
     Report: ``{"world_size", "shaped", "latency_applied", "pairs": [{src, dst, size_bytes, requested_*,
-    round_trip_s, send_s, achieved_bytes_per_s, ratio}], "all_gather": [{size_bytes, time_s}]}``.
+    round_trip_s, send_s, achieved_bytes_per_s, ratio}], "all_gather": [{size_bytes, time_s}],
+    "exchange": [{size_bytes, time_s}]}`` (times in seconds, the slowest rank's median).
     """
     argv = [sys.executable, "-m", "reference.netcluster_probe", "--sizes", ",".join(map(str, sizes_bytes)),
             "--repeats", str(repeats)]
@@ -66,6 +67,9 @@ def format_probe(report: dict) -> str:
     for g in report.get("all_gather", []):
         rows.append(f"all_gather {g['size_bytes']:>9} bytes/rank: {g['time_s'] * 1e3:.2f} ms "
                     f"({g['size_bytes'] * (report['world_size'] - 1) / g['time_s'] / 1e6:.2f} MB/s received per rank)")
+    for g in report.get("exchange", []):
+        rows.append(f"exchange 0<->1 {g['size_bytes']:>9} bytes each way: {g['time_s'] * 1e3:.2f} ms "
+                    f"({g['size_bytes'] / g['time_s'] / 1e6:.2f} MB/s each way)")
     return "\n".join(rows)
 
 
@@ -121,15 +125,36 @@ def _rank_main(sizes: list[int], repeats: int, pairs: list[tuple[int, int]] | No
                 if rep:
                     times.append(time.perf_counter() - t0)
             gathers.append({"size_bytes": x.numel() * 4, "time_s": statistics.median(times)})
+    exchanges = []
+    if do_all_gather and world > 1:
+        # Ranks 0 and 1 send to each other at once, receives posted first (docs/netcluster.md says why).
+        for size in sizes:
+            x = torch.zeros(max(1, size // 4))
+            y = torch.empty_like(x)
+            times = []
+            for rep in range(repeats + 1):
+                dist.barrier()
+                t0 = time.perf_counter()
+                if rank < 2:
+                    got = dist.irecv(y, 1 - rank)
+                    sent = dist.isend(x, 1 - rank)
+                    got.wait()
+                    sent.wait()
+                if rep:
+                    times.append(time.perf_counter() - t0)
+            exchanges.append({"size_bytes": x.numel() * 4, "time_s": statistics.median(times)})
     everyone = [None] * world
-    dist.all_gather_object(everyone, {"pairs": mine, "all_gather": gathers})
+    dist.all_gather_object(everyone, {"pairs": mine, "all_gather": gathers, "exchange": exchanges})
     if rank == 0:
         pairs_out = sorted((p for e in everyone for p in e["pairs"]),
                            key=lambda p: (p["src"], p["dst"], p["size_bytes"]))
         # An all-gather finishes when its slowest rank does.
         ag = [{"size_bytes": g["size_bytes"], "time_s": max(e["all_gather"][k]["time_s"] for e in everyone)}
               for k, g in enumerate(gathers)]
-        print(_MARK + json.dumps({"world_size": world, "pairs": pairs_out, "all_gather": ag}), flush=True)
+        ex = [{"size_bytes": g["size_bytes"], "time_s": max(e["exchange"][k]["time_s"] for e in everyone[:2])}
+              for k, g in enumerate(exchanges)]
+        print(_MARK + json.dumps({"world_size": world, "pairs": pairs_out, "all_gather": ag, "exchange": ex}),
+              flush=True)
     dist.destroy_process_group()
 
 

@@ -187,6 +187,8 @@ def test_units_and_bad_input():
         link_matrix(2, [[None, LinkSpec(bandwidth_bytes_per_s=1)]])
     with pytest.raises(NetClusterError, match=r"noise flow 1->1 x1: need src != dst"):
         NoiseFlow(src=1, dst=1)
+    with pytest.raises(NetClusterError, match=r"run outside its with-block"):
+        ShapedCluster(2, LinkSpec(bandwidth_bytes_per_s=1)).run(["true"])
     with pytest.raises(NetClusterError, match=r"noise flow 0->3: ranks must be in 0..1"):
         ShapedCluster(2, LinkSpec(bandwidth_bytes_per_s=1), noise=[NoiseFlow(src=0, dst=3)])
 
