@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from typing import Callable, Protocol, Sequence
 
 import torch
@@ -96,7 +97,8 @@ def run_in_threads(world_size: int, fn: Callable[[ThreadTransport], object],
                    timeout_s: float = 60.0) -> Sequence[object]:
     """fn(transport) on `world_size` threads, one per rank; returns the results in rank order.
 
-    An exception on any rank is re-raised here (the others are released by the barrier's abort).
+    An exception on any rank is re-raised here at once (threads are daemons; peers blocked in a
+    collective are released by the barrier's abort, those in a receive by its timeout).
     """
     hub = ThreadHub(world_size, timeout_s)
     results: list[object] = [None] * world_size
@@ -112,8 +114,10 @@ def run_in_threads(world_size: int, fn: Callable[[ThreadTransport], object],
     threads = [threading.Thread(target=body, args=(r,), daemon=True) for r in range(world_size)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(timeout_s)
+    deadline = time.monotonic() + timeout_s
+    # Stop waiting at the first error: its peers may sit in a receive until the timeout.
+    while any(t.is_alive() for t in threads) and not errors and time.monotonic() < deadline:
+        next(t for t in threads if t.is_alive()).join(0.05)
     if errors:
         raise errors[0]
     if any(t.is_alive() for t in threads):

@@ -82,6 +82,16 @@ def test_scheme_matches_single_in_threads(scheme, one_thread_per_rank):
     check()
 
 
+def test_in_process_rank_failure_is_raised_at_once():
+    def rank_fn(t):
+        if t.rank == 1:
+            raise ValueError("rank 1 fails")
+        t.recv(torch.empty(3), 1)  # would wait for rank 1 until the timeout
+
+    with pytest.raises(ValueError, match="rank 1 fails"):
+        run_in_threads(3, rank_fn, timeout_s=30)
+
+
 @pytest.mark.parametrize("name, chunks", [("tiny-llama-gqa", [9, 5, 3, 2]), ("tiny-falcon", [3, 8, 8]),
                                            ("tiny-falcon-40b", [10, 9])])
 def test_greedy_generation_after_kvr_equals_single(pool, name, chunks):
