@@ -78,6 +78,7 @@ def _measure(args, rank, world, local_rank, ids, chunks, device, backend, say):
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     spec, model, source = load_model(args.model, device, DTYPES[args.dtype], args.seed)
+    model.fuse_()  # Q/K/V and gate/up as single GEMMs (Llama; Falcon's QKV is fused already)
     input_ids = torch.tensor([ids], device=device)
     transport = DistTransport() if dist.is_initialized() else _Solo()
     last = rank == world - 1

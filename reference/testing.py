@@ -32,6 +32,8 @@ def run_example(task: dict[str, Any], transport) -> dict[str, Any]:
 
     spec = ModelSpec.from_dict(task["spec"])
     model = random_model(spec, task["seed"])
+    if task.get("fuse"):  # the fused-GEMM layout that launch times
+        model.fuse_()
     ids = torch.tensor([task["ids"]])
     res = prefill(task["scheme"], model, ids, task["chunks"], transport)
     out = {"logits": res.logits.numpy(), "k": [k.numpy() for k in res.cache.k],

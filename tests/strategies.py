@@ -44,7 +44,8 @@ def tiny_model_specs(draw, layouts=LAYOUTS):
 @st.composite
 def prefill_examples(draw, scheme: str, max_world: int = 4, max_context: int = 64):
     """A prefill example: spec, weight seed, world size 1..max_world, a partition of C tokens
-    (random for kvr, even for tsp; every chunk >= 1, world <= C) and random token ids."""
+    (random for kvr, even for tsp; every chunk >= 1, world <= C), random token ids, and whether
+    the model runs with fused GEMMs (``fuse_()``)."""
     spec = draw(tiny_model_specs())
     world = draw(st.integers(1, max_world))
     context = draw(st.integers(world, max_context))
@@ -55,7 +56,7 @@ def prefill_examples(draw, scheme: str, max_world: int = 4, max_context: int = 6
         chunks = [q + 1 if i < r else q for i in range(world)]
     ids = draw(st.lists(st.integers(0, spec.vocab_size - 1), min_size=context, max_size=context))
     return {"spec": spec.to_dict(), "seed": draw(st.integers(0, 2**16)), "scheme": scheme,
-            "chunks": chunks, "ids": ids}
+            "chunks": chunks, "ids": ids, "fuse": draw(st.booleans())}
 
 
 # ----- simulator (sim/) ----------------------------------------------------------------------------

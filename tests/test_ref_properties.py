@@ -7,7 +7,8 @@ the chunked matrix products differs).
 
 Two paths run the same scheme code (reference.testing.run_example): real torch.distributed gloo
 processes (a pool of 4 started once for this module, subgroups for world sizes 1..3), and threads of
-this process joined by an in-process transport, which affords more examples.
+this process joined by an in-process transport, which affords more examples. The parallel side runs
+with or without fused GEMMs (``fuse_()``, as the launcher times it); the single side is unfused.
 """
 from __future__ import annotations
 
@@ -98,8 +99,9 @@ def test_greedy_generation_after_kvr_equals_single(pool, name, chunks):
     """The last rank of a KV-Runahead chain decodes from its cache exactly as one process does."""
     spec = ModelSpec.preset(name)
     ids = torch.randint(0, spec.vocab_size, (sum(chunks),), generator=torch.Generator().manual_seed(7)).tolist()
-    task = {"spec": spec.to_dict(), "seed": 5, "scheme": "kvr", "chunks": chunks, "ids": ids, "generate": 12}
-    want = run_example({**task, "scheme": "single", "chunks": [sum(chunks)]}, None)["generated"]
+    task = {"spec": spec.to_dict(), "seed": 5, "scheme": "kvr", "chunks": chunks, "ids": ids, "generate": 12,
+            "fuse": True}
+    want = run_example({**task, "scheme": "single", "chunks": [sum(chunks)], "fuse": False}, None)["generated"]
     assert pool.run(task)["generated"] == want
     assert len(want) == 12
 
