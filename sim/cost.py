@@ -54,6 +54,7 @@ class CostModel(Protocol):
 
     def embed_s(self, tokens: int) -> float: ...
     def pre_attention_s(self, tokens: int) -> float: ...
+    def kv_copy_s(self, tokens: int) -> float: ...
     def attention_s(self, queries: int, keys: int, pairs: float) -> float: ...
     def post_attention_s(self, tokens: int) -> float: ...
     def head_s(self) -> float: ...
@@ -84,12 +85,19 @@ class AnalyticCost:
         return memory_op_s(self.gpu, 2 * tokens * self.spec.hidden_size * self._b)
 
     def pre_attention_s(self, tokens: int) -> float:
-        """Norm(s) on the layer input, fused QKV projection, rotary on Q and K."""
+        """Norm(s) on the layer input, fused QKV projection, rotary on Q and K, and stacking the chunk's
+        K and V into one tensor for the KV-cache."""
         s, b = self.spec, self._b
         norms = s.num_ln_per_layer if s.parallel_attn else 1  # parallel blocks norm the input only
         rotary = memory_op_s(self.gpu, 2 * tokens * (s.q_size + s.kv_size) * b)
         return (norms * self._norm_s(tokens)
-                + gemm_s(self.gpu, tokens, s.hidden_size, s.q_size + 2 * s.kv_size, b) + rotary)
+                + gemm_s(self.gpu, tokens, s.hidden_size, s.q_size + 2 * s.kv_size, b) + rotary
+                + self.kv_copy_s(tokens))
+
+    def kv_copy_s(self, tokens: int) -> float:
+        """Copy one layer's K and V of ``tokens`` tokens (read and write): the runtime's torch.stack and
+        torch.cat on the KV-cache."""
+        return memory_op_s(self.gpu, 2 * tokens * self.kv_bytes_per_token())
 
     def attention_s(self, queries: int, keys: int, pairs: float) -> float:
         return attention_s(self.gpu, self.spec, queries, keys, pairs, self._b)

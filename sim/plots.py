@@ -12,7 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from .simulate import Result  # noqa: E402
 
-OP_COLOURS = {"embed": "#7f7f7f", "qkv": "#1f77b4", "attention": "#d62728", "mlp": "#2ca02c",
+OP_COLOURS = {"embed": "#7f7f7f", "qkv": "#1f77b4", "kv-pad": "#17becf", "kv-cat": "#bcbd22",
+              "attention": "#d62728", "mlp": "#2ca02c",
               "head": "#9467bd", "send": "#ff7f0e", "all-gather": "#8c564b"}
 
 

@@ -38,15 +38,17 @@ def test_layer_costs_of_llama_and_falcon():
     llama = AnalyticCost(ModelSpec.preset("llama-2-7b"), A100)
     t, h, i, b = 1024, 4096, 11008, 2
     norm = memory_op_s(A100, 2 * t * h * b)
+    assert llama.kv_copy_s(t) == memory_op_s(A100, 2 * t * (2 * h * b))
     assert llama.pre_attention_s(t) == pytest.approx(
-        norm + gemm_s(A100, t, h, 3 * h, b) + memory_op_s(A100, 2 * t * 2 * h * b))
+        norm + gemm_s(A100, t, h, 3 * h, b) + memory_op_s(A100, 2 * t * 2 * h * b) + llama.kv_copy_s(t))
     assert llama.post_attention_s(t) == pytest.approx(
         gemm_s(A100, t, h, h, b) + norm + gemm_s(A100, t, h, 2 * i, b) + memory_op_s(A100, 3 * t * i * b)
         + gemm_s(A100, t, i, h, b) + 2 * memory_op_s(A100, 3 * t * h * b))
     falcon = AnalyticCost(ModelSpec.preset("falcon-7b"), A100)
     h, i, q, kv = 4544, 18176, 71 * 64, 64
     assert falcon.pre_attention_s(t) == pytest.approx(
-        memory_op_s(A100, 2 * t * h * b) + gemm_s(A100, t, h, q + 2 * kv, b) + memory_op_s(A100, 2 * t * (q + kv) * b))
+        memory_op_s(A100, 2 * t * h * b) + gemm_s(A100, t, h, q + 2 * kv, b) + memory_op_s(A100, 2 * t * (q + kv) * b)
+        + memory_op_s(A100, 2 * t * 2 * kv * b))
     assert falcon.post_attention_s(t) == pytest.approx(
         gemm_s(A100, t, q, h, b) + gemm_s(A100, t, h, i, b) + memory_op_s(A100, 2 * t * i * b)
         + gemm_s(A100, t, i, h, b) + 2 * memory_op_s(A100, 3 * t * h * b))

@@ -111,10 +111,12 @@ def test_ring_all_gather_step_waits_for_its_slowest_transfer():
 
 
 class StubCost:
-    """Round numbers: embed 1 s, QKV = tokens s, attention = pairs s, MLP = tokens s, head 0.5 s."""
+    """Round numbers: embed 1 s, QKV = tokens s, KV copy = tokens / 10 s, attention = pairs s,
+    MLP = tokens s, head 0.5 s."""
 
     def embed_s(self, tokens): return 1.0
     def pre_attention_s(self, tokens): return float(tokens)
+    def kv_copy_s(self, tokens): return tokens / 10
     def attention_s(self, queries, keys, pairs): return float(pairs)
     def post_attention_s(self, tokens): return float(tokens)
     def head_s(self): return 0.5
@@ -135,12 +137,14 @@ def test_kvr_timeline_runs_ahead_and_sends_without_waiting():
         Segment(0, c, "attention", 16, 22, 1), Segment(0, "transfer", "send", 16, 17.5, 1, 1, 3 * kvb),
         Segment(0, c, "mlp", 22, 25, 1),
         Segment(1, c, "embed", 0, 1), Segment(1, c, "qkv", 1, 3, 0),
-        Segment(1, c, "attention", 5.5, 14.5, 0), Segment(1, c, "mlp", 14.5, 16.5, 0),
-        Segment(1, c, "qkv", 16.5, 18.5, 1), Segment(1, c, "attention", 18.5, 27.5, 1),
-        Segment(1, c, "mlp", 27.5, 29.5, 1), Segment(1, c, "head", 29.5, 30)]
-    assert (result.ttft_s, result.makespan_s) == (30, 30)
+        Segment(1, c, "kv-cat", 5.5, 6.0, 0),  # the message arrived at 5.5; its 3 tokens + own 2
+        Segment(1, c, "attention", 6.0, 15.0, 0), Segment(1, c, "mlp", 15.0, 17.0, 0),
+        Segment(1, c, "qkv", 17.0, 19.0, 1), Segment(1, c, "kv-cat", 19.0, 19.5, 1),
+        Segment(1, c, "attention", 19.5, 28.5, 1), Segment(1, c, "mlp", 28.5, 30.5, 1),
+        Segment(1, c, "head", 30.5, 31)]
+    assert (result.ttft_s, result.makespan_s) == (31, 31)
     assert [(r.busy_s, r.idle_s, r.bytes_sent, r.bytes_received) for r in result.ranks] == [
-        (25, 5, 6 * kvb, 0), (27.5, 2.5, 0, 6 * kvb)]
+        (25, 6, 6 * kvb, 0), (28.5, 2.5, 0, 6 * kvb)]
     assert result.link_bytes == {(0, 1): 6 * kvb}
 
 
@@ -149,10 +153,15 @@ def test_tsp_timeline_waits_for_every_rank_at_each_all_gather():
     kvb = spec.kv_bytes_per_token_per_layer("fp16")
     cluster = ClusterSpec.uniform("u", 2, 3 * kvb, 0.0)  # the padded chunk of 3 tokens takes 1 s
     result = simulate(job(scheme="tsp", context=5, gpus=2, cluster=cluster), cost=StubCost())
-    # Rank 0: 3 tokens, 6 pairs; rank 1: 2 tokens, keys [0, 5): 9 pairs. Layer: qkv ends 4 (rank 0),
-    # gather 4..5, attention ends 11 / 14, MLP ends 14 / 16; layer 1: qkv 17 / 18, gather 18..19,
-    # attention 25 / 28, MLP 28 / 30, head 30.5.
+    # Rank 0: 3 tokens, 6 pairs; rank 1: 2 tokens (padded to 3: 0.3 s), keys [0, 5): 9 pairs.
+    # Layer 0: qkv ends 4 / 3.3, gather 4..5, kv-cat 0.3 / 0.5, attention ends 11.3 / 14.5, MLP ends
+    # 14.3 / 16.5; layer 1: qkv ends 17.3 / 18.8 with the pad, gather 18.8..19.8, kv-cat ends 20.3,
+    # attention 29.3, MLP 31.3, head 31.8.
     assert result.chunks == (3, 2)
-    assert result.ttft_s == 30.5
+    assert result.ttft_s == pytest.approx(31.8)
     gathers = [(s.rank, s.start_s, s.end_s) for s in result.segments if s.kind == "transfer"]
-    assert sorted(gathers) == [(0, 4, 5), (0, 18, 19), (1, 4, 5), (1, 18, 19)]
+    assert sorted(gathers) == pytest.approx([(0, 4, 5), (0, 18.8, 19.8), (1, 4, 5), (1, 18.8, 19.8)])
+    layer1 = [s for s in result.segments if (s.rank, s.layer, s.kind) == (1, 1, "compute")]
+    assert [s.op for s in layer1] == ["qkv", "kv-pad", "kv-cat", "attention", "mlp"]
+    assert [t for s in layer1 for t in (s.start_s, s.end_s)] == pytest.approx(
+        [16.5, 18.5, 18.5, 18.8, 19.8, 20.3, 20.3, 29.3, 29.3, 31.3])

@@ -9,12 +9,14 @@ from ..cost import causal_pairs
 def rank(sim, r: int, chunks: list[int]):
     """Rank r holds tokens [S_{r-1}, S_r). Per layer: QKV of its chunk; wait for rank r-1's K, V of
     tokens [0, S_{r-1}); send K, V of [0, S_r) to rank r+1 without waiting; attend its c_r queries to
-    S_r keys (causal, bottom right); MLP. The last rank then runs the LM head: the first token."""
+    S_r keys (causal, bottom right), after appending its own K, V to the received ones (a copy of S_r
+    tokens, as the runtime's torch.cat); MLP. The last rank then runs the LM head: the first token."""
     last = len(chunks) - 1
     c, keys = chunks[r], sum(chunks[: r + 1])
     cost = sim.cost
     qkv_s, mlp_s = cost.pre_attention_s(c), cost.post_attention_s(c)
     attention_s = cost.attention_s(c, keys, causal_pairs(c, keys))
+    concat = [("kv-cat", cost.kv_copy_s(keys))] if r > 0 else []
     yield from sim.compute(r, None, ("embed", cost.embed_s(c)))
     for layer in range(sim.num_layers):
         yield from sim.compute(r, layer, ("qkv", qkv_s))
@@ -22,7 +24,7 @@ def rank(sim, r: int, chunks: list[int]):
             yield sim.message(r - 1, r, layer)
         if r < last:
             sim.send(r, r + 1, keys * sim.kv_bytes_per_token, layer)
-        yield from sim.compute(r, layer, ("attention", attention_s), ("mlp", mlp_s))
+        yield from sim.compute(r, layer, *concat, ("attention", attention_s), ("mlp", mlp_s))
     if r == last:
         yield from sim.compute(r, None, ("head", cost.head_s()))
         sim.first_token()

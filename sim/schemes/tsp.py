@@ -8,8 +8,10 @@ from ..cost import causal_pairs
 
 def rank(sim, r: int, chunks: list[int], attention: str = "causal"):
     """Rank r holds tokens [s_r, e_r). Per layer: QKV of its chunk; all-gather K, V (every chunk padded
-    to the largest); attend its c_r queries to keys [0, e_r) causally (``causal``, as the runtime does)
-    or to all C keys as a dense block (``masked``); MLP. The last rank then runs the LM head."""
+    to the largest, a copy on the ranks with a shorter chunk); concatenate the gathered keys [0, e_r) (a
+    copy, as the runtime's torch.cat); attend its c_r queries to them causally (``causal``, as the
+    runtime does) or to all C keys as a dense block (``masked``); MLP. The last rank then runs the LM
+    head."""
     last = len(chunks) - 1
     c, end, context = chunks[r], sum(chunks[: r + 1]), sum(chunks)
     keys, pairs = (end, causal_pairs(c, end)) if attention == "causal" else (context, c * context)
@@ -17,11 +19,13 @@ def rank(sim, r: int, chunks: list[int], attention: str = "causal"):
     qkv_s, mlp_s = cost.pre_attention_s(c), cost.post_attention_s(c)
     attention_s = cost.attention_s(c, keys, pairs)
     chunk_bytes = max(chunks) * sim.kv_bytes_per_token
+    pad = [("kv-pad", cost.kv_copy_s(max(chunks)))] if c < max(chunks) else []
+    concat_s = cost.kv_copy_s(keys)
     yield from sim.compute(r, None, ("embed", cost.embed_s(c)))
     for layer in range(sim.num_layers):
-        yield from sim.compute(r, layer, ("qkv", qkv_s))
+        yield from sim.compute(r, layer, ("qkv", qkv_s), *pad)
         yield sim.all_gather(layer, chunk_bytes)
-        yield from sim.compute(r, layer, ("attention", attention_s), ("mlp", mlp_s))
+        yield from sim.compute(r, layer, ("kv-cat", concat_s), ("attention", attention_s), ("mlp", mlp_s))
     if r == last:
         yield from sim.compute(r, None, ("head", cost.head_s()))
         sim.first_token()
