@@ -96,7 +96,7 @@ def test_a_non_uniform_matrix_gives_each_directed_pair_its_own_rate():
     bw = [[None, 40, 10], [20, None, 40], [40, 10, None]]  # MB/s
     links = [[None if b is None else LinkSpec(bandwidth_bytes_per_s=b * MB) for b in row] for row in bw]
     with ShapedCluster(3, links) as c:
-        report = probe(c, [1 << 20], repeats=2, all_gather=False, timeout_s=60)
+        report = probe(c, [2 << 20], repeats=2, all_gather=False, timeout_s=60)
     got = {(p["src"], p["dst"]): p["achieved_bytes_per_s"] / MB for p in report["pairs"]}
     assert sorted(got) == [(0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1)]
     for (i, j), rate in got.items():
