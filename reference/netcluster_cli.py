@@ -47,7 +47,7 @@ def _cluster(a: argparse.Namespace) -> ShapedCluster:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m reference.netcluster", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m reference.netcluster [run|probe|cleanup]", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world-size", type=int, default=2)
     ap.add_argument("--bandwidth", default="inf", help="e.g. 100MB/s, or a matrix (see above)")
