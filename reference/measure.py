@@ -59,6 +59,8 @@ def measure(args: Namespace, rank: int, world: int, local_rank: int, local_world
     device = pick_device(args.device, local_rank, local_world)
     cuda = device.type == "cuda"
     backend = ("nccl" if cuda else "gloo") if args.backend == "auto" else args.backend
+    if (backend == "nccl") != cuda:  # gloo sends CPU tensors only; NCCL CUDA tensors only
+        raise DeviceError(f"--backend {backend} does not run on device {device}")
     if cuda:
         torch.cuda.set_device(device)
     else:  # ranks sharing a CPU share its cores
