@@ -22,6 +22,13 @@ LAUNCH = [sys.executable, "-m", "reference.launch"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
+RESULT_FIELDS = {
+    "schema_version", "model", "model_arg", "model_source", "scheme", "partition", "world_size", "context",
+    "dtype", "backend", "device", "torch_version", "nccl_version", "link", "seed", "input_ids_file", "warmup",
+    "repeat", "ttft_s", "ttft_median_s", "first_token_id", "generated_ids", "layer_times_s", "host",
+    "timestamp_utc"}
+
+
 def run(cmd, env=None, timeout=120):
     return subprocess.run(cmd, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
@@ -42,11 +49,7 @@ def test_kvr_run_over_torchrun_writes_results(tmp_path):
     summary = [line for line in proc.stdout.splitlines() if line.startswith("scheme=")]
     assert len(summary) == 1 and summary[0].startswith("scheme=kvr model=tiny-llama-gqa P=2 C=20 partition=12,8")
     r = json.loads(out.read_text())
-    assert set(r) == {
-        "schema_version", "model", "model_arg", "model_source", "scheme", "partition", "world_size", "context",
-        "dtype", "backend", "device", "torch_version", "nccl_version", "link", "seed", "input_ids_file", "warmup",
-        "repeat", "ttft_s", "ttft_median_s", "first_token_id", "generated_ids", "layer_times_s", "host",
-        "timestamp_utc"}
+    assert set(r) == RESULT_FIELDS
     assert (r["schema_version"], r["scheme"], r["partition"], r["world_size"], r["context"], r["backend"],
             r["link"], r["model"]["name"], r["model_source"]) == (1, "kvr", [12, 8], 2, 20, "gloo", "loopback",
                                                                   "tiny-llama-gqa", "preset")
@@ -169,3 +172,16 @@ def test_killed_rank_makes_the_others_fail_in_bounded_time(tmp_path, scheme):
         err = procs[r].stderr.read().strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"reference.launch: error: rank {r}: "), err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_docs_describe_every_flag_and_results_field():
+    """docs/reference.md's flag table matches --help, and its schema table lists every field."""
+    from reference.launch import _parser
+
+    with open(os.path.join(ROOT, "docs", "reference.md"), encoding="utf-8") as f:
+        doc = f.read()
+    launch, schema = doc.split("## Launch")[1].split("## TTFT")[0], doc.split("## Results JSON")[1].split("## Errors")[0]
+    flags = {a.option_strings[-1] for a in _parser()._actions if a.option_strings and a.dest != "help"}
+    assert set(re.findall(r"^\| `(--[a-z-]+)", launch, re.M)) == flags
+    fields = {f for row in re.findall(r"^\| (`[^|]+)\|", schema, re.M) for f in re.findall(r"`([a-z_]+)`", row)}
+    assert fields == RESULT_FIELDS
