@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 def partitions(draw, total: int, parts: int):
     """A random partition of `total` tokens into `parts` chunks, every chunk >= 1."""
     assert 1 <= parts <= total
+    if parts == 1:  # no cut to draw (and st.integers(1, 0) would be empty when total is 1)
+        return [total]
     cuts = sorted(draw(st.sets(st.integers(1, total - 1), min_size=parts - 1, max_size=parts - 1)))
     bounds = [0, *cuts, total]
     return [b - a for a, b in zip(bounds, bounds[1:])]
@@ -50,7 +52,7 @@ def prefill_examples(draw, scheme: str, max_world: int = 4, max_context: int = 6
     world = draw(st.integers(1, max_world))
     context = draw(st.integers(world, max_context))
     if scheme == "kvr":
-        chunks = draw(partitions(context, world)) if world > 1 else [context]
+        chunks = draw(partitions(context, world))
     else:
         q, r = divmod(context, world)
         chunks = [q + 1 if i < r else q for i in range(world)]
