@@ -76,9 +76,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     table = report.run(scenario, progress=not args.no_progress)
     sys.stdout.write(report.text(scenario, table))
+    if scenario.measured is not None:
+        try:
+            compare_measured(scenario, table, args.out)
+        except ValueError as e:  # a measured results file that cannot be read
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.out:
         write_outputs(scenario, table, timelines, args.out)
     return 0
+
+
+def compare_measured(scenario: Scenario, table, out_dir: str | None) -> None:
+    """Print simulated against measured TTFT and MAPE; plot to ``measured.plot`` (and into --out)."""
+    from . import validate
+
+    comparisons = validate.compare(table, validate.load_measured(scenario.measured.files()))
+    extrapolated: dict[str, int] = {}
+    for _, cost in scenario.profiles:
+        for k, v in cost.extrapolated.items():
+            extrapolated[k] = extrapolated.get(k, 0) + v
+    sys.stdout.write(validate.text(scenario, comparisons, extrapolated))
+    paths = [p for p in (scenario.measured.plot, out_dir and os.path.join(out_dir, "validation.png")) if p]
+    for path in paths if comparisons else []:
+        validate.plot(comparisons, scenario.name, path)
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def write_outputs(scenario: Scenario, table, timelines: list[Job], out_dir: str) -> None:

@@ -14,8 +14,10 @@ from .cluster import BackgroundFlow, ClusterError, ClusterSpec, LinkSpec, duplex
 from .hardware import GPU_PRESETS, GpuSpec, HardwareError
 from .model import DTYPE_BYTES, ModelSpec, ModelSpecError
 from .partition import PARTITIONERS, PartitionError, check, from_fractions
+from .profile import ProfileCost, ProfileError
 from .schemes import ATTENTION, BUILTIN, KINDS, SchemeSpec
 from .simulate import Job
+from .validate import MeasuredSpec
 
 GB = 1e9  # bytes: bandwidths are given in GB/s (10^9 bytes per second)
 US_PER_S = 1e6  # times are given in microseconds; value / 1e6 is exact for round values
@@ -38,6 +40,8 @@ class Scenario:
     contexts: tuple[int, ...]
     gpu_counts: tuple[int, ...]
     schemes: tuple[SchemeSpec, ...]
+    profiles: tuple[tuple[str, ProfileCost], ...] = ()  # (model name, cost model); else analytic
+    measured: MeasuredSpec | None = None
 
     def jobs(self) -> Iterator[Job]:
         """Every simulation of the sweep, in report order; ``single`` runs once per context on 1 GPU;
@@ -50,7 +54,8 @@ class Scenario:
                         for context in self.contexts:
                             if scheme.chunks(context, n) is not None:
                                 yield Job(model=model, gpu=self.gpu, dtype=self.dtype, cluster=cluster,
-                                          scheme=scheme, context=context, num_gpus=n)
+                                          scheme=scheme, context=context, num_gpus=n,
+                                          cost_model=dict(self.profiles).get(model.name))
 
 
 def load(path: str | os.PathLike) -> Scenario:
@@ -72,13 +77,15 @@ def load(path: str | os.PathLike) -> Scenario:
 def parse(doc: Any, default_name: str = "scenario") -> Scenario:
     """Validate a parsed YAML document (``ScenarioError`` messages start at the YAML path)."""
     top = _mapping(doc, "(top level)", required=("models", "hardware", "clusters", "workload"),
-                   optional=("name", "description"))
-    hw = _mapping(top["hardware"], "hardware", required=("gpu",),
-                  optional=("dtype", "peak_tflops", "hbm_gb_per_s", "matmul_efficiency",
+                   optional=("name", "description", "measured"))
+    hw = _mapping(top["hardware"], "hardware",
+                  optional=("gpu", "profile", "dtype", "peak_tflops", "hbm_gb_per_s", "matmul_efficiency",
                             "attention_efficiency", "memory_efficiency", "launch_overhead_us"))
+    _need("gpu" in hw or "profile" in hw, "hardware", "needs `gpu` (analytic costs) or `profile`", sorted(hw))
     dtype = hw.get("dtype", "fp16")
     _need(dtype in DTYPE_BYTES, "hardware.dtype", f"must be one of {sorted(DTYPE_BYTES)}", dtype)
     models = tuple(_model(m, f"models[{i}]") for i, m in enumerate(_list(top["models"], "models")))
+    profiles = _profiles(hw, models, dtype)
     clusters = tuple(_cluster(c, f"clusters[{i}]") for i, c in enumerate(_list(top["clusters"], "clusters")))
     names = [c.name for c in clusters]
     for i, name in enumerate(names):
@@ -104,8 +111,9 @@ def parse(doc: Any, default_name: str = "scenario") -> Scenario:
     return Scenario(
         name=_str(top.get("name", default_name), "name"),
         description=_str(top["description"], "description") if "description" in top else "",
-        models=models, gpu=_gpu(hw), dtype=dtype, clusters=clusters,
-        contexts=contexts, gpu_counts=counts, schemes=schemes)
+        models=models, gpu=_gpu(hw) if "gpu" in hw else _profile_gpu(profiles), dtype=dtype, clusters=clusters,
+        contexts=contexts, gpu_counts=counts, schemes=schemes, profiles=profiles,
+        measured=_measured(top["measured"]) if "measured" in top else None)
 
 
 # ----- sections --------------------------------------------------------------------------------------
@@ -132,6 +140,42 @@ def _gpu(hw: dict) -> GpuSpec:
         return GPU_PRESETS[name].replace(**changes)
     except HardwareError as e:
         raise ScenarioError(f"hardware: {e}") from None
+
+
+def _profiles(hw: dict, models: tuple[ModelSpec, ...], dtype: str) -> tuple[tuple[str, ProfileCost], ...]:
+    """``hardware.profile``: a profile path or a list of them; each scenario model needs one of its shapes."""
+    if "profile" not in hw:
+        return ()
+    value = hw["profile"]
+    paths = [value] if isinstance(value, str) else _list(value, "hardware.profile")
+    costs = []
+    for i, p in enumerate(paths):
+        at = "hardware.profile" if isinstance(value, str) else f"hardware.profile[{i}]"
+        try:
+            cost = ProfileCost.load(_str(p, at))
+            costs.append((cost, cost.model))
+        except (ProfileError, ModelSpecError, KeyError) as e:
+            raise ScenarioError(f"{at}: must be a profile JSON (python -m reference.profile), got {p!r} ({e})") from None
+        _need(cost.dtype == dtype, f"{at}", f"was measured in {cost.dtype}, but hardware.dtype is {dtype}", p)
+    out = []
+    for i, model in enumerate(models):
+        fits = [c for c, m in costs if m.replace(name=model.name) == model]
+        _need(bool(fits), f"models[{i}]", "has no profile of its shapes in hardware.profile", model.name)
+        out.append((model.name, fits[0]))
+    return tuple(out)
+
+
+def _profile_gpu(profiles) -> GpuSpec:
+    """A stand-in GpuSpec that names the profiled device (the profile answers every cost question)."""
+    return GpuSpec(name=f"profile: {profiles[0][1].device}", peak_flops_per_s=1.0, hbm_bytes_per_s=1.0)
+
+
+def _measured(value: Any) -> MeasuredSpec:
+    d = _mapping(value, "measured", required=("results",), optional=("plot",))
+    results = d["results"]
+    patterns = [results] if isinstance(results, str) else _list(results, "measured.results", empty=True)
+    return MeasuredSpec(patterns=tuple(_str(p, f"measured.results[{i}]") for i, p in enumerate(patterns)),
+                        plot=_str(d["plot"], "measured.plot") if "plot" in d else None)
 
 
 def _link_params(d: dict, at: str) -> tuple[float, float]:

@@ -3,7 +3,8 @@
 ``simulate(job)`` builds a SimPy environment with a ``Sim`` (GPUs as ``simpy.Resource(capacity=1)``,
 the shared links of ``network.py``, message events between ranks), starts one process per rank from
 the scheme's module, runs it, and returns a ``Result``: TTFT, per-rank busy time and traffic, bytes per
-link and the timeline. Rank r runs on GPU r of the cluster.
+link and the timeline. Rank r runs on GPU ``gpu_order[r]`` of the cluster (default GPU r); the chunks
+and the order come from ``partition.plan(job)`` (searched or predicted partitions are resolved there).
 """
 from __future__ import annotations
 
@@ -30,9 +31,11 @@ class Job:
     scheme: SchemeSpec
     context: int
     num_gpus: int  # 1 for `single`
+    cost_model: CostModel | None = field(default=None, compare=False)  # a measured profile (sim/profile.py)
+    gpu_order: tuple[int, ...] | None = None  # cluster GPU of each rank; None: the scheme's order
 
     def cost(self) -> CostModel:
-        return AnalyticCost(self.model, self.gpu, self.dtype)
+        return self.cost_model if self.cost_model is not None else AnalyticCost(self.model, self.gpu, self.dtype)
 
 
 class Segment(NamedTuple):
@@ -63,6 +66,7 @@ class Result:
     ttft_s: float  # when the last rank finishes the LM head
     makespan_s: float  # when every rank has finished (>= ttft_s)
     chunks: tuple[int, ...]
+    gpus: tuple[int, ...]  # the cluster GPU of each rank
     ranks: tuple[RankStats, ...]
     link_bytes: dict[Link, float] = field(repr=False)
     segments: tuple[Segment, ...] = field(repr=False)
@@ -71,7 +75,9 @@ class Result:
 class Sim:
     """What a scheme's rank process can do: compute, send, receive, all-gather."""
 
-    def __init__(self, job: Job, num_ranks: int, cost: CostModel | None = None):
+    def __init__(self, job: Job, gpus: tuple[int, ...], cost: CostModel | None = None):
+        num_ranks = len(gpus)
+        self.gpu_of = gpus  # rank -> cluster GPU: transfers go between the ranks' GPUs
         self.env = simpy.Environment()
         self.cost = cost if cost is not None else job.cost()
         self.num_layers = job.model.num_layers
@@ -137,9 +143,10 @@ class Sim:
 
 def simulate(job: Job, cost: CostModel | None = None) -> Result:
     """Run one job; ``cost`` replaces the job's analytic cost model (a measured profile, a test stub)."""
-    chunks = job.scheme.chunks(job.context, job.num_gpus)
-    assert chunks is not None, f"{job.scheme.name} has no partition for {job.num_gpus} GPUs, C={job.context}"
-    sim = Sim(job, len(chunks), cost)
+    from .partition import plan
+
+    chunks, gpus = plan(job)
+    sim = Sim(job, gpus, cost)
     procs = [sim.env.process(sim.hold_gpu(r, rank_process(job.scheme, sim, r, chunks)))
              for r in range(len(chunks))]
     sim.env.run(until=sim.env.all_of(procs))
@@ -147,5 +154,5 @@ def simulate(job: Job, cost: CostModel | None = None) -> Result:
     makespan_s = sim.env.now
     ranks = tuple(RankStats(r, sim.busy_s[r], makespan_s - sim.busy_s[r], sim.sent[r], sim.received[r])
                   for r in range(len(chunks)))
-    return Result(ttft_s=sim.ttft_s, makespan_s=makespan_s, chunks=tuple(chunks), ranks=ranks,
+    return Result(ttft_s=sim.ttft_s, makespan_s=makespan_s, chunks=tuple(chunks), gpus=gpus, ranks=ranks,
                   link_bytes=dict(sim.network.bytes_carried), segments=tuple(sim.segments))

@@ -1,0 +1,293 @@
+"""Measure the simulator's cost components on this device: a profile JSON the simulator interpolates.
+
+    python -m reference.profile --model PRESET_OR_CONFIG --device cpu|cuda --dtype fp32|fp16|bf16 \\
+        --out profiles/NAME.json [--grid small|cpu|gpu] [--repeat 7] [--threads 1]
+
+The components are the ``CostModel`` questions of ``sim/cost.py`` (docs/cost_model.md), timed on the
+runtime's own modules (layer 0 of a seeded random model built by ``reference.checkpoint``, fused as
+``reference.launch`` fuses it):
+
+- ``embed``: the embedding lookup of t tokens;
+- ``pre_attention``: the layer's input norm(s), the fused QKV GEMM, rotary on Q and K, and the
+  ``torch.stack`` of K and V the caches do;
+- ``kv_copy``: ``torch.cat`` of n tokens' stacked K and V (the kvr chain's and tsp's copies);
+- ``attention``: ``reference.fast_attention.chunk_attention`` of c queries against k keys (the
+  kernel the runtime uses, bottom-right causal);
+- ``post_attention``: the output projection, the MLP (and a sequential block's second norm), the
+  residual adds;
+- ``head``: the final norm and LM head on the last token and the argmax to the host;
+- ``layer``: a whole decoder layer (``Block.forward`` with a local KV-cache holding a past), a check
+  that the parts add up to the whole.
+
+Timing: CUDA events around each call after a synchronisation (``--device cuda``), else
+``time.perf_counter``; ``--warmup`` untimed calls, then ``--repeat`` samples per grid point, median
+kept. Grid points listed in the grid's ``held_out`` are measured like the others but flagged, so the
+simulator can fit without them and report how well it predicts them (``python -m sim.profile``).
+Schema: docs/validation.md. References: PyTorch CUDA events; Vidur's operator profiling.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+SCHEMA_VERSION = 1
+
+# Token grids (linear parts), attention grids as (queries, past keys); held-out points are measured
+# and flagged. ``cpu`` suits the small cluster model (chunks of 256..2048 tokens, contexts to 4096);
+# ``gpu`` a 7B model on an H100 (chunks of 512..16384); ``small`` is for tests (seconds).
+GRIDS = {
+    "small": {"tokens": [8, 16, 32, 64], "tokens_held_out": [24, 48],
+              "queries": [8, 16, 32, 64], "past": [0, 16, 64], "attention_held_out": [[24, 24], [24, 40]]},
+    "cpu": {"tokens": [128, 256, 512, 768, 1024, 1536, 2048, 3072], "tokens_held_out": [384, 1280],
+            "queries": [128, 256, 512, 1024, 1536, 2048], "past": [0, 256, 512, 1024, 2048, 3072],
+            "attention_held_out": [[768, 768], [768, 1536], [1280, 2304], [384, 1664]]},
+    "gpu": {"tokens": [256, 512, 1024, 2048, 4096, 8192, 16384], "tokens_held_out": [3072, 12288],
+            "queries": [256, 512, 1024, 2048, 4096, 8192, 16384], "past": [0, 1024, 4096, 8192, 16384],
+            "attention_held_out": [[3072, 3072], [3072, 9216], [6144, 14336]]},
+}
+
+
+class ProfileError(ValueError):
+    """Bad command-line input."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reference.profile", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="preset name or config.json (random weights)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--out", required=True, help="profile JSON path")
+    p.add_argument("--grid", default="cpu", choices=sorted(GRIDS))
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=7, help="samples per grid point (default 7)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1, as a cluster rank)")
+    p.add_argument("--max-keys", type=int, default=None, help="skip attention points with more keys")
+    return p
+
+
+def make_timer(device, warmup: int, repeat: int) -> Callable[[Callable[[], object]], list[float]]:
+    """A function that times ``fn()``: ``warmup`` untimed calls, then ``repeat`` samples in seconds."""
+    import torch
+
+    cuda = device.type == "cuda"
+
+    def timer(fn: Callable[[], object]) -> list[float]:
+        for _ in range(warmup):
+            fn()
+        samples = []
+        for _ in range(repeat):
+            if cuda:
+                torch.cuda.synchronize(device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                samples.append(start.elapsed_time(end) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - t0)
+        return samples
+    return timer
+
+
+class Parts:
+    """The cost components as calls on layer 0 of ``model`` (Llama or Falcon, fused)."""
+
+    def __init__(self, model, spec, device, dtype):
+        import torch
+
+        self.torch, self.model, self.spec, self.device, self.dtype = torch, model, spec, device, dtype
+        self.block = model.layers[0]
+        self.gen = torch.Generator(device=device).manual_seed(0)
+
+    def randn(self, *shape):
+        return self.torch.randn(*shape, generator=self.gen, device=self.device, dtype=self.dtype)
+
+    def rotary(self, t: int):
+        from reference.layers import rotary_cos_sin
+        return rotary_cos_sin(0, t, self.spec.head_dim, self.spec.rope_theta, self.dtype, self.device)
+
+    def embed(self, t: int):
+        ids = self.torch.randint(0, self.spec.vocab_size, (1, t), generator=self.gen, device=self.device)
+        return lambda: self.model.tok_embeddings(ids)
+
+    def pre_attention(self, t: int):
+        from reference.layers import apply_rotary
+
+        s, blk, torch = self.spec, self.block, self.torch
+        x, (cos, sin) = self.randn(1, t, s.hidden_size), self.rotary(t)
+        attn = blk.attention
+        nh, nkv, hd = s.num_heads, s.num_kv_heads, s.head_dim
+
+        if s.family == "llama":
+            def qkv(a):
+                q, k, v = attn.wqkv(a).split([nh * hd, nkv * hd, nkv * hd], -1)
+                return (q.view(1, t, nh, hd).transpose(1, 2), k.view(1, t, nkv, hd).transpose(1, 2),
+                        v.view(1, t, nkv, hd).transpose(1, 2))
+            norm = blk.attention_norm
+        else:
+            g = nh // nkv
+
+            def qkv(a):
+                p = attn.wqkv(a).view(1, t, nkv, g + 2, hd)
+                return (p[:, :, :, :g].reshape(1, t, nh, hd).transpose(1, 2), p[:, :, :, g].transpose(1, 2),
+                        p[:, :, :, g + 1].transpose(1, 2))
+            norm = blk.attn_norm
+
+        def run():
+            a = norm(x)
+            if s.family == "falcon" and blk.mlp_norm is not None:
+                blk.mlp_norm(x)  # Falcon-40B layout: the MLP's norm also reads the layer input
+            q, k, v = qkv(a)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            return torch.stack([k, v])
+        return run
+
+    def kv_copy(self, n: int):
+        s = self.spec
+        half = max(1, n // 2)
+        a = self.randn(2, 1, s.num_kv_heads, half, s.head_dim)
+        b = self.randn(2, 1, s.num_kv_heads, n - half, s.head_dim) if n > half else None
+        return (lambda: self.torch.cat([a, b], dim=-2)) if b is not None else (lambda: a.clone())
+
+    def attention(self, c: int, k: int):
+        from reference.fast_attention import chunk_attention
+
+        s = self.spec
+        q = self.randn(1, s.num_heads, c, s.head_dim)
+        kk, vv = self.randn(1, s.num_kv_heads, k, s.head_dim), self.randn(1, s.num_kv_heads, k, s.head_dim)
+        return lambda: chunk_attention(q, kk, vv)
+
+    def post_attention(self, t: int):
+        s, blk = self.spec, self.block
+        x = self.randn(1, t, s.hidden_size)
+        y = self.randn(1, s.num_heads, t, s.head_dim)
+        wo = blk.attention.wo
+
+        def attn_out():
+            return wo(y.transpose(1, 2).reshape(1, t, s.q_size))
+        if s.family == "llama":
+            def run():
+                h = x + attn_out()
+                return h + blk.feed_forward(blk.ffn_norm(h))
+        elif blk.parallel:
+            def run():
+                return x + (blk.mlp(x) + attn_out())
+        else:
+            def run():
+                h = x + attn_out()
+                return h + blk.mlp(blk.mlp_norm(h))
+        return run
+
+    def head(self):
+        x = self.randn(1, 4, self.spec.hidden_size)
+        return lambda: int(self.model.output(self.model.norm(x[:, -1]))[0].argmax())
+
+    def layer(self, t: int, past: int):
+        from reference.kvcache import KVCache
+
+        s = self.spec
+        x = self.randn(1, t, s.hidden_size)
+        cos, sin = self.rotary(t)
+        pk = self.randn(1, s.num_kv_heads, past, s.head_dim) if past else None
+        pv = self.randn(1, s.num_kv_heads, past, s.head_dim) if past else None
+
+        def run():
+            cache = KVCache(s.num_layers)
+            if past:
+                cache.k[0], cache.v[0] = pk, pv
+            return self.block(x, cos, sin, cache)
+        return run
+
+
+def _entry(samples: list[float], held_out: bool, **key) -> dict:
+    return {**key, "held_out": held_out, "samples_s": samples, "median_s": statistics.median(samples)}
+
+
+def profile(args: argparse.Namespace, say=print) -> dict:
+    """Measure every component over the grid; the profile dict (schema: docs/validation.md)."""
+    import torch
+
+    from reference.checkpoint import DTYPES, load_model
+
+    device = torch.device("cuda" if args.device == "cuda" else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProfileError("--device cuda: no CUDA device on this machine")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    grid = GRIDS[args.grid]
+    spec, model, source = load_model(args.model, device, DTYPES[args.dtype], seed=0)
+    model.fuse_()
+    parts = Parts(model, spec, device, DTYPES[args.dtype])
+    timer = make_timer(device, args.warmup, args.repeat)
+    comps: dict[str, list[dict]] = {k: [] for k in
+                                    ("embed", "pre_attention", "kv_copy", "post_attention", "attention", "head", "layer")}
+    tokens = sorted({(t, False) for t in grid["tokens"]} | {(t, True) for t in grid["tokens_held_out"]})
+    with torch.no_grad():
+        for t, held in tokens:
+            for name in ("embed", "pre_attention", "post_attention", "kv_copy"):
+                comps[name].append(_entry(timer(getattr(parts, name)(t)), held, tokens=t))
+            say(f"tokens {t}: pre {comps['pre_attention'][-1]['median_s'] * 1e3:.2f} ms, post "
+                f"{comps['post_attention'][-1]['median_s'] * 1e3:.2f} ms")
+        points = [(c, c + p, False) for c in grid["queries"] for p in grid["past"]]
+        points += [(c, k, True) for c, k in grid["attention_held_out"]]
+        for c, k, held in points:
+            if args.max_keys is None or k <= args.max_keys:
+                comps["attention"].append(_entry(timer(parts.attention(c, k)), held, queries=c, keys=k))
+                say(f"attention {c} x {k}: {comps['attention'][-1]['median_s'] * 1e3:.2f} ms")
+        comps["head"].append(_entry(timer(parts.head()), False))
+        for t in grid["queries"][::2]:
+            for past in (0, grid["past"][len(grid["past"]) // 2]):
+                comps["layer"].append(_entry(timer(parts.layer(t, past)), False, tokens=t, keys=t + past))
+    return {
+        "schema_version": SCHEMA_VERSION, "model": spec.to_dict(), "model_arg": args.model,
+        "model_source": source, "dtype": args.dtype, "device": _device_name(device),
+        "device_type": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "timer": "cuda-events" if device.type == "cuda" else "perf_counter",
+        "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
+        "python_version": platform.python_version(), "host": platform.node(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m reference.profile " + " ".join(sys.argv[1:]),
+        "grid_name": args.grid, "grid": grid, "warmup": args.warmup, "repeat": args.repeat,
+        "components": comps,
+    }
+
+
+def _device_name(device) -> str:
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.repeat < 1 or args.warmup < 0 or args.threads < 1:
+            raise ProfileError("need --repeat >= 1, --warmup >= 0, --threads >= 1")
+        from sim.model import ModelSpec
+        ModelSpec.resolve(args.model)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+            raise ProfileError(f"--out {args.out}: no such folder")
+        result = profile(args)
+    except ValueError as e:
+        print(f"reference.profile: error: {e}", file=sys.stderr)
+        return 2
+    from reference.launch import write_atomic
+    write_atomic(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""A cost model from a measured profile (``python -m reference.profile``): the ``CostModel`` protocol
+answered by interpolating measured medians. Pure functions of the profile; no SimPy, no torch.
+
+- Linear parts (``embed``, ``pre_attention``, ``post_attention``, ``kv_copy``) are piecewise linear in
+  tokens between grid points; outside the grid, the nearest segment's line is extended.
+- Attention of c queries against k keys (past p = k - c) is interpolated in the time per dense
+  query-key product, ``y = seconds / (c * k)``, which varies slowly (a kernel that computes the dense
+  block has y constant; a causal kernel that skips masked blocks has y between 1/2 and 1 of it):
+  bilinear in (log c, log p) over the grid's rows with p > 0, linear in log c on the p = 0 row (the
+  square causal call is a different kernel on both CPUs and GPUs, so it is never blended with the
+  others). Outside the grid, y is held at the edge.
+- ``head`` is the measured median.
+
+Every question that falls outside the grid is counted in ``extrapolated`` (component -> count), which
+the validation report prints. ``held_out_errors`` predicts the grid points the profile flagged as held
+out from a model built without them.
+
+Profile schema: docs/validation.md. Reference: Vidur (Agrawal et al., MLSys 2024), which interpolates
+profiled operator times the same way.
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .model import ModelSpec
+
+LINEAR_PARTS = ("embed", "pre_attention", "post_attention", "kv_copy")
+
+
+class ProfileError(ValueError):
+    """A profile file that cannot be read or does not fit its use."""
+
+
+def _interp(xs: list[float], ys: list[float], x: float) -> tuple[float, bool]:
+    """Piecewise-linear y(x) through sorted points; beyond them the end segment's line.
+    Returns (y, extrapolated)."""
+    if len(xs) == 1:
+        return ys[0], x != xs[0]
+    i = min(max(bisect.bisect_left(xs, x), 1), len(xs) - 1)
+    x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+    return y0 + (y1 - y0) * (x - x0) / (x1 - x0), not xs[0] <= x <= xs[-1]
+
+
+def _clamped(xs: list[float], x: float) -> tuple[int, float, bool]:
+    """Index i and weight w so that x ~ xs[i] * (1 - w) + xs[i + 1] * w, held at the ends."""
+    if len(xs) == 1 or x <= xs[0]:
+        return 0, 0.0, x < xs[0]
+    if x >= xs[-1]:
+        return len(xs) - 2, 1.0, x > xs[-1]
+    i = bisect.bisect_right(xs, x) - 1
+    return i, (x - xs[i]) / (xs[i + 1] - xs[i]), False
+
+
+@dataclass(frozen=True, eq=False)
+class ProfileCost:
+    """The CostModel protocol (sim/cost.py) from a profile dict, fitted on the grid points that are not
+    held out (those only test it)."""
+
+    profile: Mapping[str, Any] = field(repr=False)
+    path: str = ""
+    extrapolated: Counter = field(default_factory=Counter, repr=False)
+
+    def __post_init__(self) -> None:
+        comps = self.profile.get("components")
+        if not isinstance(comps, Mapping):
+            raise ProfileError(f"profile {self.path or '?'}: no components")
+        use = lambda e: not e.get("held_out", False)  # noqa: E731
+        lines = {}
+        for name in LINEAR_PARTS:
+            pts = sorted((e["tokens"], e["median_s"]) for e in comps.get(name, []) if use(e))
+            if not pts:
+                raise ProfileError(f"profile {self.path or '?'}: component {name!r} has no grid points")
+            lines[name] = ([float(t) for t, _ in pts], [s for _, s in pts])
+        square, rect = {}, {}
+        for e in comps.get("attention", []):
+            if use(e):
+                c, k = e["queries"], e["keys"]
+                y = e["median_s"] / (c * k)
+                (square if c == k else rect)[(c, k - c)] = y
+        if not square or not rect or not comps.get("head"):
+            raise ProfileError(f"profile {self.path or '?'}: needs attention with and without a past, and head")
+        cs = sorted({c for c, _ in rect})
+        ps = sorted({p for _, p in rect})
+        missing = [(c, p) for c in cs for p in ps if (c, p) not in rect]
+        if missing:
+            raise ProfileError(f"profile {self.path or '?'}: attention grid is not rectangular; missing "
+                               f"(queries, past) {missing[:4]}")
+        sq = sorted(square.items())
+        object.__setattr__(self, "_lines", lines)
+        object.__setattr__(self, "_square", ([math.log(c) for (c, _), _ in sq], [y for _, y in sq]))
+        object.__setattr__(self, "_rect", ([math.log(c) for c in cs], [math.log(p) for p in ps], rect, cs, ps))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "ProfileCost":
+        path = os.fspath(path)
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+        except OSError as e:
+            raise ProfileError(f"cannot read profile {path} ({e.strerror})") from None
+        except json.JSONDecodeError as e:
+            raise ProfileError(f"profile {path}: not valid JSON ({e})") from None
+        return cls(doc, path=path)
+
+    @property
+    def model(self) -> ModelSpec:
+        return ModelSpec.from_dict(self.profile["model"])
+
+    @property
+    def dtype(self) -> str:
+        return self.profile["dtype"]
+
+    @property
+    def device(self) -> str:
+        return self.profile.get("device", "?")
+
+    # ----- the CostModel protocol -----------------------------------------------------------------
+    def _linear(self, name: str, tokens: int) -> float:
+        xs, ys = self._lines[name]
+        y, out = _interp(xs, ys, float(tokens))
+        if out:
+            self.extrapolated[name] += 1
+        return max(y, 0.0)
+
+    def embed_s(self, tokens: int) -> float:
+        return self._linear("embed", tokens)
+
+    def pre_attention_s(self, tokens: int) -> float:
+        return self._linear("pre_attention", tokens)
+
+    def post_attention_s(self, tokens: int) -> float:
+        return self._linear("post_attention", tokens)
+
+    def kv_copy_s(self, tokens: int) -> float:
+        return self._linear("kv_copy", tokens)
+
+    def attention_s(self, queries: int, keys: int, pairs: float) -> float:
+        """Seconds of the runtime's chunk attention; ``pairs`` is implied by (queries, keys) for the
+        causal kernel the runtime calls, so it is not used (tsp ``masked`` is not what the runtime runs)."""
+        c, past = queries, keys - queries
+        if past == 0:
+            xs, ys = self._square
+            i, w, out = _clamped(xs, math.log(c))
+            y = ys[i] if len(xs) == 1 else ys[i] * (1 - w) + ys[i + 1] * w
+        else:
+            lc, lp, rect, cs, ps = self._rect
+            i, wi, out_c = _clamped(lc, math.log(c))
+            j, wj, out_p = _clamped(lp, math.log(past))
+            at = lambda a, b: rect[(cs[min(a, len(cs) - 1)], ps[min(b, len(ps) - 1)])]  # noqa: E731
+            y = ((1 - wi) * (1 - wj) * at(i, j) + wi * (1 - wj) * at(i + 1, j)
+                 + (1 - wi) * wj * at(i, j + 1) + wi * wj * at(i + 1, j + 1))
+            out = out_c or out_p
+        if out:
+            self.extrapolated["attention"] += 1
+        return y * c * keys
+
+    def head_s(self) -> float:
+        return self.profile["components"]["head"][0]["median_s"]
+
+    # ----- checks ---------------------------------------------------------------------------------
+    def layer_s(self, tokens: int, keys: int) -> float:
+        """One decoder layer by the parts (no kv copy beyond the stack inside pre_attention)."""
+        return (self.pre_attention_s(tokens) + self.attention_s(tokens, keys, 0)
+                + self.post_attention_s(tokens))
+
+
+def held_out_errors(profile: Mapping[str, Any]) -> list[tuple[str, str, float, float]]:
+    """(component, point, measured s, predicted s) for every held-out grid point (the model never
+    fits them); and the whole-layer checks against the sum of the parts."""
+    fit = full = ProfileCost(profile)
+    out = []
+    comps = profile["components"]
+    for name in LINEAR_PARTS:
+        for e in comps[name]:
+            if e.get("held_out"):
+                out.append((name, f"t={e['tokens']}", e["median_s"], getattr(fit, f"{name}_s")(e["tokens"])))
+    for e in comps["attention"]:
+        if e.get("held_out"):
+            out.append(("attention", f"c={e['queries']} k={e['keys']}", e["median_s"],
+                        fit.attention_s(e["queries"], e["keys"], 0)))
+    for e in comps.get("layer", []):
+        out.append(("layer (sum of parts)", f"t={e['tokens']} k={e['keys']}", e["median_s"],
+                    full.layer_s(e["tokens"], e["keys"])))
+    return out
+
+
+def held_out_report(path: str) -> str:
+    """The text ``python -m sim.profile PROFILE`` prints."""
+    cost = ProfileCost.load(path)
+    p = cost.profile
+    lines = [f"profile {path}: {p['model']['name']} {p['dtype']} on {p['device']}, torch {p['torch_version']}, "
+             f"{p['timestamp_utc']}, {p['repeat']} samples a point (median)",
+             f"{'component':<22}{'point':<18}{'measured ms':>12}{'predicted ms':>14}{'error':>9}"]
+    errors = {}
+    for name, point, measured, predicted in held_out_errors(p):
+        err = (predicted - measured) / measured
+        errors.setdefault(name, []).append(abs(err))
+        lines.append(f"{name:<22}{point:<18}{measured * 1e3:>12.3f}{predicted * 1e3:>14.3f}{err * 100:>8.1f}%")
+    for name, errs in errors.items():
+        lines.append(f"mean absolute error, {name}: {100 * sum(errs) / len(errs):.1f}% over {len(errs)} points")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sim.profile PROFILE.json...``: how well each profile predicts its held-out points."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m sim.profile PROFILE.json [...]\n\n" + (main.__doc__ or ""))
+        return 0 if argv else 2
+    try:
+        for path in argv:
+            sys.stdout.write(held_out_report(path))
+    except (ProfileError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

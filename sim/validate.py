@@ -1,0 +1,162 @@
+"""Simulated against measured: a scenario's ``measured:`` results JSON files (written by
+``reference.launch``, schema in docs/reference.md) matched to the scenario's jobs, with each
+configuration's error and the mean absolute percentage error (MAPE).
+
+A measured result matches a job when model name, scheme kind, world size, context and partition are
+the job's, and its ``link`` field names the job's cluster (``cluster=NAME``, as
+``reference.validate_cluster`` writes it). Several results of one configuration (repeated rounds) are
+pooled: the measured TTFT is the median of the rounds' medians, and the spread of the rounds is shown.
+
+Error = (simulated - measured) / measured. Docs: docs/validation.md.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import re
+import statistics
+from dataclasses import dataclass
+
+from .report import Row
+
+
+class MeasuredError(ValueError):
+    """A measured results file that cannot be read."""
+
+
+@dataclass(frozen=True)
+class MeasuredSpec:
+    """The scenario's ``measured:`` section: result file patterns and where to draw the plot."""
+
+    patterns: tuple[str, ...]
+    plot: str | None = None
+
+    def files(self) -> list[str]:
+        return sorted({p for pat in self.patterns for p in glob.glob(pat)})
+
+
+@dataclass(frozen=True)
+class Measured:
+    """The pooled measurement of one configuration."""
+
+    ttft_s: float  # median of the rounds' medians
+    rounds_s: tuple[float, ...]  # each round's median TTFT
+    files: tuple[str, ...]
+
+
+def cluster_of(link: str | None) -> str | None:
+    """The cluster name in a results file's ``link`` field (``cluster=NAME ...``)."""
+    m = re.search(r"cluster=([^\s;,]+)", link or "")
+    return m.group(1) if m else None
+
+
+def _key(model: str, cluster: str | None, kind: str, world: int, context: int, chunks) -> tuple:
+    return (model, cluster, kind, world, context, tuple(chunks))
+
+
+def load_measured(files: list[str]) -> dict[tuple, Measured]:
+    """Results files -> pooled measurements by (model, cluster, scheme kind, P, C, partition)."""
+    by_key: dict[tuple, list[tuple[float, str]]] = {}
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                r = json.load(f)
+            key = _key(r["model"]["name"], cluster_of(r.get("link")), r["scheme"], r["world_size"],
+                       r["context"], r["partition"])
+            by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise MeasuredError(f"measured results {path}: {e}") from None
+    return {k: Measured(statistics.median(t for t, _ in v), tuple(t for t, _ in v), tuple(p for _, p in v))
+            for k, v in by_key.items()}
+
+
+def job_key(job, chunks) -> tuple:
+    return _key(job.model.name, job.cluster.name, job.scheme.kind, job.num_gpus, job.context, chunks)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    row: Row
+    measured: Measured
+
+    @property
+    def error(self) -> float:
+        return (self.row.result.ttft_s - self.measured.ttft_s) / self.measured.ttft_s
+
+
+def compare(table: list[Row], measured: dict[tuple, Measured]) -> list[Comparison]:
+    """The rows that have a measurement, paired with it."""
+    return [Comparison(row, measured[k]) for row in table
+            if (k := job_key(row.job, row.result.chunks)) in measured]
+
+
+def mape(comparisons: list[Comparison]) -> float:
+    return 100 * statistics.fmean(abs(c.error) for c in comparisons) if comparisons else math.nan
+
+
+def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] | None = None) -> str:
+    """Simulated and measured TTFT per configuration, each error, MAPE per scheme and cluster and in all."""
+    spec: MeasuredSpec = scenario.measured
+    lines = ["", "== simulated against measured =="]
+    if not comparisons:
+        lines.append(f"no measured results match ({len(spec.files())} files under {', '.join(spec.patterns)}):"
+                     " measurements pending")
+        return "\n".join(lines) + "\n"
+    lines.append(f"{'model':<16}{'cluster':<14}{'scheme':<8}{'P':>3}{'C':>7}  {'chunks':<12}"
+                 f"{'sim ms':>10}{'meas ms':>10}{'rounds ms':>20}{'error':>9}")
+    for c in comparisons:
+        j, r = c.row.job, c.row.result
+        rounds = f"{min(c.measured.rounds_s) * 1e3:.1f}-{max(c.measured.rounds_s) * 1e3:.1f} x{len(c.measured.rounds_s)}"
+        lines.append(f"{j.model.name:<16}{j.cluster.name:<14}{j.scheme.name:<8}{j.num_gpus:>3}{j.context:>7}  "
+                     f"{'/'.join(map(str, r.chunks)):<12}{r.ttft_s * 1e3:>10.1f}{c.measured.ttft_s * 1e3:>10.1f}"
+                     f"{rounds:>20}{c.error * 100:>8.1f}%")
+    groups: dict[tuple[str, str], list[Comparison]] = {}
+    for c in comparisons:
+        groups.setdefault((c.row.job.scheme.name, c.row.job.cluster.name), []).append(c)
+    lines.append("MAPE by scheme and cluster:")
+    for (scheme, cluster), cs in groups.items():
+        worst = max(cs, key=lambda c: abs(c.error))
+        lines.append(f"  {scheme:<8}{cluster:<14}{mape(cs):6.1f}%  (worst {worst.error * 100:+.1f}% at "
+                     f"C={worst.row.job.context})")
+    lines.append(f"MAPE {mape(comparisons):.1f}% over {len(comparisons)} configurations")
+    if extrapolated:
+        lines.append("profile extrapolated beyond its grid: " +
+                     ", ".join(f"{k} x{v}" for k, v in sorted(extrapolated.items())))
+    return "\n".join(lines) + "\n"
+
+
+def plot(comparisons: list[Comparison], title: str, path: str) -> None:
+    """Simulated against measured TTFT, one marker per scheme, one colour per cluster, the ideal line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    clusters = sorted({c.row.job.cluster.name for c in comparisons})
+    schemes = sorted({c.row.job.scheme.name for c in comparisons})
+    markers = "osD^v<>P*X"
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ci, cluster in enumerate(clusters):
+        for si, scheme in enumerate(schemes):
+            pts = [c for c in comparisons if c.row.job.cluster.name == cluster and c.row.job.scheme.name == scheme]
+            if pts:
+                ax.scatter([c.measured.ttft_s * 1e3 for c in pts], [c.row.result.ttft_s * 1e3 for c in pts],
+                           marker=markers[si % len(markers)], color=colours[ci % len(colours)],
+                           label=f"{scheme}, {cluster}", s=36)
+    values = [v for c in comparisons for v in (c.measured.ttft_s * 1e3, c.row.result.ttft_s * 1e3)]
+    lo, hi = min(values) * 0.85, max(values) * 1.15
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="ideal (simulated = measured)")
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured TTFT (ms)")
+    ax.set_ylabel("simulated TTFT (ms)")
+    ax.set_title(f"{title}: MAPE {mape(comparisons):.1f}% over {len(comparisons)}")
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
