@@ -5,7 +5,7 @@
   takes its route's latency, then its bytes at the link's shared rate (``network.py``).
 - ``ring_all_gather``: NCCL's ring algorithm. Ring order is rank order 0 -> 1 -> ... -> P-1 -> 0 (as
   NCCL on one NVSwitch node; on other topologies NCCL searches for a ring that follows fast links, which
-  this model does not). It starts when every rank has entered it and runs P-1 steps; in each step every
+  this model does not: the ring follows the ranks, whose GPUs the job's order gives). It starts when every rank has entered it and runs P-1 steps; in each step every
   rank sends one chunk to its successor, and a step ends when its slowest transfer ends.
 Reference: NCCL documentation, "Collective operations" and the ring algorithm.
 """
@@ -20,7 +20,7 @@ def send(sim, src: int, dst: int, nbytes: float, tag: int):
     with sim.channel(src, dst).request() as turn:
         yield turn
         start_s = sim.env.now
-        yield from sim.network.transfer([(src, dst, nbytes)])
+        yield from sim.network.transfer([(sim.gpu_of[src], sim.gpu_of[dst], nbytes)])
     sim.record_transfer("send", src, dst, nbytes, start_s, sim.env.now, tag)
     sim.message(src, dst, tag).succeed()
 
@@ -48,7 +48,7 @@ class RingAllGather:
         for step in range(p - 1):
             start_s = sim.env.now
             moves = [(r, (r + 1) % p, self.chunk_bytes) for r in range(p)]
-            ends_s = yield from sim.network.transfer(moves)
+            ends_s = yield from sim.network.transfer([(sim.gpu_of[a], sim.gpu_of[b], n) for a, b, n in moves])
             for (src, dst, nbytes), end_s in zip(moves, ends_s):
                 sim.record_transfer("all-gather", src, dst, nbytes, start_s, end_s, self.tag)
         self.done.succeed()

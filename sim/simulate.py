@@ -75,9 +75,9 @@ class Result:
 class Sim:
     """What a scheme's rank process can do: compute, send, receive, all-gather."""
 
-    def __init__(self, job: Job, gpus: tuple[int, ...], cost: CostModel | None = None):
-        num_ranks = len(gpus)
-        self.gpu_of = gpus  # rank -> cluster GPU: transfers go between the ranks' GPUs
+    def __init__(self, job: Job, num_ranks: int, cost: CostModel | None = None,
+                 gpus: tuple[int, ...] | None = None):
+        self.gpu_of = gpus or tuple(range(num_ranks))  # rank -> cluster GPU: transfers join the ranks' GPUs
         self.env = simpy.Environment()
         self.cost = cost if cost is not None else job.cost()
         self.num_layers = job.model.num_layers
@@ -146,7 +146,7 @@ def simulate(job: Job, cost: CostModel | None = None) -> Result:
     from .partition import plan
 
     chunks, gpus = plan(job)
-    sim = Sim(job, gpus, cost)
+    sim = Sim(job, len(chunks), cost, gpus)
     procs = [sim.env.process(sim.hold_gpu(r, rank_process(job.scheme, sim, r, chunks)))
              for r in range(len(chunks))]
     sim.env.run(until=sim.env.all_of(procs))

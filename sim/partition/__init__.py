@@ -1,16 +1,21 @@
-"""Context partitions: how many tokens each rank holds (a chunk per rank, contiguous, earlier first).
+"""Context partitions: how many tokens each rank holds (a chunk per rank, contiguous, earlier first),
+and on which GPU each rank runs.
 
-Partitioners are a small registry keyed by name: ``even`` (KVR-E and TSP's split) now; the searched
-(``kvr-s``) and predicted (``kvr-p``) partitions of KV-Runahead plug in here later.
-Reference: shared/docs/kv-runahead.md, "Context-level load balancing".
+- ``even`` (KVR-E, and TSP's split): a partitioner of (context, parts) alone, in ``PARTITIONERS``.
+- ``kvr-s`` (searched, ``search.py``) and ``kvr-p`` (predicted from a lookup table, ``table.py``)
+  depend on the whole job (model, hardware, cluster, P, C): ``plan(job)`` resolves them.
+- ``order.py``: the chain order (rank -> GPU) chosen from the topology (``order: auto``).
+- ``python -m sim.partition``: build tables, check them, benchmark the search, draw the figures.
+Reference: shared/docs/kv-runahead.md, "Context-level load balancing"; docs/partitioning.md.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 
 class PartitionError(ValueError):
-    """A partition that does not fit its context: a zero chunk, a wrong sum."""
+    """A partition that does not fit its context: a zero chunk, a wrong sum; a table that does not
+    cover a job."""
 
 
 def even(context: int, parts: int) -> list[int]:
@@ -25,13 +30,31 @@ def even(context: int, parts: int) -> list[int]:
 def from_fractions(context: int, fractions: Sequence[float]) -> list[int]:
     """Token counts nearest to ``fraction * context`` that sum to ``context`` (largest remainder;
     ties go to the earlier chunk). Every chunk must get at least one token."""
+    chunks = _largest_remainder(context, fractions)
+    check(context, chunks)
+    return chunks
+
+
+def round_fractions(context: int, fractions: Sequence[float]) -> list[int]:
+    """As ``from_fractions``, but never a zero chunk: when plain largest-remainder rounding leaves a
+    chunk empty, every chunk gets one token first and the other ``context - parts`` tokens are split
+    by largest remainder. Needs ``parts <= context``."""
+    if not 1 <= len(fractions) <= context:
+        raise PartitionError(f"cannot split {context} tokens into {len(fractions)} non-empty chunks")
+    chunks = _largest_remainder(context, fractions)
+    if min(chunks) < 1:
+        chunks = [1 + c for c in _largest_remainder(context - len(fractions), fractions)]
+    check(context, chunks)
+    return chunks
+
+
+def _largest_remainder(context: int, fractions: Sequence[float]) -> list[int]:
     total = sum(fractions)
     exact = [f / total * context for f in fractions]
     chunks = [int(x) for x in exact]
     order = sorted(range(len(exact)), key=lambda i: (-(exact[i] - chunks[i]), i))
     for i in order[: context - sum(chunks)]:
         chunks[i] += 1
-    check(context, chunks)
     return chunks
 
 
@@ -42,4 +65,24 @@ def check(context: int, chunks: Sequence[int]) -> None:
         raise PartitionError(f"partition {list(chunks)} sums to {sum(chunks)}, not the context {context}")
 
 
-PARTITIONERS: dict[str, Callable[[int, int], list[int]]] = {"even": even}
+PARTITIONERS: dict[str, Callable[[int, int], list[int]] | None] = {"even": even, "kvr-s": None, "kvr-p": None}
+"""Partitioner names a scenario may give. ``None``: the partition depends on the whole job (model,
+hardware, cluster), so ``plan(job)`` resolves it, not ``SchemeSpec.chunks``."""
+JOB_PARTITIONERS = tuple(name for name, f in PARTITIONERS.items() if f is None)
+ORDERS = ("given", "auto")
+
+
+class Plan(NamedTuple):
+    """What a job runs: tokens per rank, and the cluster GPU of each rank."""
+
+    chunks: tuple[int, ...]
+    gpus: tuple[int, ...]
+
+
+def plan(job) -> Plan:
+    """The chunks and rank -> GPU mapping of a ``sim.simulate.Job``: the scheme's own partition, or
+    ``kvr-s``/``kvr-p`` resolved for the job; ``job.gpu_order`` if set, else the scheme's ``order``
+    (``given``: rank r on GPU r; ``auto``: ``order.chain_order``). Searched plans are cached."""
+    from .search import plan_job  # the search imports the simulator, which imports this module
+
+    return plan_job(job)

@@ -1,0 +1,215 @@
+"""KVR-S: the hierarchical grid search for a partition, its balancing start point, and the oracles.
+
+- ``balanced(context, parts, cost)``: the direct balancing solver. It finds real chunk sizes c_i for
+  which every rank's per-layer compute (QKV, KV append, attention of c_i queries to S_i keys, output
+  projection and MLP) takes the same time T under the cost model, so every rank finishes each layer
+  together: given T, rank i's chunk is the largest with time <= T after S_{i-1} tokens (bisection);
+  T is found by bisection so the chunks sum to C. Communication is left to the search.
+- ``grid_search(context, parts, oracle, start)``: a coarse grid on the line through the even
+  partition E and the start B (x(t) = E + t (B - E), t in ``COARSE_T``), then ``LEVELS`` levels of
+  finer star grids around the best point: every boundary S_i moved by +-h (one at a time: tokens
+  move between neighbouring chunks), the best neighbour taken while it improves (at most
+  ``MAX_SWEEPS`` moves a level), h = C // (8P) at level 1 and a quarter of the last step at each next.
+  Each candidate is scored once by the oracle (a callable: chunks -> TTFT seconds); the answer is the
+  best of every candidate scored, so it is never slower than E or any coarse point.
+- ``simulator_oracle(job, gpus)``: the default oracle, the simulator. The runtime can pass its own
+  (one that measures real runs), which is the paper's way.
+docs/partitioning.md describes the grid, the refinement rule and the solver with figures.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from ..cost import CostModel, causal_pairs
+from . import JOB_PARTITIONERS, Plan, even, round_fractions
+from .order import chain_order, ring_order
+
+Oracle = Callable[[tuple[int, ...]], float]
+
+COARSE_T = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the coarse grid on the line from E (t=0) through B (t=1)
+LEVELS = 3  # refinement levels after the coarse grid
+MAX_SWEEPS = 6  # best-neighbour moves per level at most
+_BISECT = 40  # bisection steps (2^-40 of the range)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A KVR-S search: the best partition and its TTFT, the solver's start, every coarse-grid point with
+    its TTFT, the steps of the refinement levels and how many candidates the oracle scored."""
+
+    chunks: tuple[int, ...]
+    ttft_s: float
+    start: tuple[int, ...]
+    coarse: tuple[tuple[tuple[int, ...], float], ...]
+    steps: tuple[int, ...]
+    evaluations: int
+
+
+# ----- the balancing solver ---------------------------------------------------------------------------
+def layer_compute_s(cost: CostModel, rank: int, tokens: float, before: float) -> float:
+    """Per-layer compute of kvr rank ``rank`` holding ``tokens`` tokens after ``before`` earlier ones
+    (real-valued token counts are fine for the analytic cost model)."""
+    keys = before + tokens
+    return (cost.pre_attention_s(tokens) + (cost.kv_copy_s(keys) if rank > 0 else 0.0)
+            + cost.attention_s(tokens, keys, causal_pairs(tokens, keys)) + cost.post_attention_s(tokens))
+
+
+def balanced(context: int, parts: int, cost: CostModel) -> list[float]:
+    """Fractions of C (summing to 1) for which every rank's per-layer compute is equal (each >= 1 token)."""
+    def chunks_at(period_s: float) -> list[float]:
+        out, before = [], 0.0
+        for i in range(parts):
+            lo, hi = 1.0, float(context)
+            if layer_compute_s(cost, i, lo, before) >= period_s:
+                hi = lo
+            for _ in range(_BISECT):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if layer_compute_s(cost, i, mid, before) <= period_s else (lo, mid)
+            out.append(lo)
+            before += lo
+        return out
+
+    lo, hi = 0.0, layer_compute_s(cost, 0, float(context), 0.0)
+    for _ in range(_BISECT):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if sum(chunks_at(mid)) <= context else (lo, mid)
+    chunks = chunks_at(hi)
+    return [c / sum(chunks) for c in chunks]
+
+
+# ----- the grid search --------------------------------------------------------------------------------
+def _boundaries(chunks: Sequence[int]) -> list[int]:
+    out, s = [], 0
+    for c in chunks[:-1]:
+        s += c
+        out.append(s)
+    return out
+
+
+def _chunks(bounds: Sequence[int], context: int) -> tuple[int, ...]:
+    edges = [0, *bounds, context]
+    return tuple(b - a for a, b in zip(edges, edges[1:]))
+
+
+def coarse_grid(context: int, parts: int, start: Sequence[int]) -> list[tuple[int, ...]]:
+    """The coarse grid: partitions on the line from the even partition (t=0) through ``start`` (t=1),
+    rounded to whole tokens (every chunk >= 1); repeats dropped."""
+    e = even(context, parts)
+    points: list[tuple[int, ...]] = []
+    for t in COARSE_T:
+        x = [max(a + t * (b - a), 1e-9) for a, b in zip(e, start)]
+        p = tuple(round_fractions(context, x))
+        if p not in points:
+            points.append(p)
+    return points
+
+
+def grid_search(context: int, parts: int, oracle: Oracle, start: Sequence[int] | None = None,
+                levels: int = LEVELS) -> SearchResult:
+    """KVR-S: the partition of ``context`` tokens into ``parts`` chunks with the least oracle TTFT found
+    by the coarse grid and ``levels`` refinement levels (module docstring)."""
+    start = tuple(start) if start is not None else tuple(even(context, parts))
+    scores: dict[tuple[int, ...], float] = {}
+
+    def score(chunks: tuple[int, ...]) -> float:
+        if chunks not in scores:
+            scores[chunks] = oracle(chunks)
+        return scores[chunks]
+
+    coarse = [(p, score(p)) for p in coarse_grid(context, parts, start)]
+    best = min(coarse, key=lambda pt: pt[1])[0]
+    step, steps = max(1, context // (8 * parts)), []
+    for _ in range(levels):
+        steps.append(step)
+        for _ in range(MAX_SWEEPS):
+            bounds = _boundaries(best)
+            neighbours = []
+            for i in range(parts - 1):
+                for move in (-step, step):
+                    moved = bounds[:i] + [bounds[i] + move] + bounds[i + 1:]
+                    if all(a < b for a, b in zip([0, *moved], [*moved, context])):
+                        neighbours.append(_chunks(moved, context))
+            if not neighbours:
+                break
+            candidate = min(neighbours, key=score)
+            if score(candidate) >= score(best):
+                break
+            best = candidate
+        if step == 1:
+            break
+        step = max(1, step // 4)
+    best = min(scores, key=lambda p: (scores[p], p))
+    return SearchResult(chunks=best, ttft_s=scores[best], start=start, coarse=tuple(coarse),
+                        steps=tuple(steps), evaluations=len(scores))
+
+
+# ----- the simulator as oracle, and plans of jobs -----------------------------------------------------
+def simulator_oracle(job, gpus: Sequence[int] | None = None) -> Oracle:
+    """Chunks -> simulated TTFT of ``job`` (its model, hardware, cluster, context, P) under kvr with
+    those chunks, rank r on GPU ``gpus[r]`` (default: GPU r)."""
+    from ..schemes import SchemeSpec
+    from ..simulate import simulate
+
+    def ttft_s(chunks: tuple[int, ...]) -> float:
+        scheme = SchemeSpec(name=job.scheme.name, kind="kvr", tokens=((job.context, tuple(chunks)),))
+        order = tuple(gpus) if gpus is not None else tuple(range(len(chunks)))
+        return simulate(dataclasses.replace(job, scheme=scheme, num_gpus=len(chunks), gpu_order=order)).ttft_s
+
+    return ttft_s
+
+
+def start_chunks(job) -> tuple[int, ...]:
+    """The balancing solver's partition of the job, in whole tokens."""
+    return tuple(round_fractions(job.context, balanced(job.context, job.num_gpus, job.cost())))
+
+
+def search_job(job, oracle: Oracle | None = None) -> tuple[SearchResult, tuple[int, ...]]:
+    """KVR-S for a simulator job: the order first (``order: auto`` picks it from the solver's partition,
+    else the job's or the given order), then the grid search under that order. Returns the search and
+    the order."""
+    start = start_chunks(job)
+    gpus = _order(job, start)
+    result = grid_search(job.context, job.num_gpus, oracle or simulator_oracle(job, gpus), start)
+    return result, gpus
+
+
+def _order(job, chunks: Sequence[int]) -> tuple[int, ...]:
+    if job.gpu_order is not None:
+        return tuple(job.gpu_order)
+    if getattr(job.scheme, "order", "given") != "auto" or len(chunks) == 1:
+        return tuple(range(len(chunks)))
+    kv = job.model.kv_bytes_per_token_per_layer(job.dtype)
+    if job.scheme.kind == "tsp":
+        return ring_order(job.cluster, len(chunks), max(chunks) * kv)
+    return chain_order(job.cluster, chunks, kv)
+
+
+def plan_job(job) -> Plan:
+    """``sim.partition.plan``: fixed partitions at once, searched and predicted ones cached."""
+    scheme = job.scheme
+    if scheme.kind == "kvr" and scheme.partitioner in JOB_PARTITIONERS and scheme.pinned_gpus is None:
+        return _cached_plan(job)
+    chunks = scheme.chunks(job.context, job.num_gpus)
+    assert chunks is not None, f"{scheme.name} has no partition for {job.num_gpus} GPUs, C={job.context}"
+    return Plan(tuple(chunks), _order(job, chunks))
+
+
+_PLANS: dict = {}
+
+
+def _cached_plan(job) -> Plan:
+    # A job's cost_model is left out of its hash and equality, so it is part of the key here (the
+    # value keeps it alive, so its id is not reused).
+    key = (job, id(job.cost_model))
+    if key not in _PLANS:
+        if job.scheme.partitioner == "kvr-s":
+            result, gpus = search_job(job)
+            plan = Plan(result.chunks, gpus)
+        else:
+            from .table import predict_job
+
+            plan = predict_job(job)
+        _PLANS[key] = (plan, job.cost_model)
+    return _PLANS[key][0]
