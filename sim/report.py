@@ -85,6 +85,8 @@ def _detail(block: list[Row]) -> list[str]:
             cells.append(f"{r.result.chunks[k]:>6} {x.busy_s * 1e3:.1f}/{x.idle_s * 1e3:.1f} "
                          f"{x.bytes_sent / MB:.0f}/{x.bytes_received / MB:.0f}")
         out.append(f"{'rank ' + str(k):<12}" + "".join(f"{cell:>26}" for cell in cells))
+    if any(r.result.gpus != tuple(range(n)) for r in chosen):  # an order other than rank r on GPU r
+        out.append(f"{'GPUs':<12}" + "".join(f"{' '.join(map(str, r.result.gpus)):>26}" for r in chosen))
     out += [f"On {n} GPUs at C={c}, MB carried per directed link", head]
     links = sorted({link for r in chosen for link in r.result.link_bytes}, key=str)
     for a, b in links:
@@ -97,7 +99,7 @@ def _record(row: Row) -> dict:
     j, r = row.job, row.result
     return {"model": j.model.name, "cluster": j.cluster.name, "scheme": j.scheme.name, "gpus": j.num_gpus,
             "context": j.context, "ttft_s": r.ttft_s, "speedup_vs_tsp": row.speedup_vs_tsp,
-            "makespan_s": r.makespan_s, "chunks": list(r.chunks),
+            "makespan_s": r.makespan_s, "chunks": list(r.chunks), "order": list(r.gpus),
             "ranks": [{"rank": x.rank, "busy_s": x.busy_s, "idle_s": x.idle_s, "bytes_sent": x.bytes_sent,
                        "bytes_received": x.bytes_received} for x in r.ranks],
             "links": [{"src": a, "dst": b, "bytes": v}

@@ -13,7 +13,7 @@ import yaml
 from .cluster import BackgroundFlow, ClusterError, ClusterSpec, LinkSpec, duplex, mesh
 from .hardware import GPU_PRESETS, GpuSpec, HardwareError
 from .model import DTYPE_BYTES, ModelSpec, ModelSpecError
-from .partition import PARTITIONERS, PartitionError, check, from_fractions
+from .partition import ORDERS, PARTITIONERS, PartitionError, check, from_fractions, table
 from .profile import ProfileCost, ProfileError
 from .schemes import ATTENTION, BUILTIN, KINDS, SchemeSpec
 from .simulate import Job
@@ -52,7 +52,7 @@ class Scenario:
                     counts = (1,) if scheme.kind == "single" else self.gpu_counts
                     for n in counts:
                         for context in self.contexts:
-                            if scheme.chunks(context, n) is not None:
+                            if scheme.runs_at(context, n):
                                 yield Job(model=model, gpu=self.gpu, dtype=self.dtype, cluster=cluster,
                                           scheme=scheme, context=context, num_gpus=n,
                                           cost_model=dict(self.profiles).get(model.name))
@@ -108,6 +108,9 @@ def parse(doc: Any, default_name: str = "scenario") -> Scenario:
     labels = [s.name for s in schemes]
     for i, label in enumerate(labels):
         _need(labels.index(label) == i, f"workload.schemes[{i}]", "scheme names must be unique", label)
+    _check_tables(schemes, lambda i: f"workload.schemes[{i}]", lambda scheme: [
+        Job(model=m, gpu=_gpu(hw) if "gpu" in hw else _profile_gpu(profiles), dtype=dtype, cluster=c,
+            scheme=scheme, context=max(contexts), num_gpus=n) for m in models for c in clusters for n in counts])
     return Scenario(
         name=_str(top.get("name", default_name), "name"),
         description=_str(top["description"], "description") if "description" in top else "",
@@ -276,7 +279,8 @@ def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, .
     if isinstance(value, str):
         _need(value in BUILTIN, at, f"must be one of {list(BUILTIN)} or a mapping", value)
         return BUILTIN[value]
-    d = _mapping(value, at, required=("name", "kind"), optional=("partition", "partitioner", "attention"))
+    d = _mapping(value, at, required=("name", "kind"),
+                 optional=("partition", "partitioner", "attention", "order", "table", "table_contexts"))
     name, kind = _str(d["name"], f"{at}.name"), d["kind"]
     _need(kind in KINDS, f"{at}.kind", f"must be one of {list(KINDS)}", kind)
     if "attention" in d:
@@ -293,8 +297,39 @@ def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, .
     fractions, tokens = None, ()
     if "partition" in d:
         fractions, tokens = _partition(d["partition"], f"{at}.partition", contexts, counts)
+    if "order" in d:
+        _need(kind in ("kvr", "tsp"), f"{at}.order", "applies to kinds kvr and tsp only", d["order"])
+        _need(d["order"] in ORDERS, f"{at}.order", f"must be one of {list(ORDERS)}", d["order"])
+    for key in ("table", "table_contexts"):
+        _need(key not in d or d.get("partitioner") == "kvr-p", f"{at}.{key}", "applies to partitioner kvr-p only",
+              d.get(key))
+    _need(not ("table" in d and "table_contexts" in d), at, "give `table` or `table_contexts`, not both", sorted(d))
+    table_contexts = tuple(_int(c, f"{at}.table_contexts[{j}]") for j, c in
+                           enumerate(_list(d["table_contexts"], f"{at}.table_contexts"))) if "table_contexts" in d \
+        else _powers_of_two(min(contexts), max(contexts))
     return SchemeSpec(name=name, kind=kind, partitioner=d.get("partitioner", "even"), fractions=fractions,
-                      tokens=tokens, attention=d.get("attention", "causal"))
+                      tokens=tokens, attention=d.get("attention", "causal"), order=d.get("order", "given"),
+                      table=_str(d["table"], f"{at}.table") if "table" in d else None,
+                      table_contexts=table_contexts if d.get("partitioner") == "kvr-p" and "table" not in d else ())
+
+
+def _powers_of_two(low: int, high: int) -> tuple[int, ...]:
+    """kvr-p's default table contexts: the powers of two from the one at or below ``low`` to the one at
+    or above ``high``."""
+    out = [1 << (low.bit_length() - 1)]
+    while out[-1] < high:
+        out.append(out[-1] * 2)
+    return tuple(out)
+
+
+def _check_tables(schemes, at_of, jobs_of) -> None:
+    """Every kvr-p table covers every model, cluster and GPU count of the sweep."""
+    for i, scheme in enumerate(schemes):
+        if scheme.partitioner == "kvr-p" and scheme.table is not None:
+            try:
+                table.covers(scheme.table, jobs_of(scheme))
+            except PartitionError as e:
+                raise ScenarioError(f"{at_of(i)}.table: {e}") from None
 
 
 def _partition(value: Any, at: str, contexts, counts):

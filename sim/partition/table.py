@@ -124,6 +124,14 @@ def matching(table: dict, job, path: str = "table") -> list[dict]:
     return sorted(found, key=lambda e: e["context"])
 
 
+def covers(path: str, jobs: Iterable) -> None:
+    """``PartitionError`` unless the table at ``path`` has entries for every job's model, hardware,
+    cluster, P and order mode."""
+    table = load(path)
+    for job in jobs:
+        matching(table, job, path)
+
+
 # ----- KVR-P -----------------------------------------------------------------------------------------
 def interpolate(entries: Sequence[dict], context: int) -> tuple[list[float], tuple[int, ...]]:
     """The fractions and order KVR-P uses at ``context`` (module docstring); ``entries`` sorted by context."""
