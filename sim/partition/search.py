@@ -23,14 +23,15 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..cost import CostModel, causal_pairs
-from . import JOB_PARTITIONERS, Plan, even, round_fractions
+from . import JOB_PARTITIONERS, Plan, chain, even, round_fractions
 from .order import chain_order, ring_order
 
 Oracle = Callable[[tuple[int, ...]], float]
 
-COARSE_T = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the coarse grid on the line from E (t=0) through B (t=1)
-LEVELS = 3  # refinement levels after the coarse grid
-MAX_SWEEPS = 6  # best-neighbour moves per level at most
+COARSE_T = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the coarse grid on the line E (t=0) -> B (t=1)
+LEVELS = 4  # refinement levels after the coarse grid
+MAX_SWEEPS = 8  # best-neighbour moves per level at most
+SIMULATOR_BUDGET = 200  # candidates scored by SimPy itself when the closed form is not exact (~30 ms each)
 _BISECT = 40  # bisection steps (2^-40 of the range)
 
 
@@ -107,9 +108,10 @@ def coarse_grid(context: int, parts: int, start: Sequence[int]) -> list[tuple[in
 
 
 def grid_search(context: int, parts: int, oracle: Oracle, start: Sequence[int] | None = None,
-                levels: int = LEVELS) -> SearchResult:
+                levels: int = LEVELS, budget: int | None = None) -> SearchResult:
     """KVR-S: the partition of ``context`` tokens into ``parts`` chunks with the least oracle TTFT found
-    by the coarse grid and ``levels`` refinement levels (module docstring)."""
+    by the coarse grid and ``levels`` refinement levels (module docstring). ``budget``: stop refining
+    once the oracle has scored this many candidates (None: no limit)."""
     start = tuple(start) if start is not None else tuple(even(context, parts))
     scores: dict[tuple[int, ...], float] = {}
 
@@ -124,6 +126,8 @@ def grid_search(context: int, parts: int, oracle: Oracle, start: Sequence[int] |
     for _ in range(levels):
         steps.append(step)
         for _ in range(MAX_SWEEPS):
+            if budget is not None and len(scores) >= budget:
+                break
             bounds = _boundaries(best)
             neighbours = []
             for i in range(parts - 1):
@@ -136,7 +140,11 @@ def grid_search(context: int, parts: int, oracle: Oracle, start: Sequence[int] |
             candidate = min(neighbours, key=score)
             if score(candidate) >= score(best):
                 break
-            best = candidate
+            while True:  # keep making the same move while it improves (a line search along it)
+                best, candidate = candidate, _chunks([b + c - a for a, b, c in zip(
+                    _boundaries(best), _boundaries(candidate), _boundaries(candidate))], context)
+                if min(candidate) < 1 or score(candidate) >= score(best):
+                    break
         if step == 1:
             break
         step = max(1, step // 4)
@@ -168,11 +176,23 @@ def start_chunks(job) -> tuple[int, ...]:
 def search_job(job, oracle: Oracle | None = None) -> tuple[SearchResult, tuple[int, ...]]:
     """KVR-S for a simulator job: the order first (``order: auto`` picks it from the solver's partition,
     else the job's or the given order), then the grid search under that order. Returns the search and
-    the order."""
+    the order.
+
+    The default oracle is the simulator. Where the chain's closed form is exact (``chain.exact_for``:
+    no shared or busy links on the chain) candidates are scored by it; otherwise by SimPy, at most
+    ``SIMULATOR_BUDGET`` of them. Either way SimPy judges the end: the best candidate and the even
+    partition are simulated and the faster is the answer, with its simulated TTFT."""
     start = start_chunks(job)
     gpus = _order(job, start)
-    result = grid_search(job.context, job.num_gpus, oracle or simulator_oracle(job, gpus), start)
-    return result, gpus
+    simulated = simulator_oracle(job, gpus)
+    if oracle is not None:
+        return grid_search(job.context, job.num_gpus, oracle, start), gpus
+    if chain.exact_for(job, gpus):
+        result = grid_search(job.context, job.num_gpus, lambda c: chain.chain_ttft_s(job, c, gpus), start)
+    else:
+        result = grid_search(job.context, job.num_gpus, simulated, start, budget=SIMULATOR_BUDGET)
+    judged = min((simulated(c), c) for c in {result.chunks, tuple(even(job.context, job.num_gpus))})
+    return dataclasses.replace(result, chunks=judged[1], ttft_s=judged[0]), gpus
 
 
 def _order(job, chunks: Sequence[int]) -> tuple[int, ...]:
