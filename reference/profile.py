@@ -72,6 +72,31 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def speed_probe_s(repeat: int = 9) -> float:
+    """Seconds of a fixed single-thread fp32 GEMM (256 x 512 x 1376), median of ``repeat``.
+
+    The cloud CPUs this runs on change speed by up to 4x over minutes (the host time-slices its vCPUs;
+    no steal time is reported), so every profile point and every measured run records this probe next
+    to it, and the simulator can compare like with like (docs/validation.md, "Machine speed")."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a, w = torch.randn(256, 512, generator=g), torch.randn(512, 1376, generator=g)
+        a @ w
+        samples = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(4):
+                a @ w
+            samples.append((time.perf_counter() - t0) / 4)
+        return statistics.median(samples)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def make_timer(device, warmup: int, repeat: int) -> Callable[[Callable[[], object]], list[float]]:
     """A function that times ``fn()``: ``warmup`` untimed calls, then ``repeat`` samples in seconds."""
     import torch
@@ -209,8 +234,9 @@ class Parts:
         return run
 
 
-def _entry(samples: list[float], held_out: bool, **key) -> dict:
-    return {**key, "held_out": held_out, "samples_s": samples, "median_s": statistics.median(samples)}
+def _entry(samples: list[float], held_out: bool, probe_s: float | None, **key) -> dict:
+    return {**key, "held_out": held_out, "samples_s": samples, "median_s": statistics.median(samples),
+            "probe_s": probe_s}
 
 
 def profile(args: argparse.Namespace, say=print) -> dict:
@@ -228,26 +254,33 @@ def profile(args: argparse.Namespace, say=print) -> dict:
     spec, model, source = load_model(args.model, device, DTYPES[args.dtype], seed=0)
     model.fuse_()
     parts = Parts(model, spec, device, DTYPES[args.dtype])
-    timer = make_timer(device, args.warmup, args.repeat)
+    base_timer = make_timer(device, args.warmup, args.repeat)
+    cpu = device.type == "cpu"
+    probes: list[float] = []
+
+    def timer(fn):  # on CPUs, a speed probe next to every point (see speed_probe_s)
+        probes.append(speed_probe_s(5) if cpu else None)
+        return base_timer(fn)
     comps: dict[str, list[dict]] = {k: [] for k in
                                     ("embed", "pre_attention", "kv_copy", "post_attention", "attention", "head", "layer")}
     tokens = sorted({(t, False) for t in grid["tokens"]} | {(t, True) for t in grid["tokens_held_out"]})
     with torch.no_grad():
         for t, held in tokens:
             for name in ("embed", "pre_attention", "post_attention", "kv_copy"):
-                comps[name].append(_entry(timer(getattr(parts, name)(t)), held, tokens=t))
+                comps[name].append(_entry(timer(getattr(parts, name)(t)), held, probes[-1], tokens=t))
             say(f"tokens {t}: pre {comps['pre_attention'][-1]['median_s'] * 1e3:.2f} ms, post "
                 f"{comps['post_attention'][-1]['median_s'] * 1e3:.2f} ms")
         points = [(c, c + p, False) for c in grid["queries"] for p in grid["past"]]
         points += [(c, k, True) for c, k in grid["attention_held_out"]]
         for c, k, held in points:
             if args.max_keys is None or k <= args.max_keys:
-                comps["attention"].append(_entry(timer(parts.attention(c, k)), held, queries=c, keys=k))
+                comps["attention"].append(_entry(timer(parts.attention(c, k)), held, probes[-1], queries=c, keys=k))
                 say(f"attention {c} x {k}: {comps['attention'][-1]['median_s'] * 1e3:.2f} ms")
-        comps["head"].append(_entry(timer(parts.head()), False))
+        comps["head"].append(_entry(timer(parts.head()), False, probes[-1]))
         for t in grid["queries"][::2]:
             for past in (0, grid["past"][len(grid["past"]) // 2]):
-                comps["layer"].append(_entry(timer(parts.layer(t, past)), False, tokens=t, keys=t + past))
+                comps["layer"].append(_entry(timer(parts.layer(t, past)), False, probes[-1], tokens=t,
+                                             keys=t + past))
     return {
         "schema_version": SCHEMA_VERSION, "model": spec.to_dict(), "model_arg": args.model,
         "model_source": source, "dtype": args.dtype, "device": _device_name(device),
@@ -259,6 +292,7 @@ def profile(args: argparse.Namespace, say=print) -> dict:
         "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m reference.profile " + " ".join(sys.argv[1:]),
         "grid_name": args.grid, "grid": grid, "warmup": args.warmup, "repeat": args.repeat,
+        "speed_probe_s": statistics.median(probes) if cpu else None,
         "components": comps,
     }
 

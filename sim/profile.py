@@ -11,6 +11,11 @@ answered by interpolating measured medians. Pure functions of the profile; no Si
   others). Outside the grid, y is held at the edge.
 - ``head`` is the measured median.
 
+Machine speed (CPU profiles): every grid point carries ``probe_s``, a fixed GEMM timed next to it, and
+the profile its median ``speed_probe_s``. Each point is brought to that reference speed
+(``median_s * speed_probe_s / probe_s``) before fitting, and ``scaled(f)`` answers for a machine ``f``
+times slower (a measured run's probe over the profile's); docs/validation.md, "Machine speed".
+
 Every question that falls outside the grid is counted in ``extrapolated`` (component -> count), which
 the validation report prints. ``held_out_errors`` predicts the grid points the profile flagged as held
 out from a model built without them.
@@ -65,7 +70,17 @@ class ProfileCost:
 
     profile: Mapping[str, Any] = field(repr=False)
     path: str = ""
+    speed_factor: float = 1.0  # seconds here = profile seconds (at its reference speed) x this
     extrapolated: Counter = field(default_factory=Counter, repr=False)
+
+    def seconds(self, entry: Mapping[str, Any]) -> float:
+        """A grid point's median at the profile's reference speed."""
+        ref, probe = self.profile.get("speed_probe_s"), entry.get("probe_s")
+        return entry["median_s"] * (ref / probe if ref and probe else 1.0)
+
+    def scaled(self, factor: float) -> "ProfileCost":
+        """The same profile on a machine ``factor`` times slower (its extrapolation count is shared)."""
+        return ProfileCost(self.profile, self.path, self.speed_factor * factor, self.extrapolated)
 
     def __post_init__(self) -> None:
         comps = self.profile.get("components")
@@ -74,7 +89,7 @@ class ProfileCost:
         use = lambda e: not e.get("held_out", False)  # noqa: E731
         lines = {}
         for name in LINEAR_PARTS:
-            pts = sorted((e["tokens"], e["median_s"]) for e in comps.get(name, []) if use(e))
+            pts = sorted((e["tokens"], self.seconds(e)) for e in comps.get(name, []) if use(e))
             if not pts:
                 raise ProfileError(f"profile {self.path or '?'}: component {name!r} has no grid points")
             lines[name] = ([float(t) for t, _ in pts], [s for _, s in pts])
@@ -82,7 +97,7 @@ class ProfileCost:
         for e in comps.get("attention", []):
             if use(e):
                 c, k = e["queries"], e["keys"]
-                y = e["median_s"] / (c * k)
+                y = self.seconds(e) / (c * k)
                 (square if c == k else rect)[(c, k - c)] = y
         if not square or not rect or not comps.get("head"):
             raise ProfileError(f"profile {self.path or '?'}: needs attention with and without a past, and head")
@@ -127,7 +142,7 @@ class ProfileCost:
         y, out = _interp(xs, ys, float(tokens))
         if out:
             self.extrapolated[name] += 1
-        return max(y, 0.0)
+        return max(y, 0.0) * self.speed_factor
 
     def embed_s(self, tokens: int) -> float:
         return self._linear("embed", tokens)
@@ -159,10 +174,10 @@ class ProfileCost:
             out = out_c or out_p
         if out:
             self.extrapolated["attention"] += 1
-        return y * c * keys
+        return y * c * keys * self.speed_factor
 
     def head_s(self) -> float:
-        return self.profile["components"]["head"][0]["median_s"]
+        return self.seconds(self.profile["components"]["head"][0]) * self.speed_factor
 
     # ----- checks ---------------------------------------------------------------------------------
     def layer_s(self, tokens: int, keys: int) -> float:
@@ -174,20 +189,20 @@ class ProfileCost:
 def held_out_errors(profile: Mapping[str, Any]) -> list[tuple[str, str, float, float]]:
     """(component, point, measured s, predicted s) for every held-out grid point (the model never
     fits them); and the whole-layer checks against the sum of the parts."""
-    fit = full = ProfileCost(profile)
+    fit = ProfileCost(profile)  # each point is compared at the profile's reference speed
     out = []
     comps = profile["components"]
     for name in LINEAR_PARTS:
         for e in comps[name]:
             if e.get("held_out"):
-                out.append((name, f"t={e['tokens']}", e["median_s"], getattr(fit, f"{name}_s")(e["tokens"])))
+                out.append((name, f"t={e['tokens']}", fit.seconds(e), getattr(fit, f"{name}_s")(e["tokens"])))
     for e in comps["attention"]:
         if e.get("held_out"):
-            out.append(("attention", f"c={e['queries']} k={e['keys']}", e["median_s"],
+            out.append(("attention", f"c={e['queries']} k={e['keys']}", fit.seconds(e),
                         fit.attention_s(e["queries"], e["keys"], 0)))
     for e in comps.get("layer", []):
-        out.append(("layer (sum of parts)", f"t={e['tokens']} k={e['keys']}", e["median_s"],
-                    full.layer_s(e["tokens"], e["keys"])))
+        out.append(("layer (sum of parts)", f"t={e['tokens']} k={e['keys']}", fit.seconds(e),
+                    fit.layer_s(e["tokens"], e["keys"])))
     return out
 
 

@@ -7,10 +7,16 @@ the job's, and its ``link`` field names the job's cluster (``cluster=NAME``, as
 ``reference.validate_cluster`` writes it). Several results of one configuration (repeated rounds) are
 pooled: the measured TTFT is the median of the rounds' medians, and the spread of the rounds is shown.
 
+Machine speed: where the job's cost model is a CPU profile (``sim.profile.ProfileCost``) and a round
+carries the harness's ``speed_probe_s``, the round is simulated again with the profile scaled by
+that round's probe over the profile's (``ProfileCost.scaled``; the partition is the one measured), and
+the simulated TTFT is the median over the rounds. The unadjusted simulation is shown beside it.
+
 Error = (simulated - measured) / measured. Docs: docs/validation.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import math
@@ -44,6 +50,7 @@ class Measured:
     ttft_s: float  # median of the rounds' medians
     rounds_s: tuple[float, ...]  # each round's median TTFT
     files: tuple[str, ...]
+    probes_s: tuple[float | None, ...] = ()  # each round's machine-speed probe (mean of before, after)
 
 
 def cluster_of(link: str | None) -> str | None:
@@ -58,17 +65,19 @@ def _key(model: str, cluster: str | None, kind: str, world: int, context: int, c
 
 def load_measured(files: list[str]) -> dict[tuple, Measured]:
     """Results files -> pooled measurements by (model, cluster, scheme kind, P, C, partition)."""
-    by_key: dict[tuple, list[tuple[float, str]]] = {}
+    by_key: dict[tuple, list[tuple[float, str, float | None]]] = {}
     for path in files:
         try:
             with open(path, encoding="utf-8") as f:
                 r = json.load(f)
             key = _key(r["model"]["name"], cluster_of(r.get("link")), r["scheme"], r["world_size"],
                        r["context"], r["partition"])
-            by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path))
+            probe = statistics.fmean(r["speed_probe_s"]) if r.get("speed_probe_s") else None
+            by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path, probe))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise MeasuredError(f"measured results {path}: {e}") from None
-    return {k: Measured(statistics.median(t for t, _ in v), tuple(t for t, _ in v), tuple(p for _, p in v))
+    return {k: Measured(statistics.median(t for t, _, _ in v), tuple(t for t, _, _ in v),
+                        tuple(p for _, p, _ in v), tuple(q for _, _, q in v))
             for k, v in by_key.items()}
 
 
@@ -80,16 +89,47 @@ def job_key(job, chunks) -> tuple:
 class Comparison:
     row: Row
     measured: Measured
+    simulated_s: float  # speed-adjusted where possible, else the row's TTFT
+    speed_factors: tuple[float, ...] = ()  # per round: its probe / the profile's
 
     @property
     def error(self) -> float:
+        return (self.simulated_s - self.measured.ttft_s) / self.measured.ttft_s
+
+    @property
+    def raw_error(self) -> float:
         return (self.row.result.ttft_s - self.measured.ttft_s) / self.measured.ttft_s
 
 
 def compare(table: list[Row], measured: dict[tuple, Measured]) -> list[Comparison]:
-    """The rows that have a measurement, paired with it."""
-    return [Comparison(row, measured[k]) for row in table
-            if (k := job_key(row.job, row.result.chunks)) in measured]
+    """The rows that have a measurement, paired with it (and re-simulated at each round's speed)."""
+    out = []
+    for row in table:
+        m = measured.get(job_key(row.job, row.result.chunks))
+        if m is not None:
+            factors = _speed_factors(row.job, m)
+            sim_s = (statistics.median(_resimulate(row, f) for f in factors) if factors else row.result.ttft_s)
+            out.append(Comparison(row, m, sim_s, factors))
+    return out
+
+
+def _speed_factors(job, m: Measured) -> tuple[float, ...]:
+    cost = job.cost_model
+    ref = getattr(cost, "profile", {}).get("speed_probe_s") if cost is not None else None
+    if not ref or not m.probes_s or any(p is None for p in m.probes_s):
+        return ()
+    return tuple(p / ref for p in m.probes_s)
+
+
+def _resimulate(row: Row, factor: float) -> float:
+    from .schemes import SchemeSpec
+    from .simulate import simulate
+
+    job = row.job
+    scheme = job.scheme
+    if scheme.kind == "kvr":  # the partition that was measured, not a new search at this speed
+        scheme = SchemeSpec(name=scheme.name, kind="kvr", tokens=((job.context, tuple(row.result.chunks)),))
+    return simulate(dataclasses.replace(job, scheme=scheme, cost_model=job.cost_model.scaled(factor))).ttft_s
 
 
 def mape(comparisons: list[Comparison]) -> float:
@@ -104,14 +144,16 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
         lines.append(f"no measured results match ({len(spec.files())} files under {', '.join(spec.patterns)}):"
                      " measurements pending")
         return "\n".join(lines) + "\n"
-    lines.append(f"{'model':<16}{'cluster':<14}{'scheme':<8}{'P':>3}{'C':>7}  {'chunks':<12}"
-                 f"{'sim ms':>10}{'meas ms':>10}{'rounds ms':>20}{'error':>9}")
+    lines.append("sim ms: at each round's machine speed (median); unadj. ms: at the profile's speed")
+    lines.append(f"{'model':<16}{'cluster':<12}{'scheme':<7}{'P':>2}{'C':>6} {'chunks':<10}"
+                 f"{'sim ms':>9}{'meas ms':>9}{'rounds ms':>17}{'speed':>11}{'error':>8}{'unadj. ms':>10}{'error':>8}")
     for c in comparisons:
         j, r = c.row.job, c.row.result
-        rounds = f"{min(c.measured.rounds_s) * 1e3:.1f}-{max(c.measured.rounds_s) * 1e3:.1f} x{len(c.measured.rounds_s)}"
-        lines.append(f"{j.model.name:<16}{j.cluster.name:<14}{j.scheme.name:<8}{j.num_gpus:>3}{j.context:>7}  "
-                     f"{'/'.join(map(str, r.chunks)):<12}{r.ttft_s * 1e3:>10.1f}{c.measured.ttft_s * 1e3:>10.1f}"
-                     f"{rounds:>20}{c.error * 100:>8.1f}%")
+        rounds = f"{min(c.measured.rounds_s) * 1e3:.0f}-{max(c.measured.rounds_s) * 1e3:.0f} x{len(c.measured.rounds_s)}"
+        speed = f"{min(c.speed_factors):.2f}-{max(c.speed_factors):.2f}" if c.speed_factors else "-"
+        lines.append(f"{j.model.name:<16}{j.cluster.name:<12}{j.scheme.name:<7}{j.num_gpus:>2}{j.context:>6} "
+                     f"{'/'.join(map(str, r.chunks)):<10}{c.simulated_s * 1e3:>9.1f}{c.measured.ttft_s * 1e3:>9.1f}"
+                     f"{rounds:>17}{speed:>11}{c.error * 100:>7.1f}%{r.ttft_s * 1e3:>10.1f}{c.raw_error * 100:>7.1f}%")
     groups: dict[tuple[str, str], list[Comparison]] = {}
     for c in comparisons:
         groups.setdefault((c.row.job.scheme.name, c.row.job.cluster.name), []).append(c)
@@ -120,7 +162,8 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
         worst = max(cs, key=lambda c: abs(c.error))
         lines.append(f"  {scheme:<8}{cluster:<14}{mape(cs):6.1f}%  (worst {worst.error * 100:+.1f}% at "
                      f"C={worst.row.job.context})")
-    lines.append(f"MAPE {mape(comparisons):.1f}% over {len(comparisons)} configurations")
+    lines.append(f"MAPE {mape(comparisons):.1f}% over {len(comparisons)} configurations "
+                 f"(unadjusted for machine speed: {100 * statistics.fmean(abs(c.raw_error) for c in comparisons):.1f}%)")
     if extrapolated:
         lines.append("profile extrapolated beyond its grid: " +
                      ", ".join(f"{k} x{v}" for k, v in sorted(extrapolated.items())))
@@ -142,10 +185,10 @@ def plot(comparisons: list[Comparison], title: str, path: str) -> None:
         for si, scheme in enumerate(schemes):
             pts = [c for c in comparisons if c.row.job.cluster.name == cluster and c.row.job.scheme.name == scheme]
             if pts:
-                ax.scatter([c.measured.ttft_s * 1e3 for c in pts], [c.row.result.ttft_s * 1e3 for c in pts],
+                ax.scatter([c.measured.ttft_s * 1e3 for c in pts], [c.simulated_s * 1e3 for c in pts],
                            marker=markers[si % len(markers)], color=colours[ci % len(colours)],
                            label=f"{scheme}, {cluster}", s=36)
-    values = [v for c in comparisons for v in (c.measured.ttft_s * 1e3, c.row.result.ttft_s * 1e3)]
+    values = [v for c in comparisons for v in (c.measured.ttft_s * 1e3, c.simulated_s * 1e3)]
     lo, hi = min(values) * 0.85, max(values) * 1.15
     ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="ideal (simulated = measured)")
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")

@@ -1,0 +1,171 @@
+"""Measure a scenario's sweep on a real shaped-link cluster: every job of a ``scenarios/validate-*.yaml``
+runs as P gloo processes of ``reference.launch`` in network namespaces whose links match the job's
+cluster (``reference.netcluster``), and each run's results JSON lands in ``--out-dir``.
+
+    python -m reference.validate_cluster scenarios/validate-cpu.yaml --out-dir results/cpu \\
+        --rounds 3 --warmup 1 --repeat 3
+
+- The scenario's clusters are already at CPU scale (docs/validation.md says how they were scaled from
+  GPU links): pair (i, j) gets the simulator's route bandwidth (``netcluster.from_cluster_spec``) and
+  background flows become fair-share competing TCP flows. Latencies are not applied (this kernel has no
+  netem); a scenario for this machine puts the measured base latency of gloo in ``latency_us``.
+- Partitions are the scenario's: ``scheme.chunks(C, P)`` (even for tsp and kvr-e, the scenario's
+  searched partition for kvr-s), passed to the runtime as ``--partition``.
+- One torch thread per rank (``LOCAL_WORLD_SIZE`` = the machine's cores, so ``reference.measure``
+  gives each rank cores / that = 1 thread), as in the profile.
+- Rounds are interleaved (round 1 of every job, then round 2, ...), so slow drifts of the machine's
+  load spread over all configurations; ``sim.validate`` takes the median of the rounds.
+- The results' ``link`` field is ``cluster=NAME ...``: how the simulator matches them to its jobs.
+  The harness adds ``speed_probe_s``: [before, after], the machine-speed probe of ``reference.profile``
+  run just before and after the launch.
+- Every namespace, link and process is torn down after each cluster, also on failure or Ctrl-C
+  (``ShapedCluster``). Where namespaces are not permitted the ranks run on plain loopback and the
+  ``link`` field says ``loopback``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from reference.launch import write_atomic
+from reference.netcluster import LinkSpec, RankResult, ShapedCluster, from_cluster_spec
+from reference.profile import speed_probe_s
+
+
+class HarnessError(ValueError):
+    """Bad command-line input."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reference.validate_cluster", description=__doc__.split("\n\n")[0])
+    p.add_argument("scenario", help="scenario YAML (its clusters at CPU scale)")
+    p.add_argument("--out-dir", required=True, help="folder for the results JSON files")
+    p.add_argument("--rounds", type=int, default=3, help="launches of every job, interleaved (default 3)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeat", type=int, default=3, help="timed prefills per launch (default 3)")
+    p.add_argument("--clusters", help="comma-separated cluster names (default: all)")
+    p.add_argument("--schemes", help="comma-separated scheme names (default: all but single)")
+    p.add_argument("--contexts", help="comma-separated contexts (default: the scenario's)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per launch (default 600)")
+    p.add_argument("--dtype", help="default: the scenario's hardware.dtype")
+    return p
+
+
+def _select(jobs, args):
+    pick = lambda text: None if text is None else set(text.split(","))  # noqa: E731
+    clusters, schemes = pick(args.clusters), pick(args.schemes)
+    contexts = None if args.contexts is None else {int(c) for c in args.contexts.split(",")}
+    return [j for j in jobs
+            if (clusters is None or j.cluster.name in clusters)
+            and (j.scheme.name in schemes if schemes is not None else j.scheme.kind != "single")
+            and (contexts is None or j.context in contexts)]
+
+
+def result_path(out_dir: str, job, round_: int) -> str:
+    return os.path.join(out_dir, f"{job.cluster.name}_{job.scheme.name}_P{job.num_gpus}_C{job.context}"
+                                 f"_r{round_}.json")
+
+
+def launch_argv(job, model_arg: str, dtype: str, args, out: str, link: str) -> list[str]:
+    chunks = job.scheme.chunks(job.context, job.num_gpus)
+    return ["env", f"LOCAL_WORLD_SIZE={os.cpu_count() or 1}",  # -> 1 torch thread per rank
+            sys.executable, "-m", "reference.launch", "--model", model_arg, "--scheme", job.scheme.kind,
+            "--partition", ",".join(map(str, chunks)), "--context", str(job.context), "--dtype", dtype,
+            "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--out", out, "--link", link,
+            "--timeout", str(args.timeout)]
+
+
+def run(args: argparse.Namespace, say=print) -> list[str]:
+    """Run every selected job ``rounds`` times; returns the results files written. Raises
+    ``RuntimeError`` naming the first failed launch (after tearing its cluster down)."""
+    from sim.scenario import load
+
+    scenario = load(args.scenario)
+    model_args = _model_args(args.scenario)
+    jobs = _select(list(scenario.jobs()), args)
+    if not jobs:
+        raise HarnessError("no job of the scenario matches --clusters/--schemes/--contexts")
+    dtype = args.dtype or scenario.dtype
+    os.makedirs(args.out_dir, exist_ok=True)
+    written = []
+    clusters = {j.cluster.name: j.cluster for j in jobs}
+    for round_ in range(1, args.rounds + 1):
+        for name, spec in clusters.items():
+            mine = [j for j in jobs if j.cluster.name == name]
+            width = max(j.num_gpus for j in mine)
+            matrix, noise = from_cluster_spec(spec)
+            # Latency cannot be shaped here (no netem); the scenario's latency is this machine's own.
+            matrix = [[None if m is None else LinkSpec(bandwidth_bytes_per_s=m.bandwidth_bytes_per_s)
+                       for m in row[:width]] for row in matrix[:width]]
+            noise = [n for n in noise if n.src < width and n.dst < width]
+            with ShapedCluster(width, matrix, noise=noise) as cluster:
+                for job in mine:
+                    written.append(_run_one(cluster, job, round_, model_args[job.model.name], dtype, args, say))
+    return written
+
+
+def _run_one(cluster: ShapedCluster, job, round_: int, model_arg: str, dtype: str, args, say) -> str:
+    out = os.path.abspath(result_path(args.out_dir, job, round_))
+    how = "shaped" if cluster.shaped else "loopback"
+    link = f"cluster={job.cluster.name} ({how}; reference.validate_cluster {os.path.basename(args.scenario)})"
+    argv = launch_argv(job, model_arg, dtype, args, out, link)
+    probe_before = speed_probe_s()
+    t0 = time.monotonic()
+    if job.num_gpus == 1:  # single: one plain process, no link involved
+        env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "WORLD_SIZE", "RANK")}
+        p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=args.timeout)
+        results = [RankResult(0, argv, p.returncode, p.stdout, p.stderr, False, time.monotonic() - t0)]
+    elif job.num_gpus < cluster.world_size:
+        raise HarnessError(f"{job.scheme.name} on {job.num_gpus} of {cluster.world_size} ranks: run one GPU "
+                           "count per cluster")
+    else:
+        results = cluster.run(argv, timeout_s=args.timeout)
+    bad = [r for r in results if r.returncode != 0]
+    if bad:
+        r = bad[0]
+        raise RuntimeError(f"{job.cluster.name} {job.scheme.name} P={job.num_gpus} C={job.context} round "
+                           f"{round_}: rank {r.rank} exited {r.returncode}{' (timed out)' if r.timed_out else ''}: "
+                           f"{r.stderr.strip()[-800:]}")
+    # The machine's speed around the run (see reference.profile.speed_probe_s), for sim.validate.
+    with open(out, encoding="utf-8") as f:
+        results_doc = json.load(f)
+    results_doc["speed_probe_s"] = [probe_before, speed_probe_s()]
+    write_atomic(out, results_doc)
+    say(f"round {round_} {job.cluster.name} {job.scheme.name} P={job.num_gpus} C={job.context}: "
+        f"{results[0].stdout.strip().splitlines()[-1]} ({time.monotonic() - t0:.1f} s)")
+    return out
+
+
+def _model_args(scenario_path: str) -> dict[str, str]:
+    """Model name -> the scenario's own model string (a preset or a config path for --model)."""
+    import yaml
+
+    from sim.model import ModelSpec
+
+    with open(scenario_path, encoding="utf-8") as f:
+        models = yaml.safe_load(f)["models"]
+    return {ModelSpec.resolve(m).name: m for m in models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.rounds < 1 or args.repeat < 1 or args.warmup < 0:
+            raise HarnessError("need --rounds >= 1, --repeat >= 1, --warmup >= 0")
+        files = run(args)
+    except ValueError as e:
+        print(f"reference.validate_cluster: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        print(f"reference.validate_cluster: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {len(files)} results files to {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

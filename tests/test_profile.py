@@ -1,0 +1,109 @@
+"""The profile cost model (sim/profile.py) on synthetic profiles: exact at grid points, interpolation
+between them, extrapolation counted, machine-speed normalisation, held-out report; and scenarios that
+name a profile or measured results (sim/scenario.py)."""
+import json
+
+import pytest
+import yaml
+
+from sim.model import ModelSpec
+from sim.profile import ProfileCost, ProfileError, held_out_errors, main
+from sim.scenario import ScenarioError, load
+
+SPEC = ModelSpec.preset("tiny-llama")
+
+
+def synthetic(probe_of=lambda i: None, speed_probe_s=None) -> dict:
+    """Linear parts take 1 us per token plus 10 us; attention 1 ns per dense query-key product."""
+    comps = {name: [] for name in ("embed", "pre_attention", "post_attention", "kv_copy", "attention", "head")}
+    i = 0
+    for t, held in ((8, False), (16, False), (24, True), (32, False)):
+        for name in ("embed", "pre_attention", "post_attention", "kv_copy"):
+            comps[name].append({"tokens": t, "held_out": held, "median_s": 1e-5 + 1e-6 * t,
+                                "probe_s": probe_of(i)})
+            i += 1
+    for c in (8, 16, 32):
+        for past in (0, 8, 32):
+            comps["attention"].append({"queries": c, "keys": c + past, "held_out": False,
+                                       "median_s": 1e-9 * c * (c + past), "probe_s": probe_of(i)})
+            i += 1
+    comps["attention"].append({"queries": 12, "keys": 30, "held_out": True, "median_s": 1e-9 * 12 * 30})
+    comps["head"].append({"held_out": False, "median_s": 2e-5, "probe_s": probe_of(i)})
+    return {"schema_version": 1, "model": SPEC.to_dict(), "dtype": "fp32", "device": "test",
+            "speed_probe_s": speed_probe_s, "components": comps}
+
+
+def test_exact_at_grid_points_linear_between_and_extrapolation_counted():
+    cost = ProfileCost(synthetic())
+    assert cost.pre_attention_s(16) == pytest.approx(1e-5 + 16e-6)
+    assert cost.post_attention_s(20) == pytest.approx(1e-5 + 20e-6)  # between 16 and 32
+    assert cost.attention_s(16, 24, 0) == pytest.approx(1e-9 * 16 * 24)
+    assert cost.attention_s(12, 12, 0) == pytest.approx(1e-9 * 144)  # the square row, between grid points
+    assert cost.attention_s(12, 30, 0) == pytest.approx(1e-9 * 360)  # bilinear in (log c, log past)
+    assert not cost.extrapolated
+    assert cost.embed_s(64) == pytest.approx(1e-5 + 64e-6)  # the end segment's line
+    assert cost.attention_s(64, 200, 0) == pytest.approx(1e-9 * 64 * 200)  # y held at the edge
+    assert cost.extrapolated == {"embed": 1, "attention": 1}
+    assert cost.head_s() == 2e-5
+
+
+def test_speed_probes_normalise_points_and_scaled_answers_for_another_speed():
+    # Every other point was measured while the machine ran at half speed: its probe says so.
+    doc = synthetic(probe_of=lambda i: 2.0 if i % 2 else 1.0, speed_probe_s=1.0)
+    for name, entries in doc["components"].items():
+        for e in entries:
+            e["median_s"] *= e.get("probe_s") or 1.0
+    cost = ProfileCost(doc)
+    assert cost.pre_attention_s(16) == pytest.approx(1e-5 + 16e-6)
+    assert cost.attention_s(32, 64, 0) == pytest.approx(1e-9 * 32 * 64)
+    assert cost.scaled(3.0).attention_s(32, 64, 0) == pytest.approx(3e-9 * 32 * 64)
+    assert cost.scaled(3.0).head_s() == pytest.approx(3 * cost.head_s())
+
+
+def test_held_out_points_are_predicted_without_being_fitted(tmp_path, capsys):
+    doc = synthetic()
+    doc["components"]["pre_attention"][2]["median_s"] *= 1.5  # the held-out t=24 point: 50% off the line
+    errors = {(name, point): (m, p) for name, point, m, p in held_out_errors(doc)}
+    m, p = errors[("pre_attention", "t=24")]
+    assert p == pytest.approx(1e-5 + 24e-6) and m == pytest.approx(1.5 * p)
+    assert errors[("attention", "c=12 k=30")][1] == pytest.approx(360e-9)
+    path = tmp_path / "p.json"
+    doc.update(torch_version="x", timestamp_utc="now", repeat=3)
+    path.write_text(json.dumps(doc))
+    assert main([str(path)]) == 0
+    assert "mean absolute error, pre_attention: 33.3% over 1 points" in capsys.readouterr().out
+
+
+def test_a_profile_needs_both_attention_kinds():
+    doc = synthetic()
+    doc["components"]["attention"] = [e for e in doc["components"]["attention"] if e["queries"] == e["keys"]]
+    with pytest.raises(ProfileError, match="needs attention with and without a past"):
+        ProfileCost(doc)
+
+
+def _scenario(tmp_path, **hardware):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({
+        "models": ["tiny-llama"], "hardware": hardware,
+        "clusters": [{"name": "u", "kind": "uniform", "gpus": 2, "bandwidth_gb_per_s": 1}],
+        "workload": {"contexts": [32], "gpus": [2], "schemes": ["tsp", "kvr-e"]},
+        "measured": {"results": [str(tmp_path / "none" / "*.json")]}}))
+    return path
+
+
+def test_a_scenario_uses_its_profile_and_checks_it(tmp_path):
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps(synthetic()))
+    s = load(_scenario(tmp_path, profile=str(prof), dtype="fp32"))
+    job = next(s.jobs())
+    assert isinstance(job.cost(), ProfileCost) and s.gpu.name == "profile: test"
+    assert s.measured.files() == []
+    with pytest.raises(ScenarioError, match=r"hardware.profile: was measured in fp32, but hardware.dtype is fp16"):
+        load(_scenario(tmp_path, profile=str(prof)))
+    other = synthetic()
+    other["model"] = SPEC.replace(hidden_size=128, head_dim=32).to_dict()
+    prof.write_text(json.dumps(other))
+    with pytest.raises(ScenarioError, match=r"models\[0\]: has no profile of its shapes"):
+        load(_scenario(tmp_path, profile=str(prof), dtype="fp32"))
+    with pytest.raises(ScenarioError, match=r"hardware: needs `gpu` \(analytic costs\) or `profile`"):
+        load(_scenario(tmp_path, dtype="fp32"))
