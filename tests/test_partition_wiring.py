@@ -96,3 +96,23 @@ def test_cli_errors(tmp_path, capsys):
     assert "8 GPUs and 100 tokens do not fit cluster 'c'" in capsys.readouterr().err
     with pytest.raises(PartitionError):
         load(scenario) and __import__("sim.partition.table", fromlist=["load"]).load(str(scenario))
+
+
+def test_resolve_partition_for_the_runtime():
+    from sim.partition.runtime import resolve_partition
+
+    assert resolve_partition("even", 10, 3) == ((4, 3, 3), (0, 1, 2))
+    table = "scenarios/tables/uniform.json"
+    entry = next(e for e in json.load(open(table))["entries"]
+                 if (e["model"], e["gpus"], e["context"]) == ("llama-2-7b", 4, 4096))
+    predicted = resolve_partition("predicted", 4096, 4, model="llama-2-7b", scenario="scenarios/uniform.yaml",
+                                  table=table)
+    assert predicted.chunks == tuple(entry["chunks"])
+    searched = resolve_partition("searched", 300, 2, model="tiny-llama", scenario="scenarios/uniform.yaml")
+    assert sum(searched.chunks) == 300 and searched.gpus == (0, 1)
+    for kwargs, message in [({}, "needs the model and a scenario file"),
+                            ({"model": "llama-2-7b", "scenario": "scenarios/uniform.yaml"}, "needs a lookup table"),
+                            ({"model": "llama-2-7b", "scenario": "scenarios/uniform.yaml", "table": table,
+                              "dtype": "bf16"}, "no entry for model=llama-2-7b gpu=a100-80gb-sxm dtype=bf16")]:
+        with pytest.raises(PartitionError, match=message):
+            resolve_partition("predicted", 4096, 4, **kwargs)
