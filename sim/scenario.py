@@ -69,13 +69,14 @@ def load(path: str | os.PathLike) -> Scenario:
     except yaml.YAMLError as e:
         raise ScenarioError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     try:
-        return parse(doc, default_name=os.path.splitext(os.path.basename(path))[0])
+        return parse(doc, default_name=os.path.splitext(os.path.basename(path))[0], base_dir=os.path.dirname(path))
     except ScenarioError as e:
         raise ScenarioError(f"{path}: {e}") from None
 
 
-def parse(doc: Any, default_name: str = "scenario") -> Scenario:
-    """Validate a parsed YAML document (``ScenarioError`` messages start at the YAML path)."""
+def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scenario:
+    """Validate a parsed YAML document (``ScenarioError`` messages start at the YAML path); relative
+    kvr-p table paths are relative to ``base_dir`` (the scenario file's folder)."""
     top = _mapping(doc, "(top level)", required=("models", "hardware", "clusters", "workload"),
                    optional=("name", "description", "measured"))
     hw = _mapping(top["hardware"], "hardware",
@@ -103,7 +104,7 @@ def parse(doc: Any, default_name: str = "scenario") -> Scenario:
     for i, c in enumerate(contexts):
         _need(c >= max(counts), f"workload.contexts[{i}]",
               f"must be at least the largest GPU count ({max(counts)}) so no chunk is empty", c)
-    schemes = tuple(_scheme(s, f"workload.schemes[{i}]", contexts, counts)
+    schemes = tuple(_scheme(s, f"workload.schemes[{i}]", contexts, counts, base_dir)
                     for i, s in enumerate(_list(wl["schemes"], "workload.schemes")))
     labels = [s.name for s in schemes]
     for i, label in enumerate(labels):
@@ -275,7 +276,7 @@ def _background(value: Any, at: str, endpoints: set) -> BackgroundFlow:
                           on_s=on_s, off_s=off_s)
 
 
-def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, ...]) -> SchemeSpec:
+def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, ...], base_dir: str = "") -> SchemeSpec:
     if isinstance(value, str):
         _need(value in BUILTIN, at, f"must be one of {list(BUILTIN)} or a mapping", value)
         return BUILTIN[value]
@@ -309,7 +310,7 @@ def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, .
         else _powers_of_two(min(contexts), max(contexts))
     return SchemeSpec(name=name, kind=kind, partitioner=d.get("partitioner", "even"), fractions=fractions,
                       tokens=tokens, attention=d.get("attention", "causal"), order=d.get("order", "given"),
-                      table=_str(d["table"], f"{at}.table") if "table" in d else None,
+                      table=os.path.join(base_dir, _str(d["table"], f"{at}.table")) if "table" in d else None,
                       table_contexts=table_contexts if d.get("partitioner") == "kvr-p" and "table" not in d else ())
 
 

@@ -86,7 +86,7 @@ def fractions_plot(scenario: Scenario, contexts, path: str, progress: bool = Tru
             ax.grid(alpha=0.3)
             if row == len(models) - 1:
                 ax.set_xlabel("context C (tokens)")
-            ax.legend(fontsize=6, ncol=2 if n > 4 else 1, loc="upper right")
+            ax.legend(fontsize=6, ncol=2 if n > 4 else 1, loc="best", framealpha=0.6)
     fig.suptitle(f"KVR-S fractions against context ({scenario.name}, {cluster}); dotted: even", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
