@@ -8,8 +8,8 @@
 - ``grid_search(context, parts, oracle, start)``: a coarse grid on the line through the even
   partition E and the start B (x(t) = E + t (B - E), t in ``COARSE_T``), then ``LEVELS`` levels of
   finer star grids around the best point: every boundary S_i moved by +-h (one at a time: tokens
-  move between neighbouring chunks), the best neighbour taken while it improves (at most
-  ``MAX_SWEEPS`` moves a level), h = C // (8P) at level 1 and a quarter of the last step at each next.
+  move between neighbouring chunks), the best neighbour taken while it improves and its move repeated
+  while that improves (a line search; at most ``MAX_SWEEPS`` sweeps a level), h = C // (8P) at level 1 and a quarter of the last step at each next.
   Each candidate is scored once by the oracle (a callable: chunks -> TTFT seconds); the answer is the
   best of every candidate scored, so it is never slower than E or any coarse point.
 - ``simulator_oracle(job, gpus)``: the default oracle, the simulator. The runtime can pass its own
@@ -31,7 +31,7 @@ Oracle = Callable[[tuple[int, ...]], float]
 COARSE_T = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the coarse grid on the line E (t=0) -> B (t=1)
 LEVELS = 4  # refinement levels after the coarse grid
 MAX_SWEEPS = 8  # best-neighbour moves per level at most
-SIMULATOR_BUDGET = 200  # candidates scored by SimPy itself when the closed form is not exact (~30 ms each)
+SIMULATOR_BUDGET = 150  # candidates scored by SimPy itself when the closed form is not exact (~30 ms each)
 _BISECT = 40  # bisection steps (2^-40 of the range)
 
 
@@ -140,11 +140,13 @@ def grid_search(context: int, parts: int, oracle: Oracle, start: Sequence[int] |
             candidate = min(neighbours, key=score)
             if score(candidate) >= score(best):
                 break
-            while True:  # keep making the same move while it improves (a line search along it)
-                best, candidate = candidate, _chunks([b + c - a for a, b, c in zip(
-                    _boundaries(best), _boundaries(candidate), _boundaries(candidate))], context)
-                if min(candidate) < 1 or score(candidate) >= score(best):
+            move = [b - a for a, b in zip(_boundaries(best), _boundaries(candidate))]
+            best = candidate
+            while budget is None or len(scores) < budget:  # repeat the move while it improves (a line search)
+                further = _chunks([b + m for b, m in zip(_boundaries(best), move)], context)
+                if min(further) < 1 or score(further) >= score(best):
                     break
+                best = further
         if step == 1:
             break
         step = max(1, step // 4)
