@@ -9,8 +9,8 @@ cluster (``reference.netcluster``), and each run's results JSON lands in ``--out
   GPU links): pair (i, j) gets the simulator's route bandwidth (``netcluster.from_cluster_spec``) and
   background flows become fair-share competing TCP flows. Latencies are not applied (this kernel has no
   netem); a scenario for this machine puts the measured base latency of gloo in ``latency_us``.
-- Partitions are the scenario's: ``scheme.chunks(C, P)`` (even for tsp and kvr-e, the scenario's
-  searched partition for kvr-s), passed to the runtime as ``--partition``.
+- Partitions are the simulator's: ``sim.partition.plan(job)`` (even for tsp and kvr-e; for kvr-s the
+  KVR-S grid search run on the simulator with the scenario's profile), passed as ``--partition``.
 - One torch thread per rank (``LOCAL_WORLD_SIZE`` = the machine's cores, so ``reference.measure``
   gives each rank cores / that = 1 thread), as in the profile.
 - Rounds are interleaved (round 1 of every job, then round 2, ...), so slow drifts of the machine's
@@ -70,8 +70,20 @@ def result_path(out_dir: str, job, round_: int) -> str:
                                  f"_r{round_}.json")
 
 
+def job_chunks(job) -> list[int]:
+    """The job's tokens per rank as the simulator plans them (``sim.partition.plan``: the even split,
+    an explicit partition, or the KVR-S search), rank r on GPU r."""
+    from sim.partition import plan
+
+    p = plan(job)
+    if tuple(p.gpus) != tuple(range(len(p.chunks))):
+        raise HarnessError(f"{job.scheme.name}: rank order {p.gpus} is not 0..P-1; the harness puts rank r on "
+                           "namespace r")
+    return list(p.chunks)
+
+
 def launch_argv(job, model_arg: str, dtype: str, args, out: str, link: str) -> list[str]:
-    chunks = job.scheme.chunks(job.context, job.num_gpus)
+    chunks = job_chunks(job)
     return ["env", f"LOCAL_WORLD_SIZE={os.cpu_count() or 1}",  # -> 1 torch thread per rank
             sys.executable, "-m", "reference.launch", "--model", model_arg, "--scheme", job.scheme.kind,
             "--partition", ",".join(map(str, chunks)), "--context", str(job.context), "--dtype", dtype,
