@@ -6,6 +6,7 @@ import os
 import sys
 
 from . import report
+from .partition import plan
 from .scenario import Scenario, ScenarioError, load
 from .simulate import Job, simulate
 
@@ -51,15 +52,18 @@ def timeline_job(scenario: Scenario, spec: str) -> Job:
         raise UsageError(f"--timeline: GPUS must be 1..{cluster.num_gpus} and CONTEXT an integer >= GPUS, "
                          f"got {gpus!r},{context!r}")
     n = 1 if scheme.kind == "single" else int(gpus)
+    job = Job(model=model, gpu=scenario.gpu, dtype=scenario.dtype, cluster=cluster, scheme=scheme,
+              context=int(context), num_gpus=n)
     try:
-        chunks = scheme.chunks(int(context), n)
-    except ValueError as e:  # a fractional partition that leaves a chunk empty at this context
+        runs = scheme.runs_at(int(context), n)
+        if runs:
+            plan(job)  # kvr-s searches and kvr-p looks up here (cached for the run)
+    except ValueError as e:  # a fractional partition that leaves a chunk empty, a table without this P
         raise UsageError(f"--timeline: {e}, got {spec!r}") from None
-    if chunks is None:
+    if not runs:
         raise UsageError(f"--timeline: scheme {scheme_name!r} has no partition for {n} GPUs at context "
                          f"{context}, got {spec!r}")
-    return Job(model=model, gpu=scenario.gpu, dtype=scenario.dtype, cluster=cluster, scheme=scheme,
-               context=int(context), num_gpus=n)
+    return job
 
 
 def main(argv: list[str] | None = None) -> int:

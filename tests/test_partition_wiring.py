@@ -116,3 +116,25 @@ def test_resolve_partition_for_the_runtime():
                               "dtype": "bf16"}, "no entry for model=llama-2-7b gpu=a100-80gb-sxm dtype=bf16")]:
         with pytest.raises(PartitionError, match=message):
             resolve_partition("predicted", 4096, 4, **kwargs)
+
+
+def test_timeline_of_a_predicted_partition_needs_its_table_entry(capsys):
+    from sim.cli import main as sim_main
+
+    assert sim_main(["scenarios/uniform.yaml", "--out", "/nonexistent/x", "--timeline", "kvr-p,3,5000"]) == 2
+    assert "--timeline: table scenarios/tables/uniform.json: no entry for model=llama-2-7b" in capsys.readouterr().err
+
+
+def test_a_bad_gpu_order_is_refused():
+    import dataclasses
+
+    from sim.partition import plan
+    from sim.schemes import BUILTIN
+    from sim.simulate import Job
+
+    s = parse(doc(["kvr-e"]))
+    job = Job(model=s.models[0], gpu=s.gpu, dtype="fp16", cluster=s.clusters[0], scheme=BUILTIN["kvr-e"], context=100,
+              num_gpus=2, gpu_order=(1, 1))
+    with pytest.raises(PartitionError, match=r"gpu_order \[1, 1\] must be 2 distinct GPUs of cluster 'c' \(0..3\)"):
+        plan(job)
+    assert plan(dataclasses.replace(job, gpu_order=(3, 1))) == ((50, 50), (3, 1))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..cost import CostModel, causal_pairs
-from . import JOB_PARTITIONERS, Plan, chain, even, round_fractions
+from . import JOB_PARTITIONERS, PartitionError, Plan, chain, even, round_fractions
 from .order import chain_order, ring_order
 
 Oracle = Callable[[tuple[int, ...]], float]
@@ -199,7 +199,11 @@ def search_job(job, oracle: Oracle | None = None) -> tuple[SearchResult, tuple[i
 
 def _order(job, chunks: Sequence[int]) -> tuple[int, ...]:
     if job.gpu_order is not None:
-        return tuple(job.gpu_order)
+        gpus = tuple(job.gpu_order)
+        if len(gpus) != len(chunks) or len(set(gpus)) != len(gpus) or not set(gpus) <= set(range(job.cluster.num_gpus)):
+            raise PartitionError(f"gpu_order {list(gpus)} must be {len(chunks)} distinct GPUs of cluster "
+                                 f"{job.cluster.name!r} (0..{job.cluster.num_gpus - 1})")
+        return gpus
     if getattr(job.scheme, "order", "given") != "auto" or len(chunks) == 1:
         return tuple(range(len(chunks)))
     kv = job.model.kv_bytes_per_token_per_layer(job.dtype)
