@@ -8,6 +8,7 @@ import yaml
 from sim.partition import PartitionError
 from sim.partition.__main__ import main
 from sim.partition.order import chain_order, link_times, ring_order
+from sim.hardware import GpuSpec
 from sim.report import run
 from sim.scenario import ScenarioError, load, parse
 
@@ -138,3 +139,24 @@ def test_a_bad_gpu_order_is_refused():
     with pytest.raises(PartitionError, match=r"gpu_order \[1, 1\] must be 2 distinct GPUs of cluster 'c' \(0..3\)"):
         plan(job)
     assert plan(dataclasses.replace(job, gpu_order=(3, 1))) == ((50, 50), (3, 1))
+
+
+def test_tsp_ring_follows_the_gpu_order():
+    import dataclasses
+
+    from sim.cluster import ClusterSpec, LinkSpec
+    from sim.model import ModelSpec
+    from sim.schemes import BUILTIN
+    from sim.simulate import Job, simulate
+
+    links = tuple(LinkSpec(src=a, dst=b, bandwidth_bytes_per_s=1e9 if {a, b} == {1, 2} else 1e11, latency_s=0.0)
+                  for a in range(4) for b in range(4) if a != b)
+    job = Job(model=ModelSpec.preset("tiny-llama"), gpu=GpuSpec.preset("h200"), dtype="fp16",
+              cluster=ClusterSpec(name="slow-1-2", num_gpus=4, links=links), scheme=BUILTIN["tsp"], context=4096,
+              num_gpus=4)
+    given, ordered = simulate(job), simulate(dataclasses.replace(job, gpu_order=(0, 1, 3, 2)))
+    assert given.link_bytes[1, 2] > 0 and (1, 2) not in ordered.link_bytes and (2, 1) not in ordered.link_bytes
+    assert set(ordered.link_bytes) == {(0, 1), (1, 3), (3, 2), (2, 0)} and ordered.gpus == (0, 1, 3, 2)
+    assert ordered.ttft_s < given.ttft_s
+    auto = dataclasses.replace(job, scheme=dataclasses.replace(BUILTIN["tsp"], order="auto"))
+    assert (1, 2) not in simulate(auto).link_bytes
