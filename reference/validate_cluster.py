@@ -17,7 +17,7 @@ cluster (``reference.netcluster``), and each run's results JSON lands in ``--out
   load spread over all configurations; ``sim.validate`` takes the median of the rounds.
 - The results' ``link`` field is ``cluster=NAME ...``: how the simulator matches them to its jobs.
   The harness adds ``speed_probe_s``: [before, after], the machine-speed probe of ``reference.profile``
-  run just before and after the launch.
+  run in P processes at once (as the ranks compute) just before and after the launch.
 - Every namespace, link and process is torn down after each cluster, also on failure or Ctrl-C
   (``ShapedCluster``). Where namespaces are not permitted the ranks run on plain loopback and the
   ``link`` field says ``loopback``.
@@ -25,8 +25,11 @@ cluster (``reference.netcluster``), and each run's results JSON lands in ``--out
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
+import multiprocessing
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -68,6 +71,19 @@ def _select(jobs, args):
 def result_path(out_dir: str, job, round_: int) -> str:
     return os.path.join(out_dir, f"{job.cluster.name}_{job.scheme.name}_P{job.num_gpus}_C{job.context}"
                                  f"_r{round_}.json")
+
+
+_POOL: concurrent.futures.ProcessPoolExecutor | None = None
+
+
+def contended_probe_s(ranks: int) -> float:
+    """The machine-speed probe run in ``ranks`` processes at once, mean: the speed of one rank's core
+    while every rank computes (on this machine two busy vCPUs sometimes run at half speed each)."""
+    global _POOL
+    if _POOL is None or _POOL._max_workers < ranks:  # forked once: workers start at once
+        _POOL = concurrent.futures.ProcessPoolExecutor(ranks, mp_context=multiprocessing.get_context("fork"))
+    futures = [_POOL.submit(speed_probe_s, 15) for _ in range(ranks)]
+    return statistics.fmean(f.result() for f in futures)
 
 
 def job_chunks(job) -> list[int]:
@@ -125,7 +141,7 @@ def _run_one(cluster: ShapedCluster, job, round_: int, model_arg: str, dtype: st
     how = "shaped" if cluster.shaped else "loopback"
     link = f"cluster={job.cluster.name} ({how}; reference.validate_cluster {os.path.basename(args.scenario)})"
     argv = launch_argv(job, model_arg, dtype, args, out, link)
-    probe_before = speed_probe_s()
+    probe_before = contended_probe_s(job.num_gpus)
     t0 = time.monotonic()
     if job.num_gpus == 1:  # single: one plain process, no link involved
         env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "WORLD_SIZE", "RANK")}
@@ -145,7 +161,7 @@ def _run_one(cluster: ShapedCluster, job, round_: int, model_arg: str, dtype: st
     # The machine's speed around the run (see reference.profile.speed_probe_s), for sim.validate.
     with open(out, encoding="utf-8") as f:
         results_doc = json.load(f)
-    results_doc["speed_probe_s"] = [probe_before, speed_probe_s()]
+    results_doc["speed_probe_s"] = [probe_before, contended_probe_s(job.num_gpus)]
     write_atomic(out, results_doc)
     say(f"round {round_} {job.cluster.name} {job.scheme.name} P={job.num_gpus} C={job.context}: "
         f"{results[0].stdout.strip().splitlines()[-1]} ({time.monotonic() - t0:.1f} s)")

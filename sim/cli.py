@@ -95,6 +95,8 @@ def compare_measured(scenario: Scenario, table, out_dir: str | None) -> None:
     """Print simulated against measured TTFT and MAPE; plot to ``measured.plot`` (and into --out)."""
     from . import validate
 
+    for _, cost in scenario.profiles:  # count only the measured configurations' questions below
+        cost.extrapolated.clear()
     comparisons = validate.compare(table, validate.load_measured(scenario.measured.files()))
     extrapolated: dict[str, int] = {}
     for _, cost in scenario.profiles:

@@ -114,11 +114,12 @@ def compare(table: list[Row], measured: dict[tuple, Measured]) -> list[Compariso
 
 
 def _speed_factors(job, m: Measured) -> tuple[float, ...]:
+    """Per round, its probe over the profile's; 1.0 where either has none; () without a profile."""
     cost = job.cost_model
-    ref = getattr(cost, "profile", {}).get("speed_probe_s") if cost is not None else None
-    if not ref or not m.probes_s or any(p is None for p in m.probes_s):
+    if not hasattr(cost, "scaled"):
         return ()
-    return tuple(p / ref for p in m.probes_s)
+    ref = cost.profile.get("speed_probe_s")
+    return tuple(p / ref if ref and p else 1.0 for p in m.probes_s)
 
 
 def _resimulate(row: Row, factor: float) -> float:
