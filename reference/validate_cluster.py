@@ -17,7 +17,8 @@ cluster (``reference.netcluster``), and each run's results JSON lands in ``--out
   load spread over all configurations; ``sim.validate`` takes the median of the rounds.
 - The results' ``link`` field is ``cluster=NAME ...``: how the simulator matches them to its jobs.
   The harness adds ``speed_probe_s``: [before, after], the machine-speed probe of ``reference.profile``
-  run in P processes at once (as the ranks compute) just before and after the launch.
+  just before and after the launch, and ``contended_probe_s``: the same probe run in P processes at
+  once (the speed of a core while every rank computes; docs/validation.md, "Machine speed").
 - Every namespace, link and process is torn down after each cluster, also on failure or Ctrl-C
   (``ShapedCluster``). Where namespaces are not permitted the ranks run on plain loopback and the
   ``link`` field says ``loopback``.
@@ -141,7 +142,7 @@ def _run_one(cluster: ShapedCluster, job, round_: int, model_arg: str, dtype: st
     how = "shaped" if cluster.shaped else "loopback"
     link = f"cluster={job.cluster.name} ({how}; reference.validate_cluster {os.path.basename(args.scenario)})"
     argv = launch_argv(job, model_arg, dtype, args, out, link)
-    probe_before = contended_probe_s(job.num_gpus)
+    probe_before = speed_probe_s(), contended_probe_s(job.num_gpus)
     t0 = time.monotonic()
     if job.num_gpus == 1:  # single: one plain process, no link involved
         env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "WORLD_SIZE", "RANK")}
@@ -161,7 +162,8 @@ def _run_one(cluster: ShapedCluster, job, round_: int, model_arg: str, dtype: st
     # The machine's speed around the run (see reference.profile.speed_probe_s), for sim.validate.
     with open(out, encoding="utf-8") as f:
         results_doc = json.load(f)
-    results_doc["speed_probe_s"] = [probe_before, contended_probe_s(job.num_gpus)]
+    results_doc["speed_probe_s"] = [probe_before[0], speed_probe_s()]
+    results_doc["contended_probe_s"] = [probe_before[1], contended_probe_s(job.num_gpus)]
     write_atomic(out, results_doc)
     say(f"round {round_} {job.cluster.name} {job.scheme.name} P={job.num_gpus} C={job.context}: "
         f"{results[0].stdout.strip().splitlines()[-1]} ({time.monotonic() - t0:.1f} s)")

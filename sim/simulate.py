@@ -141,12 +141,13 @@ class Sim:
         self.ttft_s = self.env.now
 
 
-def simulate(job: Job, cost: CostModel | None = None) -> Result:
-    """Run one job; ``cost`` replaces the job's analytic cost model (a measured profile, a test stub)."""
+def simulate(job: Job, cost: CostModel | None = None, sim_class: type[Sim] | None = None) -> Result:
+    """Run one job; ``cost`` replaces the job's cost model (a measured profile, a test stub);
+    ``sim_class`` replaces ``Sim`` (``sim.validate`` uses one whose ranks share a CPU)."""
     from .partition import plan
 
     chunks, gpus = plan(job)
-    sim = Sim(job, len(chunks), cost, gpus)
+    sim = (sim_class or Sim)(job, len(chunks), cost, gpus)
     procs = [sim.env.process(sim.hold_gpu(r, rank_process(job.scheme, sim, r, chunks)))
              for r in range(len(chunks))]
     sim.env.run(until=sim.env.all_of(procs))

@@ -51,6 +51,12 @@ class Measured:
     rounds_s: tuple[float, ...]  # each round's median TTFT
     files: tuple[str, ...]
     probes_s: tuple[float | None, ...] = ()  # each round's machine-speed probe (mean of before, after)
+    contention: tuple[float | None, ...] = ()  # each round's contended probe over its probe
+
+    @property
+    def contention_range(self) -> str:
+        known = [c for c in self.contention if c]
+        return f"{min(known):.2f}-{max(known):.2f}" if known else "-"
 
 
 def cluster_of(link: str | None) -> str | None:
@@ -73,11 +79,13 @@ def load_measured(files: list[str]) -> dict[tuple, Measured]:
             key = _key(r["model"]["name"], cluster_of(r.get("link")), r["scheme"], r["world_size"],
                        r["context"], r["partition"])
             probe = statistics.fmean(r["speed_probe_s"]) if r.get("speed_probe_s") else None
-            by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path, probe))
+            busy = statistics.fmean(r["contended_probe_s"]) if r.get("contended_probe_s") else None
+            by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path, probe,
+                                               busy / probe if busy and probe else None))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise MeasuredError(f"measured results {path}: {e}") from None
-    return {k: Measured(statistics.median(t for t, _, _ in v), tuple(t for t, _, _ in v),
-                        tuple(p for _, p, _ in v), tuple(q for _, _, q in v))
+    return {k: Measured(statistics.median(x[0] for x in v), tuple(x[0] for x in v), tuple(x[1] for x in v),
+                        tuple(x[2] for x in v), tuple(x[3] for x in v))
             for k, v in by_key.items()}
 
 
@@ -108,7 +116,9 @@ def compare(table: list[Row], measured: dict[tuple, Measured]) -> list[Compariso
         m = measured.get(job_key(row.job, row.result.chunks))
         if m is not None:
             factors = _speed_factors(row.job, m)
-            sim_s = (statistics.median(_resimulate(row, f) for f in factors) if factors else row.result.ttft_s)
+            contention = m.contention if len(m.contention) == len(factors) else (None,) * len(factors)
+            sim_s = (statistics.median(_resimulate(row, f, c) for f, c in zip(factors, contention))
+                     if factors else row.result.ttft_s)
             out.append(Comparison(row, m, sim_s, factors))
     return out
 
@@ -122,7 +132,9 @@ def _speed_factors(job, m: Measured) -> tuple[float, ...]:
     return tuple(p / ref if ref and p else 1.0 for p in m.probes_s)
 
 
-def _resimulate(row: Row, factor: float) -> float:
+def _resimulate(row: Row, factor: float, contention: float | None = None) -> float:
+    """The row's job at ``factor`` times the profile's compute time; with ``contention`` (the probe with
+    every rank busy over the probe alone), its ranks share P / contention cores (``shared_cpu_sim``)."""
     from .schemes import SchemeSpec
     from .simulate import simulate
 
@@ -130,7 +142,42 @@ def _resimulate(row: Row, factor: float) -> float:
     scheme = job.scheme
     if scheme.kind == "kvr":  # the partition that was measured, not a new search at this speed
         scheme = SchemeSpec(name=scheme.name, kind="kvr", tokens=((job.context, tuple(row.result.chunks)),))
-    return simulate(dataclasses.replace(job, scheme=scheme, cost_model=job.cost_model.scaled(factor))).ttft_s
+    job = dataclasses.replace(job, scheme=scheme, cost_model=job.cost_model.scaled(factor))
+    cores = None if not contention else min(job.num_gpus, job.num_gpus / contention)
+    return simulate(job, sim_class=None if cores is None else shared_cpu_sim(cores)).ttft_s
+
+
+def shared_cpu_sim(cores: float):
+    """A ``Sim`` whose ranks are processes on a host of ``cores`` cores' worth of compute: a rank's
+    compute runs at min(1, cores / ranks computing at that moment) of its speed (processor sharing,
+    max-min fair: the network model's progressive filling, on a link of ``cores`` core-seconds per
+    second that every rank's compute crosses, behind a private link of 1 for its own core)."""
+    from .cluster import ClusterSpec, LinkSpec
+    from .network import Network
+    from .simulate import Segment, Sim
+
+    class SharedCpuSim(Sim):
+        def __init__(self, job, num_ranks, cost=None, gpus=None):
+            super().__init__(job, num_ranks, cost, gpus)
+            self.sink = num_ranks  # compute "flows" from rank r through the host to this node
+            links = [LinkSpec(src=a, dst=b, bandwidth_bytes_per_s=bw, latency_s=0.0) for r in range(num_ranks)
+                     for a, b, bw in ((r, "host", 1.0), ("host", r, 1.0))]
+            links += [LinkSpec(src=a, dst=b, bandwidth_bytes_per_s=cores, latency_s=0.0)
+                      for a, b in (("host", self.sink), (self.sink, "host"))]
+            self.cpu = Network(self.env, ClusterSpec(name="host-cpu", num_gpus=num_ranks + 1, links=tuple(links),
+                                                     switches=("host",)))
+
+        def compute(self, rank, layer, *ops):
+            start_s, work_s = self.env.now, sum(seconds for _, seconds in ops)
+            if work_s > 0:
+                yield from self.cpu.transfer([(rank, self.sink, work_s)])
+            stretch = (self.env.now - start_s) / work_s if work_s > 0 else 1.0
+            for op, seconds in ops:
+                self.busy_s[rank] += seconds * stretch
+                self.segments.append(Segment(rank, "compute", op, start_s, start_s + seconds * stretch, layer))
+                start_s += seconds * stretch
+
+    return SharedCpuSim
 
 
 def mape(comparisons: list[Comparison]) -> float:
@@ -145,16 +192,18 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
         lines.append(f"no measured results match ({len(spec.files())} files under {', '.join(spec.patterns)}):"
                      " measurements pending")
         return "\n".join(lines) + "\n"
-    lines.append("sim ms: at each round's machine speed (median); unadj. ms: at the profile's speed")
+    lines.append("sim ms: at each round's machine speed (median); unadj. ms: at the profile's speed; "
+                 "speed: probe / profile's probe; busy: probe with every rank busy / probe")
     lines.append(f"{'model':<16}{'cluster':<12}{'scheme':<7}{'P':>2}{'C':>6} {'chunks':<10}"
-                 f"{'sim ms':>9}{'meas ms':>9}{'rounds ms':>17}{'speed':>11}{'error':>8}{'unadj. ms':>10}{'error':>8}")
+                 f"{'sim ms':>9}{'meas ms':>9}{'rounds ms':>17}{'speed':>11}{'busy':>11}{'error':>8}"
+                 f"{'unadj. ms':>10}{'error':>8}")
     for c in comparisons:
         j, r = c.row.job, c.row.result
         rounds = f"{min(c.measured.rounds_s) * 1e3:.0f}-{max(c.measured.rounds_s) * 1e3:.0f} x{len(c.measured.rounds_s)}"
         speed = f"{min(c.speed_factors):.2f}-{max(c.speed_factors):.2f}" if c.speed_factors else "-"
         lines.append(f"{j.model.name:<16}{j.cluster.name:<12}{j.scheme.name:<7}{j.num_gpus:>2}{j.context:>6} "
                      f"{'/'.join(map(str, r.chunks)):<10}{c.simulated_s * 1e3:>9.1f}{c.measured.ttft_s * 1e3:>9.1f}"
-                     f"{rounds:>17}{speed:>11}{c.error * 100:>7.1f}%{r.ttft_s * 1e3:>10.1f}{c.raw_error * 100:>7.1f}%")
+                     f"{rounds:>17}{speed:>11}{c.measured.contention_range:>11}{c.error * 100:>7.1f}%{r.ttft_s * 1e3:>10.1f}{c.raw_error * 100:>7.1f}%")
     groups: dict[tuple[str, str], list[Comparison]] = {}
     for c in comparisons:
         groups.setdefault((c.row.job.scheme.name, c.row.job.cluster.name), []).append(c)
