@@ -133,8 +133,9 @@ def _speed_factors(job, m: Measured) -> tuple[float, ...]:
 
 
 def _resimulate(row: Row, factor: float, contention: float | None = None) -> float:
-    """The row's job at ``factor`` times the profile's compute time; with ``contention`` (the probe with
-    every rank busy over the probe alone), its ranks share P / contention cores (``shared_cpu_sim``)."""
+    """The row's job at ``factor`` times the profile's compute time, as gloo processes on one host
+    (``cpu_cluster_sim``): with ``contention`` (the probe with every rank busy over the probe alone)
+    its ranks share P / contention cores."""
     from .schemes import SchemeSpec
     from .simulate import simulate
 
@@ -144,21 +145,31 @@ def _resimulate(row: Row, factor: float, contention: float | None = None) -> flo
         scheme = SchemeSpec(name=scheme.name, kind="kvr", tokens=((job.context, tuple(row.result.chunks)),))
     job = dataclasses.replace(job, scheme=scheme, cost_model=job.cost_model.scaled(factor))
     cores = None if not contention else min(job.num_gpus, job.num_gpus / contention)
-    return simulate(job, sim_class=None if cores is None else shared_cpu_sim(cores)).ttft_s
+    return simulate(job, sim_class=cpu_cluster_sim(cores)).ttft_s
 
 
-def shared_cpu_sim(cores: float):
-    """A ``Sim`` whose ranks are processes on a host of ``cores`` cores' worth of compute: a rank's
-    compute runs at min(1, cores / ranks computing at that moment) of its speed (processor sharing,
-    max-min fair: the network model's progressive filling, on a link of ``cores`` core-seconds per
-    second that every rank's compute crosses, behind a private link of 1 for its own core)."""
+def cpu_cluster_sim(cores: float | None):
+    """A ``Sim`` for gloo ranks that are processes on one host:
+
+    - with ``cores``, a rank's compute runs at min(1, cores / ranks computing at that moment) of its
+      speed (processor sharing, max-min fair: the network model's progressive filling on a link of
+      ``cores`` core-seconds per second that every rank's compute crosses, behind a private link of 1
+      for its own core);
+    - a point-to-point message moves only once its receiver has posted the receive (gloo's rendezvous:
+      the sender waits for the receiver's "ready to receive" notice, docs/netcluster.md); a kvr rank
+      posts it when it starts waiting for the message, after its own QKV, as the runtime's
+      ``ChainedKVCache.update`` does."""
+    from . import collectives
     from .cluster import ClusterSpec, LinkSpec
     from .network import Network
     from .simulate import Segment, Sim
 
-    class SharedCpuSim(Sim):
+    class CpuClusterSim(Sim):
         def __init__(self, job, num_ranks, cost=None, gpus=None):
             super().__init__(job, num_ranks, cost, gpus)
+            self._posted: dict[tuple, object] = {}
+            if cores is None:
+                return
             self.sink = num_ranks  # compute "flows" from rank r through the host to this node
             links = [LinkSpec(src=a, dst=b, bandwidth_bytes_per_s=bw, latency_s=0.0) for r in range(num_ranks)
                      for a, b, bw in ((r, "host", 1.0), ("host", r, 1.0))]
@@ -167,7 +178,23 @@ def shared_cpu_sim(cores: float):
             self.cpu = Network(self.env, ClusterSpec(name="host-cpu", num_gpus=num_ranks + 1, links=tuple(links),
                                                      switches=("host",)))
 
+        def posted(self, src, dst, tag):
+            return self._posted.setdefault((src, dst, tag), self.env.event())
+
+        def message(self, src, dst, tag):  # the receiver asks for it when it posts its receive
+            if not self.posted(src, dst, tag).triggered:
+                self.posted(src, dst, tag).succeed()
+            return super().message(src, dst, tag)
+
+        def send(self, src, dst, nbytes, tag):
+            def rendezvous():
+                yield self.posted(src, dst, tag)
+                yield from collectives.send(self, src, dst, nbytes, tag)
+            self.env.process(rendezvous())
+
         def compute(self, rank, layer, *ops):
+            if cores is None:
+                return (yield from super().compute(rank, layer, *ops))
             start_s, work_s = self.env.now, sum(seconds for _, seconds in ops)
             if work_s > 0:
                 yield from self.cpu.transfer([(rank, self.sink, work_s)])
@@ -177,7 +204,7 @@ def shared_cpu_sim(cores: float):
                 self.segments.append(Segment(rank, "compute", op, start_s, start_s + seconds * stretch, layer))
                 start_s += seconds * stretch
 
-    return SharedCpuSim
+    return CpuClusterSim
 
 
 def mape(comparisons: list[Comparison]) -> float:
