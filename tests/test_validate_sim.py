@@ -1,0 +1,68 @@
+"""The CPU-cluster simulation of sim/validate.py in closed form: ranks sharing a host's cores, and
+gloo's rendezvous for point-to-point messages; and the comparison's matching of measured results."""
+import json
+from dataclasses import dataclass
+
+import pytest
+
+from sim.cluster import ClusterSpec
+from sim.hardware import GpuSpec
+from sim.model import ModelSpec
+from sim.report import rows
+from sim.schemes import BUILTIN
+from sim.simulate import Job, simulate
+from sim.validate import compare, cpu_cluster_sim, load_measured, mape
+
+SPEC = ModelSpec.preset("tiny-llama").replace(num_layers=3)
+
+
+@dataclass(frozen=True)
+class Stub:
+    """pre_attention and post_attention take fixed seconds; everything else is free."""
+    pre: float = 0.0
+    post: float = 0.0
+
+    def embed_s(self, tokens): return 0.0
+    def pre_attention_s(self, tokens): return self.pre
+    def kv_copy_s(self, tokens): return 0.0
+    def attention_s(self, queries, keys, pairs): return 0.0
+    def post_attention_s(self, tokens): return self.post
+    def head_s(self): return 0.0
+
+
+def job(scheme: str, cost: Stub, bandwidth: float = 1e18) -> Job:
+    return Job(model=SPEC, gpu=GpuSpec.preset("h100-sxm"), dtype="fp32", scheme=BUILTIN[scheme], context=64,
+               num_gpus=2, cluster=ClusterSpec.uniform("u", 2, bandwidth, 0.0), cost_model=cost)
+
+
+def test_ranks_computing_at_once_share_the_cores():
+    j = job("tsp", Stub(post=1.0))
+    assert simulate(j).ttft_s == pytest.approx(3.0)  # one GPU (core) per rank: 1 s a layer
+    assert simulate(j, sim_class=cpu_cluster_sim(2.0)).ttft_s == pytest.approx(3.0)
+    assert simulate(j, sim_class=cpu_cluster_sim(1.0)).ttft_s == pytest.approx(6.0)  # both at half speed
+    assert simulate(j, sim_class=cpu_cluster_sim(1.5)).ttft_s == pytest.approx(4.0)
+
+
+def test_a_kvr_message_moves_once_the_receiver_posts_its_receive():
+    # 32 tokens x 512 B x ... : the 1 s QKV then a message of exactly 1 s on the link.
+    nbytes = 32 * SPEC.kv_bytes_per_token_per_layer("fp32")
+    j = job("kvr-e", Stub(pre=1.0), bandwidth=nbytes)
+    # Without rendezvous rank 0's sends run back to back from t = 1, 2, 3: the last arrives at 4.
+    assert simulate(j).ttft_s == pytest.approx(4.0)
+    # With it, message l starts when rank 1 has done its QKV of layer l and posted the receive:
+    # rank 1 is at layer l's receive at 1 + 2l, so the message arrives at 2 + 2l; the last at 6.
+    assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(6.0)
+
+
+def test_measured_results_match_by_cluster_scheme_and_partition(tmp_path):
+    j = job("kvr-e", Stub(pre=1.0))
+    table = rows([(j, simulate(j))])
+    for i, (ttft, link) in enumerate([(2.0, "cluster=u (shaped)"), (4.0, "cluster=u"), (9.0, "cluster=other")]):
+        (tmp_path / f"r{i}.json").write_text(json.dumps({
+            "model": SPEC.to_dict(), "scheme": "kvr", "world_size": 2, "context": 64, "partition": [32, 32],
+            "link": link, "ttft_median_s": ttft}))
+    measured = load_measured(sorted(str(p) for p in tmp_path.glob("*.json")))
+    [c] = compare(table, measured)
+    assert c.measured.ttft_s == 3.0 and sorted(c.measured.rounds_s) == [2.0, 4.0]
+    assert c.simulated_s == table[0].result.ttft_s == pytest.approx(3.0)
+    assert c.error == pytest.approx(0.0, abs=1e-12) and mape([c]) == pytest.approx(0.0, abs=1e-9)
