@@ -158,7 +158,10 @@ def cpu_cluster_sim(cores: float | None):
     - a point-to-point message moves only once its receiver has posted the receive (gloo's rendezvous:
       the sender waits for the receiver's "ready to receive" notice, docs/netcluster.md); a kvr rank
       posts it when it starts waiting for the message, after its own QKV, as the runtime's
-      ``ChainedKVCache.update`` does."""
+      ``ChainedKVCache.update`` does;
+    - the all-gather is the runtime's gloo ring (``DistTransport.all_gather``), ``_BufferedRing``: a
+      rank leaves when its own receives are done; its sends are buffered by the kernel's socket and do
+      not hold it (a gloo send completes when its bytes are in the socket)."""
     from . import collectives
     from .cluster import ClusterSpec, LinkSpec
     from .network import Network
@@ -168,6 +171,8 @@ def cpu_cluster_sim(cores: float | None):
         def __init__(self, job, num_ranks, cost=None, gpus=None):
             super().__init__(job, num_ranks, cost, gpus)
             self._posted: dict[tuple, object] = {}
+            self._rank_of: dict[object, int] = {}
+            self._rings: dict[int, _BufferedRing] = {}
             if cores is None:
                 return
             self.sink = num_ranks  # compute "flows" from rank r through the host to this node
@@ -177,6 +182,15 @@ def cpu_cluster_sim(cores: float | None):
                       for a, b in (("host", self.sink), (self.sink, "host"))]
             self.cpu = Network(self.env, ClusterSpec(name="host-cpu", num_gpus=num_ranks + 1, links=tuple(links),
                                                      switches=("host",)))
+
+        def hold_gpu(self, rank, body):
+            self._rank_of[self.env.active_process] = rank  # who calls all_gather (it takes no rank)
+            yield from super().hold_gpu(rank, body)
+
+        def all_gather(self, tag, chunk_bytes):
+            if tag not in self._rings:
+                self._rings[tag] = _BufferedRing(self, len(self.gpus), chunk_bytes, tag)
+            return self._rings[tag].join(self._rank_of[self.env.active_process])
 
         def posted(self, src, dst, tag):
             return self._posted.setdefault((src, dst, tag), self.env.event())
@@ -280,3 +294,32 @@ def plot(comparisons: list[Comparison], title: str, path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+class _BufferedRing:
+    """The runtime's gloo all-gather among ranks 0..P-1 (a ring, receives posted before sends): in step
+    s rank r receives one chunk from rank r-1. That transfer starts when both have begun step s (rank
+    r-1 holds the chunk: it entered, or received it in step s-1; rank r has posted its receive: it
+    entered, or finished its step s-1 receive); rank r leaves after its P-1 receives. Sends do not
+    hold their sender (buffered in the socket)."""
+
+    def __init__(self, sim, num_ranks: int, chunk_bytes: float, tag: int):
+        env = sim.env
+        self.sim, self.p, self.chunk_bytes, self.tag = sim, num_ranks, chunk_bytes, tag
+        # ready[r][s]: rank r has begun step s; ready[r][p - 1]: rank r is done.
+        self.ready = [[env.event() for _ in range(num_ranks)] for _ in range(num_ranks)]
+        for r in range(num_ranks):
+            for step in range(num_ranks - 1):
+                env.process(self._receive(r, step))
+
+    def join(self, rank: int):
+        self.ready[rank][0].succeed()
+        return self.ready[rank][self.p - 1]
+
+    def _receive(self, r: int, step: int):
+        sim, src = self.sim, (r - 1) % self.p
+        yield sim.env.all_of([self.ready[src][step], self.ready[r][step]])
+        start_s = sim.env.now
+        yield from sim.network.transfer([(sim.gpu_of[src], sim.gpu_of[r], self.chunk_bytes)])
+        sim.record_transfer("all-gather", src, r, self.chunk_bytes, start_s, sim.env.now, self.tag)
+        self.ready[r][step + 1].succeed()

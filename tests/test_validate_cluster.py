@@ -12,6 +12,7 @@ import sys
 import pytest
 import yaml
 
+from reference.netcluster import namespaces_available
 from sim.cli import main as sim_main
 
 REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -20,6 +21,7 @@ REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
     d = tmp_path_factory.mktemp("loop")
+    shaped, _ = namespaces_available()
     profile = d / "tiny.json"
     subprocess.run([sys.executable, "-m", "reference.profile", "--model", "tiny-llama", "--grid", "small",
                     "--repeat", "3", "--warmup", "1", "--out", str(profile)], check=True, cwd=REPO,
@@ -27,7 +29,8 @@ def loop(tmp_path_factory):
     scenario = {
         "name": "loop", "models": ["tiny-llama"], "hardware": {"profile": str(profile), "dtype": "fp32"},
         # 1 MB/s: the 256 KiB per layer that each scheme moves at C=1024 dominates the tiny model's compute.
-        "clusters": [{"name": "slow", "kind": "uniform", "gpus": 2, "bandwidth_gb_per_s": 0.001,
+        # Unshaped loopback (no namespaces): the link is as fast as the machine; say so to the simulator.
+        "clusters": [{"name": "slow", "kind": "uniform", "gpus": 2, "bandwidth_gb_per_s": 0.001 if shaped else 1.0,
                       "latency_us": 200}],
         "workload": {"contexts": [1024], "gpus": [2], "schemes": ["tsp", "kvr-e"]},
         "measured": {"results": [str(d / "results" / "*.json")], "plot": str(d / "validation.png")},
@@ -38,11 +41,11 @@ def loop(tmp_path_factory):
                           str(d / "results"), "--rounds", "1", "--warmup", "1", "--repeat", "2"],
                          cwd=REPO, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-2000:]
-    return d, path
+    return d, path, shaped
 
 
 def test_every_configuration_is_measured_and_compared(loop, capsys):
-    d, path = loop
+    d, path, shaped = loop
     files = sorted(p.name for p in (d / "results").glob("*.json"))
     assert files == ["slow_kvr-e_P2_C1024_r1.json", "slow_tsp_P2_C1024_r1.json"]
     doc = json.loads((d / "results" / files[0]).read_text())
@@ -54,6 +57,7 @@ def test_every_configuration_is_measured_and_compared(loop, capsys):
     errors = [float(re.findall(r"(-?[\d.]+)%", r)[0]) for r in rows]
     assert all(math.isfinite(e) for e in errors)
     # Loose: the shaped link makes the transfers take hundreds of ms; a broken loop is off by far more.
-    assert all(abs(e) < 60 for e in errors), out
+    # On loopback the tiny model's TTFT is a few ms of Python overhead: only wrong units would show.
+    assert all(abs(e) < (60 if shaped else 400) for e in errors), out
     assert re.search(r"MAPE [\d.]+% over 2 configurations", out)
     assert (d / "validation.png").stat().st_size > 0
