@@ -66,3 +66,17 @@ def test_measured_results_match_by_cluster_scheme_and_partition(tmp_path):
     assert c.measured.ttft_s == 3.0 and sorted(c.measured.rounds_s) == [2.0, 4.0]
     assert c.simulated_s == table[0].result.ttft_s == pytest.approx(3.0)
     assert c.error == pytest.approx(0.0, abs=1e-12) and mape([c]) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_a_rank_leaves_the_gloo_all_gather_after_its_own_receive():
+    from sim.cluster import LinkSpec
+
+    chunk = 32 * SPEC.kv_bytes_per_token_per_layer("fp32")
+    links = (LinkSpec(src=0, dst=1, bandwidth_bytes_per_s=1e18, latency_s=0.0),
+             LinkSpec(src=1, dst=0, bandwidth_bytes_per_s=chunk / 2, latency_s=0.0))  # 2 s a chunk
+    j = job("tsp", Stub(post=1.0))
+    j = Job(**{**j.__dict__, "cluster": ClusterSpec(name="n", num_gpus=2, links=links)})
+    assert simulate(j).ttft_s == pytest.approx(9.0)  # every layer: both wait for the 2 s transfer
+    # Rank 1 (the last) gets rank 0's chunk as soon as both have entered; rank 0 waits 2 s for its own:
+    # rank 1 computes 0-1, 3-4, 6-7 (each gather starts when the late rank 0 enters).
+    assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(7.0)
