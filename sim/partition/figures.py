@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..scenario import Scenario  # noqa: E402
 from .search import grid_search, simulator_oracle, start_chunks  # noqa: E402
 
-LANDSCAPE_POINTS = 60
+LANDSCAPE_POINTS = 95
 
 
 def landscape_plot(scenario: Scenario, context: int, path: str) -> str:
@@ -29,7 +29,7 @@ def landscape_plot(scenario: Scenario, context: int, path: str) -> str:
             return seen[chunks]
 
         result = grid_search(context, 2, scored, start_chunks(job))
-        splits = sorted({round(context * (0.3 + 0.4 * i / (LANDSCAPE_POINTS - 1))) for i in range(LANDSCAPE_POINTS)})
+        splits = sorted({round(context * (0.03 + 0.94 * i / (LANDSCAPE_POINTS - 1))) for i in range(LANDSCAPE_POINTS)})
         ttft = [oracle((s, context - s)) * 1e3 for s in splits]
         ax.plot([s / context for s in splits], ttft, color="0.3", lw=1.5, label="TTFT (simulated)")
         coarse = {c for c, _ in result.coarse}

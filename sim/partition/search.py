@@ -96,11 +96,14 @@ def _chunks(bounds: Sequence[int], context: int) -> tuple[int, ...]:
 
 def coarse_grid(context: int, parts: int, start: Sequence[int]) -> list[tuple[int, ...]]:
     """The coarse grid: partitions on the line from the even partition (t=0) through ``start`` (t=1),
-    rounded to whole tokens (every chunk >= 1); repeats dropped."""
+    and on 2 GPUs also the splits at k/16 of the context (k = 1..15), rounded to whole tokens (every
+    chunk >= 1); repeats dropped."""
     e = even(context, parts)
+    lines = [[max(a + t * (b - a), 1e-9) for a, b in zip(e, start)] for t in COARSE_T]
+    if parts == 2:  # one dimension: also every sixteenth of the context, so a second valley is seen
+        lines += [[k, 16 - k] for k in range(1, 16)]
     points: list[tuple[int, ...]] = []
-    for t in COARSE_T:
-        x = [max(a + t * (b - a), 1e-9) for a, b in zip(e, start)]
+    for x in lines:
         p = tuple(round_fractions(context, x))
         if p not in points:
             points.append(p)
