@@ -97,11 +97,16 @@ def job_key(job, chunks) -> tuple:
 class Comparison:
     row: Row
     measured: Measured
-    simulated_s: float  # speed-adjusted where possible, else the row's TTFT
+    simulated_s: float  # median over the rounds of each round's simulation; else the row's TTFT
     speed_factors: tuple[float, ...] = ()  # per round: its probe / the profile's
+    round_errors: tuple[float, ...] = ()  # per round: (its simulation - its measurement) / its measurement
 
     @property
     def error(self) -> float:
+        """The median of the rounds' errors, each round simulated under its own conditions; without
+        per-round simulations, (simulated - measured) / measured."""
+        if self.round_errors:
+            return statistics.median(self.round_errors)
         return (self.simulated_s - self.measured.ttft_s) / self.measured.ttft_s
 
     @property
@@ -117,9 +122,9 @@ def compare(table: list[Row], measured: dict[tuple, Measured]) -> list[Compariso
         if m is not None:
             factors = _speed_factors(row.job, m)
             contention = m.contention if len(m.contention) == len(factors) else (None,) * len(factors)
-            sim_s = (statistics.median(_resimulate(row, f, c) for f, c in zip(factors, contention))
-                     if factors else row.result.ttft_s)
-            out.append(Comparison(row, m, sim_s, factors))
+            sims = [_resimulate(row, f, c) for f, c in zip(factors, contention)]
+            errors = tuple((s - t) / t for s, t in zip(sims, m.rounds_s))
+            out.append(Comparison(row, m, statistics.median(sims) if sims else row.result.ttft_s, factors, errors))
     return out
 
 
@@ -233,18 +238,20 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
         lines.append(f"no measured results match ({len(spec.files())} files under {', '.join(spec.patterns)}):"
                      " measurements pending")
         return "\n".join(lines) + "\n"
-    lines.append("sim ms: at each round's machine speed (median); unadj. ms: at the profile's speed; "
-                 "speed: probe / profile's probe; busy: probe with every rank busy / probe")
+    lines.append("sim ms: each round simulated under its speed and contention, median; meas ms: median of "
+                 "the rounds; error: median of the rounds' errors; unadj.: one core per rank at the profile's "
+                 "speed, NCCL semantics; speed: probe / profile's; busy: probe with every rank busy / probe alone")
     lines.append(f"{'model':<16}{'cluster':<12}{'scheme':<7}{'P':>2}{'C':>6} {'chunks':<10}"
                  f"{'sim ms':>9}{'meas ms':>9}{'rounds ms':>17}{'speed':>11}{'busy':>11}{'error':>8}"
-                 f"{'unadj. ms':>10}{'error':>8}")
+                 f"{'unadj. ms':>10}{'error':>8}  rounds' errors %")
     for c in comparisons:
         j, r = c.row.job, c.row.result
         rounds = f"{min(c.measured.rounds_s) * 1e3:.0f}-{max(c.measured.rounds_s) * 1e3:.0f} x{len(c.measured.rounds_s)}"
         speed = f"{min(c.speed_factors):.2f}-{max(c.speed_factors):.2f}" if c.speed_factors else "-"
         lines.append(f"{j.model.name:<16}{j.cluster.name:<12}{j.scheme.name:<7}{j.num_gpus:>2}{j.context:>6} "
                      f"{'/'.join(map(str, r.chunks)):<10}{c.simulated_s * 1e3:>9.1f}{c.measured.ttft_s * 1e3:>9.1f}"
-                     f"{rounds:>17}{speed:>11}{c.measured.contention_range:>11}{c.error * 100:>7.1f}%{r.ttft_s * 1e3:>10.1f}{c.raw_error * 100:>7.1f}%")
+                     f"{rounds:>17}{speed:>11}{c.measured.contention_range:>11}{c.error * 100:>7.1f}%{r.ttft_s * 1e3:>10.1f}{c.raw_error * 100:>7.1f}%  "
+                     + "/".join(f"{e * 100:+.0f}" for e in c.round_errors))
     groups: dict[tuple[str, str], list[Comparison]] = {}
     for c in comparisons:
         groups.setdefault((c.row.job.scheme.name, c.row.job.cluster.name), []).append(c)
