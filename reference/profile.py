@@ -28,7 +28,6 @@ Schema: docs/validation.md. References: PyTorch CUDA events; Vidur's operator pr
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
