@@ -98,11 +98,12 @@ def compare_measured(scenario: Scenario, table, out_dir: str | None) -> None:
     for _, cost in scenario.profiles:  # count only the measured configurations' questions below
         cost.extrapolated.clear()
     comparisons = validate.compare(table, validate.load_measured(scenario.measured.files()))
+    unmatched = [row for row in table if all(c.row is not row for c in comparisons)]
     extrapolated: dict[str, int] = {}
     for _, cost in scenario.profiles:
         for k, v in cost.extrapolated.items():
             extrapolated[k] = extrapolated.get(k, 0) + v
-    sys.stdout.write(validate.text(scenario, comparisons, extrapolated))
+    sys.stdout.write(validate.text(scenario, comparisons, extrapolated, unmatched))
     paths = [p for p in (scenario.measured.plot, out_dir and os.path.join(out_dir, "validation.png")) if p]
     for path in paths if comparisons else []:
         validate.plot(comparisons, scenario.name, path)

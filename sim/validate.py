@@ -230,10 +230,18 @@ def mape(comparisons: list[Comparison]) -> float:
     return 100 * statistics.fmean(abs(c.error) for c in comparisons) if comparisons else math.nan
 
 
-def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] | None = None) -> str:
-    """Simulated and measured TTFT per configuration, each error, MAPE per scheme and cluster and in all."""
+def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] | None = None,
+         unmatched: list[Row] = ()) -> str:
+    """Simulated and measured TTFT per configuration, each error, MAPE per scheme and cluster and in all;
+    then the configurations of the sweep that have no measurement (e.g. a searched partition that
+    changed since the measurement)."""
     spec: MeasuredSpec = scenario.measured
     lines = ["", "== simulated against measured =="]
+    if comparisons and unmatched:
+        lines.append(f"{len(unmatched)} configurations have no measurement (by model, cluster, scheme, P, C, "
+                     "partition): " + ", ".join(f"{r.job.cluster.name}/{r.job.scheme.name}/P{r.job.num_gpus}/"
+                                                f"C{r.job.context}/{'-'.join(map(str, r.result.chunks))}"
+                                                for r in unmatched[:8]) + (" ..." if len(unmatched) > 8 else ""))
     if not comparisons:
         lines.append(f"no measured results match ({len(spec.files())} files under {', '.join(spec.patterns)}):"
                      " measurements pending")
