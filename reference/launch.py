@@ -34,7 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m reference.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="preset name, checkpoint folder, or config.json (random weights)")
     p.add_argument("--scheme", required=True, choices=SCHEME_NAMES)
-    p.add_argument("--partition", default="even", help="'even' (default) or tokens per rank, e.g. 30,20,14 (kvr)")
+    p.add_argument("--partition", default="even",
+                   help="'even' (default), tokens per rank, e.g. 30,20,14, or (kvr) 'searched' (KVR-S on the "
+                   "simulator) or 'predicted' (KVR-P from --table); the last two need --partition-scenario")
+    p.add_argument("--partition-scenario", metavar="FILE",
+                   help="scenario YAML whose hardware and cluster a searched or predicted partition is for")
+    p.add_argument("--partition-cluster", metavar="NAME", help="cluster of --partition-scenario (default: its first)")
+    p.add_argument("--table", metavar="FILE", help="KVR-P lookup table (python -m sim.partition build-table)")
     p.add_argument("--context", type=int, help="prompt tokens C (default: the length of --input-ids)")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPE_BYTES))
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
@@ -87,7 +93,25 @@ def validate(args: argparse.Namespace, world: int) -> tuple[list[int], list[int]
         raise LaunchError(f"--out {args.out}: no such folder")
     spec = ModelSpec.resolve(args.model)
     ids = _prompt(args, spec)
-    return ids, parse_partition(args.partition, args.scheme, len(ids), world)
+    return ids, parse_partition(_sim_partition(args, len(ids), world), args.scheme, len(ids), world)
+
+
+def _sim_partition(args: argparse.Namespace, context: int, world: int) -> str:
+    """``--partition searched|predicted`` as tokens per rank, from the simulator's code
+    (``sim.partition.runtime``); any other value unchanged."""
+    kind = args.partition.strip()
+    if kind not in ("searched", "predicted"):
+        return args.partition
+    if args.scheme != "kvr":
+        raise LaunchError(f"--partition {kind} is for scheme kvr; {args.scheme!r} uses the even split")
+    if args.partition_scenario is None or (kind == "predicted" and args.table is None):
+        need = "--partition-scenario FILE" + (" and --table FILE" if kind == "predicted" else "")
+        raise LaunchError(f"--partition {kind} needs {need}")
+    from sim.partition.runtime import resolve_partition
+
+    plan = resolve_partition(kind, context, world, model=args.model, dtype=args.dtype,
+                             scenario=args.partition_scenario, table=args.table, cluster=args.partition_cluster)
+    return ",".join(map(str, plan.chunks))
 
 
 def write_atomic(path: str, results: dict) -> None:

@@ -160,3 +160,29 @@ def test_tsp_ring_follows_the_gpu_order():
     assert ordered.ttft_s < given.ttft_s
     auto = dataclasses.replace(job, scheme=dataclasses.replace(BUILTIN["tsp"], order="auto"))
     assert (1, 2) not in simulate(auto).link_bytes
+
+
+def test_launch_takes_searched_and_predicted_partitions(monkeypatch):
+    from reference.launch import _parser, validate
+
+    monkeypatch.setenv("MASTER_ADDR", "localhost")
+    table = "scenarios/tables/uniform.json"
+    entry = next(e for e in json.load(open(table))["entries"]
+                 if (e["model"], e["gpus"], e["context"]) == ("llama-2-7b", 4, 4096))
+    base = ["--model", "llama-2-7b", "--scheme", "kvr", "--context", "4096", "--dtype", "fp16",
+            "--partition-scenario", "scenarios/uniform.yaml"]
+    _, chunks = validate(_parser().parse_args(base + ["--partition", "predicted", "--table", table]), 4)
+    assert chunks == entry["chunks"]
+    args = _parser().parse_args(["--model", "tiny-llama", "--scheme", "kvr", "--context", "300", "--partition",
+                                 "searched", "--partition-scenario", "scenarios/uniform.yaml"])
+    _, chunks = validate(args, 2)
+    assert sum(chunks) == 300 and len(chunks) == 2
+    for argv, message in [
+        (base + ["--partition", "predicted"], "--partition predicted needs --partition-scenario FILE and --table FILE"),
+        (base[:-2] + ["--partition", "searched"], "--partition searched needs --partition-scenario FILE"),
+        (["--model", "llama-2-7b", "--scheme", "tsp", "--context", "64", "--partition", "searched"],
+         "--partition searched is for scheme kvr; 'tsp' uses the even split"),
+        (base + ["--partition", "searched", "--partition-cluster", "x"], "cluster must be one of \\['nvlink-300'\\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            validate(_parser().parse_args(argv), 4)
