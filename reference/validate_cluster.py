@@ -176,9 +176,14 @@ def _model_args(scenario_path: str) -> dict[str, str]:
 
     from sim.model import ModelSpec
 
+    from sim.model import PRESETS
+    from sim.scenario import scenario_path as relative
+
     with open(scenario_path, encoding="utf-8") as f:
         models = yaml.safe_load(f)["models"]
-    return {ModelSpec.resolve(m).name: m for m in models}
+    base_dir = os.path.dirname(scenario_path)
+    args = [m if m in PRESETS else relative(m, base_dir) for m in models]
+    return {ModelSpec.resolve(a).name: a for a in args}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import yaml
 
 from .cluster import BackgroundFlow, ClusterError, ClusterSpec, LinkSpec, duplex, mesh
 from .hardware import GPU_PRESETS, GpuSpec, HardwareError
-from .model import DTYPE_BYTES, ModelSpec, ModelSpecError
+from .model import DTYPE_BYTES, PRESETS, ModelSpec, ModelSpecError
 from .partition import ORDERS, PARTITIONERS, PartitionError, check, from_fractions, table
 from .profile import ProfileCost, ProfileError
 from .schemes import ATTENTION, BUILTIN, KINDS, SchemeSpec
@@ -76,7 +76,8 @@ def load(path: str | os.PathLike) -> Scenario:
 
 def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scenario:
     """Validate a parsed YAML document (``ScenarioError`` messages start at the YAML path); relative
-    kvr-p table paths are relative to ``base_dir`` (the scenario file's folder)."""
+    paths in it (model config.json files, profiles, kvr-p tables, measured results and their plot) are
+    relative to ``base_dir`` (the scenario file's folder)."""
     top = _mapping(doc, "(top level)", required=("models", "hardware", "clusters", "workload"),
                    optional=("name", "description", "measured"))
     hw = _mapping(top["hardware"], "hardware",
@@ -85,8 +86,8 @@ def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scena
     _need("gpu" in hw or "profile" in hw, "hardware", "needs `gpu` (analytic costs) or `profile`", sorted(hw))
     dtype = hw.get("dtype", "fp16")
     _need(dtype in DTYPE_BYTES, "hardware.dtype", f"must be one of {sorted(DTYPE_BYTES)}", dtype)
-    models = tuple(_model(m, f"models[{i}]") for i, m in enumerate(_list(top["models"], "models")))
-    profiles = _profiles(hw, models, dtype)
+    models = tuple(_model(m, f"models[{i}]", base_dir) for i, m in enumerate(_list(top["models"], "models")))
+    profiles = _profiles(hw, models, dtype, base_dir)
     clusters = tuple(_cluster(c, f"clusters[{i}]") for i, c in enumerate(_list(top["clusters"], "clusters")))
     names = [c.name for c in clusters]
     for i, name in enumerate(names):
@@ -117,13 +118,19 @@ def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scena
         description=_str(top["description"], "description") if "description" in top else "",
         models=models, gpu=_gpu(hw) if "gpu" in hw else _profile_gpu(profiles), dtype=dtype, clusters=clusters,
         contexts=contexts, gpu_counts=counts, schemes=schemes, profiles=profiles,
-        measured=_measured(top["measured"]) if "measured" in top else None)
+        measured=_measured(top["measured"], base_dir) if "measured" in top else None)
 
 
 # ----- sections --------------------------------------------------------------------------------------
-def _model(value: Any, at: str) -> ModelSpec:
+def scenario_path(value: str, base_dir: str) -> str:
+    """A path written in a scenario, taken relative to the scenario file's folder (absolute stays)."""
+    return os.path.normpath(os.path.join(base_dir, value))
+
+
+def _model(value: Any, at: str, base_dir: str) -> ModelSpec:
+    name = _str(value, at)
     try:
-        return ModelSpec.resolve(_str(value, at))
+        return ModelSpec.resolve(name if name in PRESETS else scenario_path(name, base_dir))
     except ModelSpecError as e:
         raise ScenarioError(f"{at}: must be a model preset or a config.json path, got {value!r} ({e})") from None
 
@@ -146,7 +153,8 @@ def _gpu(hw: dict) -> GpuSpec:
         raise ScenarioError(f"hardware: {e}") from None
 
 
-def _profiles(hw: dict, models: tuple[ModelSpec, ...], dtype: str) -> tuple[tuple[str, ProfileCost], ...]:
+def _profiles(hw: dict, models: tuple[ModelSpec, ...], dtype: str,
+              base_dir: str) -> tuple[tuple[str, ProfileCost], ...]:
     """``hardware.profile``: a profile path or a list of them; each scenario model needs one of its shapes."""
     if "profile" not in hw:
         return ()
@@ -156,7 +164,7 @@ def _profiles(hw: dict, models: tuple[ModelSpec, ...], dtype: str) -> tuple[tupl
     for i, p in enumerate(paths):
         at = "hardware.profile" if isinstance(value, str) else f"hardware.profile[{i}]"
         try:
-            cost = ProfileCost.load(_str(p, at))
+            cost = ProfileCost.load(scenario_path(_str(p, at), base_dir))
             costs.append((cost, cost.model))
         except (ProfileError, ModelSpecError, KeyError) as e:
             raise ScenarioError(f"{at}: must be a profile JSON (python -m reference.profile), got {p!r} ({e})") from None
@@ -174,12 +182,13 @@ def _profile_gpu(profiles) -> GpuSpec:
     return GpuSpec(name=f"profile: {profiles[0][1].device}", peak_flops_per_s=1.0, hbm_bytes_per_s=1.0)
 
 
-def _measured(value: Any) -> MeasuredSpec:
+def _measured(value: Any, base_dir: str) -> MeasuredSpec:
     d = _mapping(value, "measured", required=("results",), optional=("plot",))
     results = d["results"]
     patterns = [results] if isinstance(results, str) else _list(results, "measured.results", empty=True)
-    return MeasuredSpec(patterns=tuple(_str(p, f"measured.results[{i}]") for i, p in enumerate(patterns)),
-                        plot=_str(d["plot"], "measured.plot") if "plot" in d else None)
+    return MeasuredSpec(
+        patterns=tuple(scenario_path(_str(p, f"measured.results[{i}]"), base_dir) for i, p in enumerate(patterns)),
+        plot=scenario_path(_str(d["plot"], "measured.plot"), base_dir) if "plot" in d else None)
 
 
 def _link_params(d: dict, at: str) -> tuple[float, float]:
@@ -310,7 +319,7 @@ def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, .
         else _powers_of_two(min(contexts), max(contexts))
     return SchemeSpec(name=name, kind=kind, partitioner=d.get("partitioner", "even"), fractions=fractions,
                       tokens=tokens, attention=d.get("attention", "causal"), order=d.get("order", "given"),
-                      table=os.path.join(base_dir, _str(d["table"], f"{at}.table")) if "table" in d else None,
+                      table=scenario_path(_str(d["table"], f"{at}.table"), base_dir) if "table" in d else None,
                       table_contexts=table_contexts if d.get("partitioner") == "kvr-p" and "table" not in d else ())
 
 
