@@ -74,3 +74,20 @@ def test_a_model_from_a_hugging_face_config(tmp_path):
     d["models"] = [str(tmp_path / "config.json"), str(tmp_path)]
     a, b = parse(d).models
     assert a == b and (a.num_kv_heads, a.head_dim, a.num_layers) == (2, 16, 2)
+
+
+def test_paths_in_a_scenario_are_relative_to_its_folder(tmp_path, monkeypatch):
+    """models, hardware.profile, measured.results and measured.plot resolve from the scenario's folder,
+    whatever the working directory."""
+    import os
+
+    scenario = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "scenarios", "validate-cpu.yaml")
+    monkeypatch.chdir(tmp_path)
+    s = load(scenario)
+    root = os.path.dirname(os.path.dirname(scenario))
+    assert [m.name for m in s.models] == ["cpu-llama-h512"]
+    assert dict(s.profiles)["cpu-llama-h512"].model.hidden_size == 512
+    files = s.measured.files()
+    assert files and all(f.startswith(os.path.join(root, "results", "cpu")) for f in files)
+    assert s.measured.plot == os.path.join(root, "results", "cpu", "validate-cpu.png")
