@@ -108,6 +108,9 @@ def compare_measured(scenario: Scenario, table, out_dir: str | None) -> None:
     for path in paths if comparisons else []:
         validate.plot(comparisons, scenario.name, path)
         print(f"wrote {path}", file=sys.stderr)
+    if scenario.measured.replays:  # each rank's compute run alone, against its simulated busy time
+        from . import replay
+        sys.stdout.write(replay.text(replay.compare(scenario, replay.load(list(scenario.measured.replays)))) + "\n")
 
 
 def write_outputs(scenario: Scenario, table, timelines: list[Job], out_dir: str) -> None:

@@ -183,12 +183,14 @@ def _profile_gpu(profiles) -> GpuSpec:
 
 
 def _measured(value: Any, base_dir: str) -> MeasuredSpec:
-    d = _mapping(value, "measured", required=("results",), optional=("plot",))
+    d = _mapping(value, "measured", required=("results",), optional=("plot", "replays"))
     results = d["results"]
     patterns = [results] if isinstance(results, str) else _list(results, "measured.results", empty=True)
     return MeasuredSpec(
         patterns=tuple(scenario_path(_str(p, f"measured.results[{i}]"), base_dir) for i, p in enumerate(patterns)),
-        plot=scenario_path(_str(d["plot"], "measured.plot"), base_dir) if "plot" in d else None)
+        plot=scenario_path(_str(d["plot"], "measured.plot"), base_dir) if "plot" in d else None,
+        replays=tuple(scenario_path(_str(p, f"measured.replays[{i}]"), base_dir)
+                      for i, p in enumerate(_list(d.get("replays", []), "measured.replays", empty=True))))
 
 
 def _link_params(d: dict, at: str) -> tuple[float, float]:

@@ -38,6 +38,7 @@ class MeasuredSpec:
 
     patterns: tuple[str, ...]
     plot: str | None = None
+    replays: tuple[str, ...] = ()  # per-rank replay results (reference.replay; sim/replay.py)
 
     def files(self) -> list[str]:
         return sorted({p for pat in self.patterns for p in glob.glob(pat)})

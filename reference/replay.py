@@ -1,0 +1,137 @@
+"""Per-rank replays: each rank's share of a scenario's ``tsp``/``kvr`` partitions run alone on one device.
+
+    python -m reference.replay SCENARIO.yaml --device cpu|cuda --out results/cpu/replay-NAME.json \\
+        [--warmup 2] [--repeat 5] [--threads 1]
+
+For every model, GPU count, context and ``tsp``/``kvr`` scheme of the scenario, the partition is the
+simulator's (``sim.partition.plan(job)``; a searched ``kvr-s`` partition may differ between clusters,
+and each distinct one is replayed). Rank r's chunk of c_r tokens then runs through the runtime's own
+model (a seeded random model built by ``reference.checkpoint``, fused as ``reference.launch`` fuses it):
+the embedding, every decoder layer with a local ``KVCache`` pre-filled with random K and V of the
+``sum(chunks[:r])`` tokens before it (kvr: the cache rank r-1 sends; tsp: the gathered keys
+[0, start of its chunk)), and, on the last rank, the final norm and LM head. No communication: this is
+the compute the simulator counts as the rank's busy time (``sim.replay``).
+
+Timing as ``reference.profile``: CUDA events or ``time.perf_counter``, ``--warmup`` untimed runs, the
+median of ``--repeat``; on CPUs a speed probe before every rank (``probe_s``), so the comparison can
+scale the profile to the replay's speed. Compare: ``python -m sim.replay SCENARIO.yaml RESULTS.json``,
+or name the file under the scenario's ``measured: {replays: [...]}``. Docs: docs/validation.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+from datetime import datetime, timezone
+
+from reference.profile import ProfileError, _device_name, make_timer, speed_probe_s
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reference.replay", description=__doc__.split("\n\n")[0])
+    p.add_argument("scenario", help="scenario YAML whose tsp/kvr jobs to replay")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", required=True, help="results JSON path")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1, as a cluster rank)")
+    return p
+
+
+def rank_run(model, spec, device, dtype, chunk: int, past: int, last: bool, seed: int = 0):
+    """A function running one rank's compute: ``chunk`` tokens at positions [past, past + chunk) through
+    every layer against a local cache holding ``past`` tokens' K and V; the LM head if ``last``."""
+    import torch
+
+    from reference.kvcache import KVCache
+    from reference.layers import rotary_cos_sin
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.randint(0, spec.vocab_size, (1, chunk), generator=g, device=device)
+    shape = (1, spec.num_kv_heads, past, spec.head_dim)
+    pasts = [(torch.randn(*shape, generator=g, device=device, dtype=dtype),
+              torch.randn(*shape, generator=g, device=device, dtype=dtype)) for _ in range(spec.num_layers)]
+
+    def run():
+        cache = KVCache(spec.num_layers)
+        if past:
+            for i, (k, v) in enumerate(pasts):
+                cache.k[i], cache.v[i] = k, v
+        x = model.tok_embeddings(ids)
+        cos, sin = rotary_cos_sin(past, chunk, spec.head_dim, spec.rope_theta, x.dtype, x.device)
+        for layer in model.layers:
+            x = layer(x, cos, sin, cache)
+        if last:
+            return int(model.output(model.norm(x[:, -1]))[0].argmax())
+        return x
+    return run
+
+
+def replay(args: argparse.Namespace, say=print) -> dict:
+    """Replay every rank of every tsp/kvr job of the scenario; the results dict."""
+    import torch
+
+    from reference.checkpoint import DTYPES, random_model
+    from sim import scenario as scenario_mod
+    from sim.replay import replay_jobs
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ProfileError("--device cuda: no CUDA device on this machine")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    scenario = scenario_mod.load(args.scenario)
+    dtype_name = scenario.dtype
+    dtype = DTYPES[dtype_name]
+    timer = make_timer(device, args.warmup, args.repeat)
+    cpu = device.type == "cpu"
+    models, entries = {}, []
+    with torch.no_grad():
+        for job, chunks in replay_jobs(scenario):
+            name = job.model.name
+            if name not in models:
+                models[name] = (job.model, random_model(job.model, 0, device, dtype).fuse_())
+            spec, model = models[name]
+            for r, c in enumerate(chunks):
+                past = sum(chunks[:r])
+                probe = speed_probe_s(5) if cpu else None
+                samples = timer(rank_run(model, spec, device, dtype, c, past, r == len(chunks) - 1))
+                entries.append({"model": name, "scheme": job.scheme.name, "kind": job.scheme.kind,
+                                "num_gpus": job.num_gpus, "context": job.context, "chunks": list(chunks),
+                                "rank": r, "chunk": c, "past": past, "samples_s": samples,
+                                "median_s": statistics.median(samples), "probe_s": probe})
+                say(f"{name} {job.scheme.name} P={job.num_gpus} C={job.context} rank {r} "
+                    f"({c} tokens, past {past}): {entries[-1]['median_s'] * 1e3:.1f} ms")
+    return {
+        "schema_version": 1, "scenario": args.scenario, "dtype": dtype_name, "device": _device_name(device),
+        "device_type": device.type, "threads": torch.get_num_threads() if cpu else None,
+        "timer": "cuda-events" if device.type == "cuda" else "perf_counter",
+        "torch_version": torch.__version__, "python_version": platform.python_version(),
+        "host": platform.node(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m reference.replay " + " ".join(sys.argv[1:]),
+        "warmup": args.warmup, "repeat": args.repeat, "replays": entries,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.repeat < 1 or args.warmup < 0 or args.threads < 1:
+            raise ProfileError("need --repeat >= 1, --warmup >= 0, --threads >= 1")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+            raise ProfileError(f"--out {args.out}: no such folder")
+        result = replay(args)
+    except ValueError as e:
+        print(f"reference.replay: error: {e}", file=sys.stderr)
+        return 2
+    from reference.launch import write_atomic
+    write_atomic(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Per-rank replays against the simulator's per-rank compute.
+
+A replay (``python -m reference.replay``, docs/validation.md) runs each rank's share of a ``tsp`` or
+``kvr`` partition alone on one device: the rank's chunk through every layer, with a local KV-cache
+holding its past (the ``sum(chunks[:r])`` preceding tokens' K and V; for both schemes the rank then
+attends to keys [0, end of its chunk)), no communication. This module compares each replayed rank with
+the simulator's busy (compute-only) time of the same rank: ``simulate(job).ranks[r].busy_s``, with the
+partition that was replayed and, where the job runs on a profile, its compute scaled to the replay's
+speed probe (``ProfileCost.scaled``, docs/validation.md section 3). Transfers and waiting are not in
+either number. Error = (simulated - measured) / measured.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+from dataclasses import dataclass
+
+from .schemes import SchemeSpec
+from .simulate import Job, simulate
+
+
+class ReplayError(ValueError):
+    """A replay results file that cannot be read or matched."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplayRow:
+    model: str
+    scheme: str
+    num_gpus: int
+    context: int
+    rank: int
+    chunk: int
+    past: int
+    simulated_s: float
+    measured_s: float
+
+    @property
+    def error(self) -> float:
+        return (self.simulated_s - self.measured_s) / self.measured_s
+
+
+def replay_jobs(scenario) -> list[tuple[Job, tuple[int, ...]]]:
+    """The scenario's distinct ``tsp``/``kvr`` jobs as (job, chunks); a job per (model, scheme, P, C,
+    partition): clusters change the compute of no rank, only a searched partition (``kvr-s``)."""
+    from .partition import plan
+
+    seen, out = set(), []
+    for job in scenario.jobs():
+        if job.scheme.kind not in ("tsp", "kvr"):
+            continue
+        chunks = tuple(plan(job).chunks)
+        key = (job.model.name, job.scheme.name, job.num_gpus, job.context, chunks)
+        if key not in seen:
+            seen.add(key)
+            out.append((job, chunks))
+    return out
+
+
+def simulated_busy_s(job: Job, chunks: tuple[int, ...], probe_s: float | None) -> list[float]:
+    """Each rank's simulated compute seconds for ``job`` with ``chunks``, at the speed of ``probe_s``."""
+    scheme = job.scheme
+    if scheme.kind == "kvr":  # the replayed partition, not a new search
+        scheme = SchemeSpec(name=scheme.name, kind="kvr", tokens=((job.context, tuple(chunks)),))
+    cost = job.cost_model
+    if cost is not None and hasattr(cost, "scaled"):
+        ref = cost.profile.get("speed_probe_s")
+        cost = cost.scaled(probe_s / ref if ref and probe_s else 1.0)
+    result = simulate(dataclasses.replace(job, scheme=scheme, cost_model=cost))
+    assert tuple(result.chunks) == tuple(chunks), (result.chunks, chunks)
+    return [r.busy_s for r in result.ranks]
+
+
+def load(patterns: list[str]) -> list[dict]:
+    """Every replay entry of the files matching ``patterns``."""
+    entries = []
+    for path in sorted({p for pat in patterns for p in glob.glob(pat)}):
+        try:
+            with open(path) as f:
+                doc = json.load(f)
+            entries += [dict(e, source=path) for e in doc["replays"]]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ReplayError(f"replay results {path}: {e}") from None
+    return entries
+
+
+def compare(scenario, entries: list[dict]) -> list[ReplayRow]:
+    """A row per replayed rank that matches a job of the scenario (model, scheme name, P, C, chunks)."""
+    jobs = {(j.model.name, j.scheme.name, j.num_gpus, j.context, c): j for j, c in replay_jobs(scenario)}
+    rows = []
+    for e in entries:
+        chunks = tuple(e["chunks"])
+        job = jobs.get((e["model"], e["scheme"], e["num_gpus"], e["context"], chunks))
+        if job is None:
+            continue
+        busy = simulated_busy_s(job, chunks, e.get("probe_s"))
+        r = e["rank"]
+        rows.append(ReplayRow(model=e["model"], scheme=e["scheme"], num_gpus=e["num_gpus"], context=e["context"],
+                              rank=r, chunk=chunks[r], past=sum(chunks[:r]), simulated_s=busy[r],
+                              measured_s=e["median_s"]))
+    return rows
+
+
+def mape(rows: list[ReplayRow]) -> float:
+    return sum(abs(r.error) for r in rows) / len(rows)
+
+
+def text(rows: list[ReplayRow]) -> str:
+    """The per-rank table and the MAPE (per scheme and over all)."""
+    lines = ["", "== per-rank replays: simulated compute against each rank run alone ==",
+             f"{'model':<16}{'scheme':<8}{'P':>3}{'C':>7}{'rank':>6}{'chunk':>7}{'past':>7}"
+             f"{'sim ms':>10}{'meas ms':>10}{'error':>9}"]
+    if not rows:
+        return "\n".join(lines + ["no replay results match this scenario's jobs"])
+    for r in rows:
+        lines.append(f"{r.model:<16}{r.scheme:<8}{r.num_gpus:>3}{r.context:>7}{r.rank:>6}{r.chunk:>7}{r.past:>7}"
+                     f"{r.simulated_s * 1e3:>10.1f}{r.measured_s * 1e3:>10.1f}{r.error * 100:>8.1f}%")
+    for scheme in dict.fromkeys(r.scheme for r in rows):
+        sub = [r for r in rows if r.scheme == scheme]
+        lines.append(f"MAPE {scheme}: {mape(sub) * 100:.1f}% over {len(sub)} ranks")
+    lines.append(f"MAPE per-rank replays: {mape(rows) * 100:.1f}% over {len(rows)} ranks")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sim.replay SCENARIO.yaml RESULTS.json...``: the per-rank table and MAPE."""
+    import sys
+
+    from .scenario import load as load_scenario
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 2:
+        print("usage: python -m sim.replay SCENARIO.yaml RESULTS.json...", file=sys.stderr)
+        return 2
+    try:
+        print(text(compare(load_scenario(argv[0]), load(argv[1:]))))
+    except ValueError as e:
+        print(f"sim.replay: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
