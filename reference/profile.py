@@ -303,23 +303,32 @@ def _device_name(device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def main(argv: list[str] | None = None) -> int:
+def measurement_main(prog: str, parser: argparse.ArgumentParser, measure: Callable[[argparse.Namespace], dict],
+                     argv: list[str] | None, check: Callable[[argparse.Namespace], object] | None = None) -> int:
+    """The command line of a measurement (profile, replay): parse and check the flags, measure, write
+    the JSON atomically to --out. Bad input is one line on stderr and exit 2."""
     try:
-        args = _parser().parse_args(argv)
+        args = parser.parse_args(argv)
         if args.repeat < 1 or args.warmup < 0 or args.threads < 1:
             raise ProfileError("need --repeat >= 1, --warmup >= 0, --threads >= 1")
-        from sim.model import ModelSpec
-        ModelSpec.resolve(args.model)
+        if check is not None:
+            check(args)
         if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
             raise ProfileError(f"--out {args.out}: no such folder")
-        result = profile(args)
+        result = measure(args)
     except ValueError as e:
-        print(f"reference.profile: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     from reference.launch import write_atomic
     write_atomic(args.out, result)
     print(f"wrote {args.out}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sim.model import ModelSpec
+    return measurement_main("reference.profile", _parser(), profile, argv,
+                            check=lambda args: ModelSpec.resolve(args.model))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import statistics
 import sys
 from datetime import datetime, timezone
 
-from reference.profile import ProfileError, _device_name, make_timer, speed_probe_s
+from reference.profile import ProfileError, _device_name, make_timer, measurement_main, speed_probe_s
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -117,20 +117,7 @@ def replay(args: argparse.Namespace, say=print) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-        if args.repeat < 1 or args.warmup < 0 or args.threads < 1:
-            raise ProfileError("need --repeat >= 1, --warmup >= 0, --threads >= 1")
-        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-            raise ProfileError(f"--out {args.out}: no such folder")
-        result = replay(args)
-    except ValueError as e:
-        print(f"reference.replay: error: {e}", file=sys.stderr)
-        return 2
-    from reference.launch import write_atomic
-    write_atomic(args.out, result)
-    print(f"wrote {args.out}")
-    return 0
+    return measurement_main("reference.replay", _parser(), replay, argv)
 
 
 if __name__ == "__main__":
