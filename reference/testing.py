@@ -22,7 +22,9 @@ from typing import Any
 
 def run_example(task: dict[str, Any], transport) -> dict[str, Any]:
     """Rebuild the model, prefill `task["ids"]` under `task["scheme"]` on this rank; decode
-    `task["generate"]` tokens on the last rank. Returns numpy arrays (logits, k and v per layer)."""
+    `task["generate"]` tokens on the last rank. Returns fp32 numpy arrays (logits, k and v per layer).
+    Optional keys: ``device`` (default "cpu"), ``dtype`` (a torch dtype name, default "float32"),
+    ``fuse`` (run with fused GEMMs)."""
     import torch
 
     from reference.checkpoint import random_model
@@ -31,13 +33,17 @@ def run_example(task: dict[str, Any], transport) -> dict[str, Any]:
     from sim.model import ModelSpec
 
     spec = ModelSpec.from_dict(task["spec"])
-    model = random_model(spec, task["seed"])
+    device = torch.device(task.get("device", "cpu"))
+    dtype = getattr(torch, task.get("dtype", "float32"))
+    model = random_model(spec, task["seed"], device, dtype)
     if task.get("fuse"):  # the fused-GEMM layout that launch times
         model.fuse_()
-    ids = torch.tensor([task["ids"]])
+    ids = torch.tensor([task["ids"]], device=device)
     res = prefill(task["scheme"], model, ids, task["chunks"], transport)
-    out = {"logits": res.logits.numpy(), "k": [k.numpy() for k in res.cache.k],
-           "v": [v.numpy() for v in res.cache.v]}
+
+    def host(t):
+        return t.float().cpu().numpy()
+    out = {"logits": host(res.logits), "k": [host(k) for k in res.cache.k], "v": [host(v) for v in res.cache.v]}
     if task.get("generate"):
         out["generated"] = greedy(model, res.logits, res.cache, task["generate"])
     return out

@@ -1,0 +1,176 @@
+"""GPU tests: the CUDA paths that CI (no GPU) cannot run. ``pytest -m gpu`` on a machine with CUDA.
+
+- ``chunk_attention`` (cuDNN with the log-sum-exp merge, or flash/SDPA) against an fp32 reference, for
+  MHA, GQA and MQA, square and chunk-with-past shapes, and that the cuDNN path really is taken;
+- the torch.compile-fused norm, rotary and SiLU*up against their eager code on CUDA tensors;
+- the KV-Runahead chain and TSP on CUDA (ranks are threads of this process on one GPU, joined by the
+  in-process transport) against a single-process prefill on CUDA: fp32 to 1e-4, and bf16 with fused
+  GEMMs and compiled kernels to a bf16 tolerance;
+- our models against transformers on CUDA in bf16;
+- the CUDA paths of ``reference.bench``, ``reference.profile`` and ``reference.replay`` end to end on a
+  tiny model.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def _reference_attention(q, k, v):
+    """fp32 attention of the last c positions to all keys, causal at the bottom right, K/V expanded."""
+    c, n = q.shape[-2], k.shape[-2]
+    rep = q.shape[1] // k.shape[1]
+    k, v = (t.float().repeat_interleave(rep, dim=1) for t in (k, v))
+    s = (q.float() @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    mask = torch.ones(c, n, dtype=torch.bool, device=q.device).tril(n - c)
+    return torch.softmax(s.masked_fill(~mask, float("-inf")), -1) @ v
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("heads", [(8, 8), (8, 2), (8, 1)])  # MHA, GQA, MQA
+@pytest.mark.parametrize("c, n", [(128, 128), (64, 320), (1, 97), (200, 1000), (333, 333)])
+def test_chunk_attention_matches_fp32_reference(dtype, heads, c, n):
+    from reference import fast_attention
+
+    nh, nkv = heads
+    g = torch.Generator(device="cuda").manual_seed(c * 1000 + n)
+    q = torch.randn(1, nh, c, 128, device="cuda", dtype=dtype, generator=g)
+    k = torch.randn(1, nkv, n, 128, device="cuda", dtype=dtype, generator=g)
+    v = torch.randn(1, nkv, n, 128, device="cuda", dtype=dtype, generator=g)
+    got = fast_attention.chunk_attention(q, k, v)
+    assert got.shape == q.shape and got.dtype == dtype
+    torch.testing.assert_close(got.float(), _reference_attention(q, k, v), atol=2e-2, rtol=2e-2)
+
+
+def test_chunk_attention_takes_the_cudnn_path_in_bf16():
+    """The speed claim rests on cuDNN: a refused shape would fall back silently, so check it is used."""
+    from reference import fast_attention
+
+    if not torch.backends.cudnn.is_available():
+        pytest.skip("no cuDNN")
+    q = torch.randn(1, 32, 256, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 1, 512, 128, device="cuda", dtype=torch.bfloat16)
+    fast_attention.chunk_attention(q, k, k)
+    assert fast_attention._use_cudnn(q), "cuDNN attention was refused for a head dim of 128 in bf16"
+
+
+def test_compiled_elementwise_kernels_match_eager_on_cuda():
+    from reference.layers import apply_rotary, rms_norm, rotary_cos_sin, silu_mul
+
+    torch.manual_seed(0)
+    for t in (17, 1024):
+        x = torch.randn(1, t, 256, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(256, device="cuda", dtype=torch.bfloat16)
+        q = torch.randn(1, 4, t, 64, device="cuda", dtype=torch.bfloat16)
+        cos, sin = rotary_cos_sin(9, t, 64, 10000.0, torch.bfloat16, torch.device("cuda"))
+        for fn, args in ((rms_norm, (x, w, 1e-5)), (silu_mul, (x, x.flip(-1))), (apply_rotary, (q, cos, sin))):
+            torch.testing.assert_close(fn(*args).float(), fn.__wrapped__(*args).float(), atol=2e-2, rtol=2e-2)
+
+
+def _same_as_single(task: dict, tol: float) -> None:
+    from reference.testing import run_example
+    from reference.transport import run_in_threads
+
+    # The single-process reference first: it also compiles the fused kernels before threads use them.
+    want = run_example({**task, "scheme": "single", "chunks": [len(task["ids"])], "fuse": False}, None)
+    got = run_in_threads(len(task["chunks"]), lambda t: run_example(task, t), timeout_s=120)[-1]
+    for name in ("k", "v"):
+        for layer, (g, w) in enumerate(zip(got[name], want[name], strict=True)):
+            assert g.shape == w.shape
+            scale = max(1.0, float(np.abs(w).max()))
+            assert np.abs(g - w).max() <= tol * scale, f"{name} of layer {layer}"
+    scale = max(1.0, float(np.abs(want["logits"]).max()))
+    assert np.abs(got["logits"] - want["logits"]).max() <= tol * scale, "first-token logits"
+
+
+@pytest.mark.parametrize("scheme", ["kvr", "tsp"])
+def test_scheme_matches_single_on_cuda_fp32(scheme):
+    from strategies import prefill_examples
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    @settings(max_examples=25)
+    @given(prefill_examples(scheme))
+    def check(task):
+        _same_as_single({**task, "device": "cuda", "dtype": "float32"}, 1e-4)
+
+    check()
+
+
+@pytest.mark.parametrize("scheme, chunks", [("kvr", [300, 150, 61]), ("tsp", [171, 170, 170]),
+                                            ("kvr", [64, 64, 64, 64])])
+@pytest.mark.parametrize("name", ["tiny-llama-gqa", "tiny-falcon", "tiny-falcon-40b"])
+def test_scheme_matches_single_on_cuda_bf16_fused(scheme, chunks, name):
+    """The timed configuration: bf16, fused GEMMs, cuDNN attention with a past, compiled kernels."""
+    from sim.model import ModelSpec
+
+    spec = ModelSpec.preset(name).replace(head_dim=64)
+    ids = torch.randint(0, spec.vocab_size, (sum(chunks),), generator=torch.Generator().manual_seed(1)).tolist()
+    _same_as_single({"spec": spec.to_dict(), "seed": 3, "scheme": scheme, "chunks": chunks, "ids": ids,
+                     "fuse": True, "device": "cuda", "dtype": "bfloat16"}, 5e-2)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama-gqa", "tiny-falcon", "tiny-falcon-40b"])
+def test_models_match_transformers_on_cuda_bf16(tmp_path, name):
+    """A transformers model saved with save_pretrained, loaded by our checkpoint loader onto the GPU in
+    bf16 and fused: the same last-position logits as transformers' own bf16 forward on the GPU."""
+    transformers = pytest.importorskip("transformers")
+    from reference.bench import hf_config
+    from reference.checkpoint import load_checkpoint
+    from reference.schemes.single import prefill
+    from sim.model import ModelSpec
+
+    spec = ModelSpec.preset(name).replace(head_dim=64)
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(hf_config(spec, torch.float32))
+    hf.save_pretrained(tmp_path)
+    hf = hf.to("cuda", torch.bfloat16).eval()
+    ours = load_checkpoint(str(tmp_path), None, "cuda", torch.bfloat16).fuse_()
+    ids = torch.randint(0, spec.vocab_size, (1, 300), device="cuda")
+    with torch.no_grad():
+        want = hf(ids, logits_to_keep=1).logits[0, -1].float()
+        got = prefill(ours, ids).logits[0].float()
+    assert (got - want).abs().max() <= 5e-2 * max(1.0, want.abs().max().item())
+
+
+def test_bench_profile_and_replay_run_on_cuda(tmp_path):
+    from reference.bench import main as bench_main
+    from reference.profile import main as profile_main
+    from reference.replay import main as replay_main
+
+    out = tmp_path / "bench.json"
+    assert bench_main(["--models", "tiny-llama-gqa,tiny-falcon", "--dtypes", "bf16", "--contexts", "256,512",
+                       "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["prefill"]
+    assert {(r["impl"], r["model"], r["context"]) for r in rows} == {
+        (i, m, c) for i in ("ours", "transformers") for m in ("tiny-llama-gqa", "tiny-falcon") for c in (256, 512)}
+    assert all(r["ttft_s"] > 0 for r in rows)
+
+    prof = tmp_path / "profile.json"
+    assert profile_main(["--model", "tiny-llama", "--device", "cuda", "--dtype", "bf16", "--grid", "small",
+                         "--repeat", "2", "--out", str(prof)]) == 0
+    doc = json.loads(prof.read_text())
+    assert doc["timer"] == "cuda-events" and doc["device_type"] == "cuda"
+    assert all(e["median_s"] > 0 for comp in doc["components"].values() for e in comp)
+
+    scenario = tmp_path / "s.yaml"
+    scenario.write_text(f"""\
+name: gpu-replay
+models: [tiny-llama]
+hardware: {{profile: {prof}, dtype: bf16}}
+clusters: [{{name: u, kind: uniform, gpus: 2, bandwidth_gb_per_s: 100}}]
+workload: {{contexts: [64], gpus: [2], schemes: [tsp, kvr-e]}}
+""")
+    rep = tmp_path / "replay.json"
+    assert replay_main([str(scenario), "--device", "cuda", "--out", str(rep), "--repeat", "2"]) == 0
+    entries = json.loads(rep.read_text())["replays"]
+    assert [(e["scheme"], e["rank"]) for e in entries] == [("tsp", 0), ("tsp", 1), ("kvr-e", 0), ("kvr-e", 1)]
+    assert all(e["median_s"] > 0 for e in entries)
