@@ -19,9 +19,9 @@ runtime's own modules (layer 0 of a seeded random model built by ``reference.che
 - ``layer``: a whole decoder layer (``Block.forward`` with a local KV-cache holding a past), a check
   that the parts add up to the whole.
 
-Timing: CUDA events around each call after a synchronisation (``--device cuda``), else
-``time.perf_counter``; ``--warmup`` untimed calls, then ``--repeat`` samples per grid point, median
-kept. Grid points listed in the grid's ``held_out`` are measured like the others but flagged, so the
+Timing: on CUDA, CUDA events around back-to-back calls lasting about ``--steady-ms`` (the steady-state
+cost of a component inside a forward pass, see ``make_timer``); on CPUs ``time.perf_counter`` around
+one call; ``--warmup`` untimed calls, then ``--repeat`` samples per grid point, median kept. Grid points listed in the grid's ``held_out`` are measured like the others but flagged, so the
 simulator can fit without them and report how well it predicts them (``python -m sim.profile``).
 Schema: docs/validation.md. References: PyTorch CUDA events; Vidur's operator profiling.
 """
@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=7, help="samples per grid point (default 7)")
     p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1, as a cluster rank)")
+    p.add_argument("--steady-ms", type=float, default=5.0,
+                   help="CUDA: each sample times back-to-back calls lasting about this long, the "
+                        "steady-state cost inside a forward pass (default 5; 0: one call per sample)")
     p.add_argument("--max-keys", type=int, default=None, help="skip attention points with more keys")
     return p
 
@@ -96,30 +99,44 @@ def speed_probe_s(repeat: int = 9) -> float:
         torch.set_num_threads(threads)
 
 
-def make_timer(device, warmup: int, repeat: int) -> Callable[[Callable[[], object]], list[float]]:
-    """A function that times ``fn()``: ``warmup`` untimed calls, then ``repeat`` samples in seconds."""
+def make_timer(device, warmup: int, repeat: int,
+               steady_s: float | None = None) -> Callable[[Callable[[], object]], list[float]]:
+    """A function that times ``fn()``: ``warmup`` untimed calls, then ``repeat`` samples in seconds.
+
+    On CUDA with ``steady_s``, a sample is the mean of n back-to-back calls between two events, n
+    chosen so a sample lasts about ``steady_s`` (at most 64 calls). That is a component's cost inside
+    a forward pass, where the host enqueues the next kernels while the GPU runs the last ones: the
+    larger of its host (launch) time and its GPU time. One call after a synchronisation would add the
+    two, which is right for a whole rank (``reference.replay``) but not for the parts of a layer the
+    simulator sums (docs/validation.md, "Steady-state component timing")."""
     import torch
 
     cuda = device.type == "cuda"
 
+    def one(fn, n: int) -> float:
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(n):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / n
+
     def timer(fn: Callable[[], object]) -> list[float]:
         for _ in range(warmup):
             fn()
-        samples = []
-        for _ in range(repeat):
-            if cuda:
-                torch.cuda.synchronize(device)
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                samples.append(start.elapsed_time(end) / 1e3)
-            else:
+        if not cuda:
+            samples = []
+            for _ in range(repeat):
                 t0 = time.perf_counter()
                 fn()
                 samples.append(time.perf_counter() - t0)
-        return samples
+            return samples
+        n = 1
+        if steady_s:
+            n = max(1, min(64, round(steady_s / max(one(fn, 1), 1e-6))))
+        return [one(fn, n) for _ in range(repeat)]
     return timer
 
 
@@ -253,7 +270,7 @@ def profile(args: argparse.Namespace, say=print) -> dict:
     spec, model, source = load_model(args.model, device, DTYPES[args.dtype], seed=0)
     model.fuse_()
     parts = Parts(model, spec, device, DTYPES[args.dtype])
-    base_timer = make_timer(device, args.warmup, args.repeat)
+    base_timer = make_timer(device, args.warmup, args.repeat, steady_s=args.steady_ms / 1e3)
     cpu = device.type == "cpu"
     probes: list[float] = []
 
@@ -285,6 +302,7 @@ def profile(args: argparse.Namespace, say=print) -> dict:
         "model_source": source, "dtype": args.dtype, "device": _device_name(device),
         "device_type": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else None,
         "timer": "cuda-events" if device.type == "cuda" else "perf_counter",
+        "steady_ms": args.steady_ms if device.type == "cuda" else None,
         "torch_version": torch.__version__, "cuda_version": torch.version.cuda,
         "python_version": platform.python_version(), "host": platform.node(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,

@@ -22,3 +22,23 @@ def test_fused_functions_trace_and_match_eager():
             compiled = torch.compile(eager, dynamic=True, fullgraph=True)
             torch.testing.assert_close(compiled(*args), eager(*args), rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(fn(*args), eager(*args), rtol=0, atol=0)  # CPU: eager path
+
+
+def test_attention_merge_traces_and_matches_attention_over_all_keys():
+    """The log-sum-exp merge (compiled on CUDA) of two partial attentions equals attention over the
+    union of their keys."""
+    import math
+
+    from reference.fast_attention import merge_partials
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(1, 2, 5, 8, generator=g), torch.randn(1, 2, 9, 8, generator=g), torch.randn(1, 2, 9, 8, generator=g)
+
+    def part(ks, vs):
+        s = q @ ks.transpose(-1, -2) / math.sqrt(8)
+        return torch.softmax(s, -1) @ vs, torch.logsumexp(s, -1)
+    (o1, l1), (o2, l2) = part(k[:, :, :4], v[:, :, :4]), part(k[:, :, 4:], v[:, :, 4:])
+    want = part(k, v)[0]
+    compiled = torch.compile(merge_partials.__wrapped__, dynamic=True, fullgraph=True)
+    torch.testing.assert_close(compiled(o1, l1, o2, l2), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(merge_partials(o1, l1, o2, l2), want, rtol=1e-5, atol=1e-6)
