@@ -1,7 +1,7 @@
 """Per-rank replays: each rank's share of a scenario's ``tsp``/``kvr`` partitions run alone on one device.
 
     python -m reference.replay SCENARIO.yaml --device cpu|cuda --out results/cpu/replay-NAME.json \\
-        [--warmup 2] [--repeat 5] [--threads 1]
+        [--schemes NAME,...] [--warmup 2] [--repeat 5] [--threads 1]
 
 For every model, GPU count, context and ``tsp``/``kvr`` scheme of the scenario, the partition is the
 simulator's (``sim.partition.plan(job)``; a searched ``kvr-s`` partition may differ between clusters,
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("scenario", help="scenario YAML whose tsp/kvr jobs to replay")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", required=True, help="results JSON path")
+    p.add_argument("--schemes", help="replay only these scheme names of the scenario (comma-separated)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1, as a cluster rank)")
@@ -89,7 +90,13 @@ def replay(args: argparse.Namespace, say=print) -> dict:
     cpu = device.type == "cpu"
     models, entries = {}, []
     with torch.no_grad():
+        only = set(args.schemes.split(",")) if args.schemes else None
+        unknown = sorted((only or set()) - {s.name for s in scenario.schemes})
+        if unknown:
+            raise ProfileError(f"--schemes: {', '.join(unknown)} not in {args.scenario}")
         for job, chunks in replay_jobs(scenario):
+            if only is not None and job.scheme.name not in only:
+                continue
             name = job.model.name
             if name not in models:
                 models[name] = (job.model, random_model(job.model, 0, device, dtype).fuse_())

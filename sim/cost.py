@@ -58,6 +58,17 @@ class CostModel(Protocol):
     def attention_s(self, queries: int, keys: int, pairs: float) -> float: ...
     def post_attention_s(self, tokens: int) -> float: ...
     def head_s(self) -> float: ...
+    # Optional: the least time one decoder layer takes however little it computes (a GPU whose host
+    # cannot issue kernels faster); 0 when absent. See ``host_wait``.
+
+
+def host_wait(cost: "CostModel", *layer_parts_s: float) -> list[tuple[str, float]]:
+    """The ("host", s) piece that pads a layer whose parts sum to less than the cost model's per-layer
+    floor (``layer_floor_s``), or nothing. A profiled GPU runs small chunks at the rate its host issues
+    kernels, which the separately timed parts do not show (docs/validation.md, "Host-bound layers")."""
+    floor = getattr(cost, "layer_floor_s", None)
+    wait = (floor() if floor else 0.0) - sum(layer_parts_s)
+    return [("host", wait)] if wait > 0 else []
 
 
 @dataclass(frozen=True)

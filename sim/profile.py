@@ -29,6 +29,7 @@ import bisect
 import json
 import math
 import os
+import statistics
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -108,6 +109,12 @@ class ProfileCost:
             raise ProfileError(f"profile {self.path or '?'}: attention grid is not rectangular; missing "
                                f"(queries, past) {missing[:4]}")
         sq = sorted(square.items())
+        floor = 0.0
+        layers = [e for e in comps.get("layer", []) if use(e)]
+        if self.profile.get("device_type") == "cuda" and layers:
+            smallest = min(e["tokens"] for e in layers)
+            floor = statistics.median(self.seconds(e) for e in layers if e["tokens"] == smallest)
+        object.__setattr__(self, "_floor", floor)
         object.__setattr__(self, "_lines", lines)
         object.__setattr__(self, "_square", ([math.log(c) for (c, _), _ in sq], [y for _, y in sq]))
         object.__setattr__(self, "_rect", ([math.log(c) for c in cs], [math.log(p) for p in ps], rect, cs, ps))
@@ -178,6 +185,12 @@ class ProfileCost:
 
     def head_s(self) -> float:
         return self.seconds(self.profile["components"]["head"][0]) * self.speed_factor
+
+    def layer_floor_s(self) -> float:
+        """GPU profiles: the median whole-layer time at the grid's smallest chunk, the rate at which
+        the host issues a layer's kernels (a layer is never faster, whatever its parts add up to);
+        0 for CPU profiles, where host and compute are one. docs/validation.md, "Host-bound layers"."""
+        return self._floor * self.speed_factor
 
     # ----- checks ---------------------------------------------------------------------------------
     def layer_s(self, tokens: int, keys: int) -> float:

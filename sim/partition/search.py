@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..cost import CostModel, causal_pairs
+from ..cost import CostModel, causal_pairs, host_wait
 from . import JOB_PARTITIONERS, PartitionError, Plan, chain, even, round_fractions
 from .order import chain_order, ring_order
 
@@ -53,8 +53,9 @@ def layer_compute_s(cost: CostModel, rank: int, tokens: float, before: float) ->
     """Per-layer compute of kvr rank ``rank`` holding ``tokens`` tokens after ``before`` earlier ones
     (real-valued token counts are fine for the analytic cost model)."""
     keys = before + tokens
-    return (cost.pre_attention_s(tokens) + (cost.kv_copy_s(keys) if rank > 0 else 0.0)
-            + cost.attention_s(tokens, keys, causal_pairs(tokens, keys)) + cost.post_attention_s(tokens))
+    parts = (cost.pre_attention_s(tokens) + (cost.kv_copy_s(keys) if rank > 0 else 0.0)
+             + cost.attention_s(tokens, keys, causal_pairs(tokens, keys)) + cost.post_attention_s(tokens))
+    return parts + sum(s for _, s in host_wait(cost, parts))
 
 
 def balanced(context: int, parts: int, cost: CostModel) -> list[float]:

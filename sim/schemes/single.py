@@ -1,7 +1,7 @@
 """single: one GPU prefills the whole context. The baseline every parallel scheme is measured against."""
 from __future__ import annotations
 
-from ..cost import causal_pairs
+from ..cost import causal_pairs, host_wait
 
 
 def rank(sim, r: int, chunks: list[int]):
@@ -9,11 +9,12 @@ def rank(sim, r: int, chunks: list[int]):
     the LM head on the last token."""
     (context,) = chunks
     cost = sim.cost
+    qkv_s, mlp_s = cost.pre_attention_s(context), cost.post_attention_s(context)
+    attention_s = cost.attention_s(context, context, causal_pairs(context, context))
+    host = host_wait(cost, qkv_s, attention_s, mlp_s)
     yield from sim.compute(r, None, ("embed", cost.embed_s(context)))
     for layer in range(sim.num_layers):
-        yield from sim.compute(r, layer, ("qkv", cost.pre_attention_s(context)))
-        yield from sim.compute(r, layer,
-                               ("attention", cost.attention_s(context, context, causal_pairs(context, context))),
-                               ("mlp", cost.post_attention_s(context)))
+        yield from sim.compute(r, layer, ("qkv", qkv_s))
+        yield from sim.compute(r, layer, ("attention", attention_s), ("mlp", mlp_s), *host)
     yield from sim.compute(r, None, ("head", cost.head_s()))
     sim.first_token()

@@ -3,7 +3,7 @@ See docs/design.md, "Scheme semantics".
 """
 from __future__ import annotations
 
-from ..cost import causal_pairs
+from ..cost import causal_pairs, host_wait
 
 
 def rank(sim, r: int, chunks: list[int], attention: str = "causal"):
@@ -21,11 +21,12 @@ def rank(sim, r: int, chunks: list[int], attention: str = "causal"):
     chunk_bytes = max(chunks) * sim.kv_bytes_per_token
     pad = [("kv-pad", cost.kv_copy_s(max(chunks)))] if c < max(chunks) else []
     concat_s = cost.kv_copy_s(keys)
+    host = host_wait(cost, qkv_s, attention_s, mlp_s, concat_s, *(s for _, s in pad))
     yield from sim.compute(r, None, ("embed", cost.embed_s(c)))
     for layer in range(sim.num_layers):
         yield from sim.compute(r, layer, ("qkv", qkv_s), *pad)
         yield sim.all_gather(layer, chunk_bytes)
-        yield from sim.compute(r, layer, ("kv-cat", concat_s), ("attention", attention_s), ("mlp", mlp_s))
+        yield from sim.compute(r, layer, ("kv-cat", concat_s), ("attention", attention_s), ("mlp", mlp_s), *host)
     if r == last:
         yield from sim.compute(r, None, ("head", cost.head_s()))
         sim.first_token()
