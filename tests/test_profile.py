@@ -107,3 +107,48 @@ def test_a_scenario_uses_its_profile_and_checks_it(tmp_path):
         load(_scenario(tmp_path, profile=str(prof), dtype="fp32"))
     with pytest.raises(ScenarioError, match=r"hardware: needs `gpu` \(analytic costs\) or `profile`"):
         load(_scenario(tmp_path, dtype="fp32"))
+
+
+def _with_layers(doc: dict, device_type: str, floor_s: float) -> dict:
+    """``doc`` with whole-layer points: at the smallest chunk (8 tokens) the layer takes ``floor_s``."""
+    layers = [{"tokens": 8, "keys": 8, "held_out": False, "median_s": floor_s},
+              {"tokens": 8, "keys": 40, "held_out": False, "median_s": floor_s},
+              {"tokens": 32, "keys": 32, "held_out": False, "median_s": 1.0}]
+    return {**doc, "device_type": device_type, "components": {**doc["components"], "layer": layers}}
+
+
+def test_gpu_profiles_floor_each_layer_at_the_host_rate_in_every_scheme():
+    """A GPU profile's whole-layer time at its smallest chunk is a per-layer floor (the host issues a
+    layer no faster): every scheme pads a cheaper layer to it, the kvr closed form agrees with SimPy,
+    and CPU profiles have no floor."""
+    import dataclasses
+
+    from sim.cluster import ClusterSpec
+    from sim.partition.chain import chain_ttft_s, exact_for
+    from sim.schemes import SchemeSpec
+    from sim.simulate import Job, simulate
+
+    floor = 1e-3  # far above any layer's parts at these sizes (tens of microseconds)
+    gpu = ProfileCost(_with_layers(synthetic(), "cuda", floor))
+    assert gpu.layer_floor_s() == pytest.approx(floor)
+    assert ProfileCost(_with_layers(synthetic(), "cpu", floor)).layer_floor_s() == 0.0
+    assert gpu.scaled(2.0).layer_floor_s() == pytest.approx(2 * floor)
+
+    cluster = ClusterSpec.uniform("u", 4, 100e9, 1e-6)
+    base = Job(model=SPEC, gpu=None, dtype="fp32", cluster=cluster, scheme=SchemeSpec(name="single", kind="single"),
+               context=32, num_gpus=1, cost_model=gpu)
+    layers = SPEC.num_layers
+    for kind, n in (("single", 1), ("tsp", 4), ("kvr", 4)):
+        job = dataclasses.replace(base, scheme=SchemeSpec(name=kind, kind=kind), num_gpus=n)
+        result = simulate(job)
+        hosts = [s for s in result.segments if s.op == "host"]
+        assert len(hosts) == n * layers, kind
+        for rank in result.ranks:  # every layer costs exactly the floor: parts plus the host pad
+            assert rank.busy_s == pytest.approx(layers * floor + sum(
+                s.end_s - s.start_s for s in result.segments if s.rank == rank.rank and s.layer is None))
+        if kind == "kvr":
+            gpus = list(range(n))
+            assert exact_for(job, gpus)
+            assert chain_ttft_s(job, result.chunks, gpus) == pytest.approx(result.ttft_s, rel=1e-9)
+    cpu_job = dataclasses.replace(base, cost_model=ProfileCost(_with_layers(synthetic(), "cpu", floor)))
+    assert not [s for s in simulate(cpu_job).segments if s.op == "host"]
