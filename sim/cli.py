@@ -110,7 +110,13 @@ def compare_measured(scenario: Scenario, table, out_dir: str | None) -> None:
         print(f"wrote {path}", file=sys.stderr)
     if scenario.measured.replays:  # each rank's compute run alone, against its simulated busy time
         from . import replay
-        sys.stdout.write(replay.text(replay.compare(scenario, replay.load(list(scenario.measured.replays)))) + "\n")
+        rows = replay.compare(scenario, replay.load(list(scenario.measured.replays)))
+        sys.stdout.write(replay.text(rows) + "\n")
+        plots = [p for p in (scenario.measured.plot, out_dir and os.path.join(out_dir, "validation.png")) if p]
+        for path in plots if rows else []:  # beside the TTFT plot: NAME-replays.png
+            path = os.path.splitext(path)[0] + "-replays.png"
+            replay.plot(rows, scenario.name, path)
+            print(f"wrote {path}", file=sys.stderr)
 
 
 def write_outputs(scenario: Scenario, table, timelines: list[Job], out_dir: str) -> None:

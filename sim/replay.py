@@ -123,6 +123,24 @@ def text(rows: list[ReplayRow]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[ReplayRow], title: str, path: str) -> None:
+    """Each replayed rank's simulated against measured compute (log axes), one marker per scheme, one
+    colour per model."""
+    from .validate import scatter_plot
+
+    models = list(dict.fromkeys(r.model for r in rows))
+    schemes = list(dict.fromkeys(r.scheme for r in rows))
+    groups = {}
+    for ci, model in enumerate(models):
+        for si, scheme in enumerate(schemes):
+            pts = [r for r in rows if r.model == model and r.scheme == scheme]
+            if pts:
+                groups[(si, ci, f"{scheme}, {model}")] = ([r.measured_s * 1e3 for r in pts],
+                                                          [r.simulated_s * 1e3 for r in pts])
+    scatter_plot(groups, f"{title} per-rank replays: MAPE {mape(rows) * 100:.1f}% over {len(rows)} ranks",
+                 "rank compute", path, log=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m sim.replay SCENARIO.yaml RESULTS.json...``: the per-rank table and MAPE."""
     import sys

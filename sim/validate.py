@@ -277,39 +277,57 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
     return "\n".join(lines) + "\n"
 
 
-def plot(comparisons: list[Comparison], title: str, path: str) -> None:
-    """Simulated against measured TTFT, one marker per scheme, one colour per cluster, the ideal line."""
+def scatter_plot(groups: dict[tuple[int, int, str], tuple[list[float], list[float]]], title: str, what: str,
+                 path: str, log: bool = False) -> None:
+    """Simulated against measured milliseconds: ``groups`` maps (marker index, colour index, label) to
+    (measured, simulated) lists; the ideal line and a +-10% band."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    clusters = sorted({c.row.job.cluster.name for c in comparisons})
-    schemes = sorted({c.row.job.scheme.name for c in comparisons})
     markers = "osD^v<>P*X"
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for ci, cluster in enumerate(clusters):
-        for si, scheme in enumerate(schemes):
-            pts = [c for c in comparisons if c.row.job.cluster.name == cluster and c.row.job.scheme.name == scheme]
-            if pts:
-                ax.scatter([c.measured.ttft_s * 1e3 for c in pts], [c.simulated_s * 1e3 for c in pts],
-                           marker=markers[si % len(markers)], color=colours[ci % len(colours)],
-                           label=f"{scheme}, {cluster}", s=36)
-    values = [v for c in comparisons for v in (c.measured.ttft_s * 1e3, c.simulated_s * 1e3)]
+    for (mi, ci, label), (measured, simulated) in groups.items():
+        ax.scatter(measured, simulated, marker=markers[mi % len(markers)], color=colours[ci % len(colours)],
+                   label=label, s=36 if not log else 14, alpha=1.0 if not log else 0.7)
+    values = [v for m, s in groups.values() for v in (*m, *s)]
     lo, hi = min(values) * 0.85, max(values) * 1.15
     ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="ideal (simulated = measured)")
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
+    if log:
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(ScalarFormatter())
+            axis.set_minor_formatter(NullFormatter())
     ax.set_xlim(lo, hi)
     ax.set_ylim(lo, hi)
-    ax.set_xlabel("measured TTFT (ms)")
-    ax.set_ylabel("simulated TTFT (ms)")
-    ax.set_title(f"{title}: MAPE {mape(comparisons):.1f}% over {len(comparisons)}")
+    ax.set_xlabel(f"measured {what} (ms)")
+    ax.set_ylabel(f"simulated {what} (ms)")
+    ax.set_title(title)
     ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot(comparisons: list[Comparison], title: str, path: str) -> None:
+    """Simulated against measured TTFT, one marker per scheme, one colour per cluster, the ideal line."""
+    clusters = sorted({c.row.job.cluster.name for c in comparisons})
+    schemes = sorted({c.row.job.scheme.name for c in comparisons})
+    groups = {}
+    for ci, cluster in enumerate(clusters):
+        for si, scheme in enumerate(schemes):
+            pts = [c for c in comparisons if c.row.job.cluster.name == cluster and c.row.job.scheme.name == scheme]
+            if pts:
+                groups[(si, ci, f"{scheme}, {cluster}")] = ([c.measured.ttft_s * 1e3 for c in pts],
+                                                            [c.simulated_s * 1e3 for c in pts])
+    scatter_plot(groups, f"{title}: MAPE {mape(comparisons):.1f}% over {len(comparisons)}", "TTFT", path)
 
 
 class _BufferedRing:
