@@ -31,6 +31,11 @@ class DeviceError(ValueError):
     """A device that this machine does not have."""
 
 
+# NVLink SHARP / multicast off in NCCL, PyTorch and NVSHMEM: the schemes need no in-switch reductions,
+# and on shared multi-GPU hosts a program using multicast can take the host's GPUs out of service.
+NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
 def pick_device(choice: str, local_rank: int, local_world: int) -> torch.device:
     """cuda:LOCAL_RANK when every local rank has its own GPU (or --device cuda), else cpu."""
     has_gpu = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
@@ -63,6 +68,8 @@ def measure(args: Namespace, rank: int, world: int, local_rank: int, local_world
         raise DeviceError(f"--backend {backend} does not run on device {device}")
     if cuda:
         torch.cuda.set_device(device)
+        for name, value in NO_MULTICAST.items():  # unless the user set them otherwise
+            os.environ.setdefault(name, value)
     else:  # ranks sharing a CPU share its cores
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
     if "MASTER_ADDR" in os.environ:
