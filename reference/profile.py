@@ -21,7 +21,8 @@ runtime's own modules (layer 0 of a seeded random model built by ``reference.che
 
 Timing: on CUDA, CUDA events around back-to-back calls lasting about ``--steady-ms`` (the steady-state
 cost of a component inside a forward pass, see ``make_timer``); on CPUs ``time.perf_counter`` around
-one call; ``--warmup`` untimed calls, then ``--repeat`` samples per grid point, median kept. Grid points listed in the grid's ``held_out`` are measured like the others but flagged, so the
+one call; ``--warmup`` untimed calls, then ``--repeat`` samples per grid point, median kept. Grid
+points listed in the grid's ``held_out`` are measured like the others but flagged, so the
 simulator can fit without them and report how well it predicts them (``python -m sim.profile``).
 Schema: docs/validation.md. References: PyTorch CUDA events; Vidur's operator profiling.
 """

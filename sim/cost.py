@@ -62,12 +62,18 @@ class CostModel(Protocol):
     # cannot issue kernels faster); 0 when absent. See ``host_wait``.
 
 
-def host_wait(cost: "CostModel", *layer_parts_s: float) -> list[tuple[str, float]]:
-    """The ("host", s) piece that pads a layer whose parts sum to less than the cost model's per-layer
-    floor (``layer_floor_s``), or nothing. A profiled GPU runs small chunks at the rate its host issues
-    kernels, which the separately timed parts do not show (docs/validation.md, "Host-bound layers")."""
+def host_wait_s(cost: "CostModel", *layer_parts_s: float) -> float:
+    """Seconds a layer whose parts sum to less than the cost model's per-layer floor
+    (``layer_floor_s``) waits for the host, else 0. A profiled GPU runs small chunks at the rate its
+    host issues kernels, which the separately timed parts do not show (docs/validation.md,
+    "Host-bound layers")."""
     floor = getattr(cost, "layer_floor_s", None)
-    wait = (floor() if floor else 0.0) - sum(layer_parts_s)
+    return max(0.0, (floor() if floor else 0.0) - sum(layer_parts_s))
+
+
+def host_wait(cost: "CostModel", *layer_parts_s: float) -> list[tuple[str, float]]:
+    """``host_wait_s`` as the ("host", s) piece a scheme appends to a layer's compute, or nothing."""
+    wait = host_wait_s(cost, *layer_parts_s)
     return [("host", wait)] if wait > 0 else []
 
 

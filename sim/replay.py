@@ -128,16 +128,8 @@ def plot(rows: list[ReplayRow], title: str, path: str) -> None:
     colour per model."""
     from .validate import scatter_plot
 
-    models = list(dict.fromkeys(r.model for r in rows))
-    schemes = list(dict.fromkeys(r.scheme for r in rows))
-    groups = {}
-    for ci, model in enumerate(models):
-        for si, scheme in enumerate(schemes):
-            pts = [r for r in rows if r.model == model and r.scheme == scheme]
-            if pts:
-                groups[(si, ci, f"{scheme}, {model}")] = ([r.measured_s * 1e3 for r in pts],
-                                                          [r.simulated_s * 1e3 for r in pts])
-    scatter_plot(groups, f"{title} per-rank replays: MAPE {mape(rows) * 100:.1f}% over {len(rows)} ranks",
+    points = [(r.scheme, r.model, r.measured_s * 1e3, r.simulated_s * 1e3) for r in rows]
+    scatter_plot(points, f"{title} per-rank replays: MAPE {mape(rows) * 100:.1f}% over {len(rows)} ranks",
                  "rank compute", path, log=True)
 
 

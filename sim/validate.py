@@ -277,10 +277,11 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
     return "\n".join(lines) + "\n"
 
 
-def scatter_plot(groups: dict[tuple[int, int, str], tuple[list[float], list[float]]], title: str, what: str,
-                 path: str, log: bool = False) -> None:
-    """Simulated against measured milliseconds: ``groups`` maps (marker index, colour index, label) to
-    (measured, simulated) lists; the ideal line and a +-10% band."""
+def scatter_plot(points: list[tuple[str, str, float, float]], title: str, what: str, path: str,
+                 log: bool = False) -> None:
+    """Simulated against measured milliseconds, the ideal line and a +-10% band. ``points`` are
+    (marker label, colour label, measured ms, simulated ms): one marker per marker label (a scheme),
+    one colour per colour label (a cluster, a model), each in sorted order."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -288,10 +289,14 @@ def scatter_plot(groups: dict[tuple[int, int, str], tuple[list[float], list[floa
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     markers = "osD^v<>P*X"
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for (mi, ci, label), (measured, simulated) in groups.items():
-        ax.scatter(measured, simulated, marker=markers[mi % len(markers)], color=colours[ci % len(colours)],
-                   label=label, s=36 if not log else 14, alpha=1.0 if not log else 0.7)
-    values = [v for m, s in groups.values() for v in (*m, *s)]
+    for ci, colour in enumerate(sorted({p[1] for p in points})):
+        for mi, marker in enumerate(sorted({p[0] for p in points})):
+            pts = [p for p in points if p[:2] == (marker, colour)]
+            if pts:
+                ax.scatter([p[2] for p in pts], [p[3] for p in pts], marker=markers[mi % len(markers)],
+                           color=colours[ci % len(colours)], label=f"{marker}, {colour}",
+                           s=36 if not log else 14, alpha=1.0 if not log else 0.7)
+    values = [v for p in points for v in p[2:]]
     lo, hi = min(values) * 0.85, max(values) * 1.15
     ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="ideal (simulated = measured)")
     ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
@@ -318,16 +323,9 @@ def scatter_plot(groups: dict[tuple[int, int, str], tuple[list[float], list[floa
 
 def plot(comparisons: list[Comparison], title: str, path: str) -> None:
     """Simulated against measured TTFT, one marker per scheme, one colour per cluster, the ideal line."""
-    clusters = sorted({c.row.job.cluster.name for c in comparisons})
-    schemes = sorted({c.row.job.scheme.name for c in comparisons})
-    groups = {}
-    for ci, cluster in enumerate(clusters):
-        for si, scheme in enumerate(schemes):
-            pts = [c for c in comparisons if c.row.job.cluster.name == cluster and c.row.job.scheme.name == scheme]
-            if pts:
-                groups[(si, ci, f"{scheme}, {cluster}")] = ([c.measured.ttft_s * 1e3 for c in pts],
-                                                            [c.simulated_s * 1e3 for c in pts])
-    scatter_plot(groups, f"{title}: MAPE {mape(comparisons):.1f}% over {len(comparisons)}", "TTFT", path)
+    points = [(c.row.job.scheme.name, c.row.job.cluster.name, c.measured.ttft_s * 1e3, c.simulated_s * 1e3)
+              for c in comparisons]
+    scatter_plot(points, f"{title}: MAPE {mape(comparisons):.1f}% over {len(comparisons)}", "TTFT", path)
 
 
 class _BufferedRing:
