@@ -99,7 +99,8 @@ def test_more_ranks_than_tokens_under_torchrun():
                 "--scheme", "kvr", "--context", "2"], timeout=60)
     assert proc.returncode != 0
     ours = [line for line in proc.stderr.splitlines() if line.startswith("reference.launch: error:")]
-    assert ours == ["reference.launch: error: 3 ranks for 2 tokens: every rank needs at least one token"]
+    assert ours == ["reference.launch: error: 3 ranks for 2 tokens: every rank needs at least one token"], \
+        (proc.returncode, proc.stderr[-3000:])
 
 
 @pytest.fixture
