@@ -1,14 +1,15 @@
 """Single-process prefill TTFT: our runtime against transformers, and chunk-attention kernels.
 
     python -m reference.bench [--models llama-2-7b,falcon-7b] [--dtypes bf16,fp16]
-                              [--contexts 1024,...,32768] [--no-hf] [--attention] [--out FILE]
+                              [--contexts 1024,...,32768] [--no-hf] [--eager] [--attention] [--out FILE]
 
 For each model, dtype and context it times our ``single`` prefill and transformers'
 ``LlamaForCausalLM`` / ``FalconForCausalLM`` built from the same shapes (random weights; TTFT depends
 on shapes, not values) in the same run, and prints TTFT, achieved TFLOP/s, peak memory and our time
 over transformers'. FLOPs follow ``ModelSpec.prefill_flops``: 2 x linear weights per token, causal
 attention as half the square (4*hd*nh per kept query-key pair), the LM head on the last token.
-``--attention`` times ``chunk_attention`` (c queries against k keys, causal at the bottom right, the
+``--eager`` also times our prefill with CUDA graphs off (``KVR_CUDA_GRAPHS=0``, rows ``ours-eager``),
+so the graphs' gain on small chunks shows as a ratio measured in the same run. ``--attention`` times ``chunk_attention`` (c queries against k keys, causal at the bottom right, the
 call ``kvr`` and ``tsp`` ranks make) against PyTorch's flash attention at several (c, k) points.
 
 TTFT here: input ids already on the device; CUDA events around the prefill up to the argmax of the
@@ -89,8 +90,22 @@ def _transformers(spec: ModelSpec, dtype: torch.dtype):
 
 def bench_prefill(impl: str, spec: ModelSpec, dtype_name: str, contexts: list[int],
                   warmup: int, repeat: int) -> list[dict[str, Any]]:
+    """Rows for ``impl``: "ours", "ours-eager" (CUDA graphs off) or "transformers"."""
     dtype = DTYPES[dtype_name]
-    model, run = (_ours if impl == "ours" else _transformers)(spec, dtype)
+    model, run = (_transformers if impl == "transformers" else _ours)(spec, dtype)
+    if impl == "ours-eager":
+        ours = run
+
+        def run(ids):
+            saved = os.environ.get("KVR_CUDA_GRAPHS")
+            os.environ["KVR_CUDA_GRAPHS"] = "0"
+            try:
+                return ours(ids)
+            finally:
+                if saved is None:
+                    del os.environ["KVR_CUDA_GRAPHS"]
+                else:
+                    os.environ["KVR_CUDA_GRAPHS"] = saved
     rows = []
     gen = torch.Generator(device="cuda").manual_seed(0)
     for c in contexts:
@@ -158,10 +173,11 @@ def bench_attention(points, dtype: torch.dtype, warmup: int, repeat: int) -> lis
 
 
 def summary(rows: list[dict[str, Any]], peak_tflops: float) -> str:
-    """One line per (model, dtype, context): ours, transformers, ratio, % of peak."""
+    """One line per (model, dtype, context): ours, transformers, ratio, % of peak, and our eager
+    (no CUDA graphs) time over ours where it was measured."""
     by = {(r["model"], r["dtype"], r["context"], r["impl"]): r for r in rows}
     lines = [f"{'model':>11} {'dtype':>5} {'context':>7} | {'ours ms':>9} {'TFLOP/s':>7} {'%peak':>5} "
-             f"{'GiB':>5} | {'HF ms':>9} {'TFLOP/s':>7} {'%peak':>5} | ours/HF"]
+             f"{'GiB':>5} | {'HF ms':>9} {'TFLOP/s':>7} {'%peak':>5} | ours/HF | eager/ours"]
     for (model, dtype, c, impl), r in sorted(by.items()):
         if impl != "ours":
             continue
@@ -175,8 +191,11 @@ def summary(rows: list[dict[str, Any]], peak_tflops: float) -> str:
             return f"{x['ttft_s']*1e3:9.1f} {x['tflops']:7.0f} {100*x['tflops']/peak_tflops:5.1f}"
         ratio = (f"{r['ttft_s'] / hf['ttft_s']:.2f}" if r.get("ttft_s") and hf and hf.get("ttft_s")
                  else "-")
+        eager = by.get((model, dtype, c, "ours-eager"))
+        gain = (f"{eager['ttft_s'] / r['ttft_s']:.2f}" if r.get("ttft_s") and eager and eager.get("ttft_s")
+                else "-")
         mem = f"{r['peak_mem_gib']:5.1f}" if r.get("ttft_s") else f"{'-':>5}"
-        lines.append(f"{model:>11} {dtype:>5} {c:>7} | {cols(r)} {mem} | {cols(hf)} | {ratio}")
+        lines.append(f"{model:>11} {dtype:>5} {c:>7} | {cols(r)} {mem} | {cols(hf)} | {ratio:>7} | {gain}")
     return "\n".join(lines)
 
 
@@ -188,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
+    p.add_argument("--eager", action="store_true",
+                   help="also time our prefill with CUDA graphs off (rows 'ours-eager')")
     p.add_argument("--attention", action="store_true", help="also time chunk attention kernels")
     p.add_argument("--peak-tflops", type=float, default=798.0,
                    help="matmul peak the %%peak column divides by (798: bf16 measured on the H100)")
@@ -204,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = ModelSpec.resolve(name)
         for dt in args.dtypes.split(","):
             rows += bench_prefill("ours", spec, dt, contexts, args.warmup, args.repeat)
+            if args.eager:
+                rows += bench_prefill("ours-eager", spec, dt, contexts, args.warmup, args.repeat)
             if not args.no_hf:
                 rows += bench_prefill("transformers", spec, dt, contexts, args.warmup, args.repeat)
     attn = bench_attention(ATTENTION_POINTS, torch.bfloat16, 3, 10) if args.attention else []

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference.kvcache import KVCache
-from reference.layers import apply_rotary, attention, make_norm, rotary_cos_sin
+from reference.decoder import DecoderBlock, DecoderLM, merge_heads
+from reference.layers import apply_rotary, make_norm
 from sim.model import ModelSpec
 
 
@@ -32,18 +32,15 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(spec.hidden_size, spec.q_size + 2 * spec.kv_size, bias=spec.bias)
         self.wo = nn.Linear(spec.q_size, spec.hidden_size, bias=spec.bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
-                layer_idx: int) -> torch.Tensor:
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x (B, T, H) -> rotated q (B, nh, T, hd), rotated k and v (B, nkv, T, hd)."""
         b, t, _ = x.shape
         g = self.nh // self.nkv
         qkv = self.wqkv(x).view(b, t, self.nkv, g + 2, self.hd)
         q = qkv[:, :, :, :g].reshape(b, t, self.nh, self.hd).transpose(1, 2)  # (B, nh, T, hd)
         k = qkv[:, :, :, g].transpose(1, 2)                                     # (B, nkv, T, hd)
         v = qkv[:, :, :, g + 1].transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        k, v = cache.update(layer_idx, k, v)                                    # (B, nkv, S, hd)
-        y = attention(q, k, v)                                                  # (B, nh, T, hd)
-        return self.wo(y.transpose(1, 2).reshape(b, t, self.nh * self.hd))
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
 
 class MLP(nn.Module):
@@ -56,7 +53,7 @@ class MLP(nn.Module):
         return self.w2(F.gelu(self.w1(x)))
 
 
-class Block(nn.Module):
+class Block(DecoderBlock):
     def __init__(self, spec: ModelSpec, layer_idx: int):
         super().__init__()
         self.layer_idx, self.parallel = layer_idx, spec.parallel_attn
@@ -67,16 +64,22 @@ class Block(nn.Module):
         self.attention = Attention(spec)
         self.mlp = MLP(spec)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def pre(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
         a = self.attn_norm(x)
+        q, k, v = self.attention.qkv(a, cos, sin)
         if not self.parallel:
-            h = x + self.attention(a, cos, sin, cache, self.layer_idx)
+            return q, k, v
+        return q, k, v, (a if self.mlp_norm is None else self.mlp_norm(x))  # the MLP's normed input
+
+    def post(self, x: torch.Tensor, y: torch.Tensor, *mlp_in: torch.Tensor) -> torch.Tensor:
+        attn = self.attention.wo(merge_heads(y))
+        if not self.parallel:
+            h = x + attn
             return h + self.mlp(self.mlp_norm(h))
-        m = a if self.mlp_norm is None else self.mlp_norm(x)
-        return x + (self.mlp(m) + self.attention(a, cos, sin, cache, self.layer_idx))
+        return x + (self.mlp(mlp_in[0]) + attn)
 
 
-class Falcon(nn.Module):
+class Falcon(DecoderLM):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         assert spec.family == "falcon", spec.family
@@ -91,12 +94,3 @@ class Falcon(nn.Module):
     def fuse_(self) -> "Falcon":
         """Nothing to do: Falcon's checkpoint already stores Q, K and V as one fused weight."""
         return self
-
-    def forward(self, input_ids: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
-        """input_ids (B, T) at positions start_pos .. start_pos + T - 1 -> last position's logits (B, V)."""
-        x = self.tok_embeddings(input_ids)                              # (B, T, H)
-        cos, sin = rotary_cos_sin(start_pos, input_ids.shape[1], self.spec.head_dim,
-                                  self.spec.rope_theta, x.dtype, x.device)
-        for layer in self.layers:
-            x = layer(x, cos, sin, cache)
-        return self.output(self.norm(x[:, -1]))                         # (B, V)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from reference.kvcache import KVCache
-from reference.layers import RMSNorm, apply_rotary, attention, rotary_cos_sin, silu_mul
+from reference.decoder import DecoderBlock, DecoderLM, merge_heads
+from reference.graphs import forget_graphs
+from reference.layers import RMSNorm, apply_rotary, silu_mul
 from sim.model import ModelSpec
 
 
@@ -38,8 +39,8 @@ class Attention(nn.Module):
         self.wqkv = _fused_linear(self.wq, self.wk, self.wv)
         del self.wq, self.wk, self.wv
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache,
-                layer_idx: int) -> torch.Tensor:
+    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """x (B, T, H) -> rotated q (B, nh, T, hd), rotated k and v (B, nkv, T, hd)."""
         b, t, _ = x.shape
         if self.wqkv is not None:
             q, k, v = self.wqkv(x).split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], -1)
@@ -48,10 +49,7 @@ class Attention(nn.Module):
         q = q.view(b, t, self.nh, self.hd).transpose(1, 2)             # (B, nh, T, hd)
         k = k.view(b, t, self.nkv, self.hd).transpose(1, 2)            # (B, nkv, T, hd)
         v = v.view(b, t, self.nkv, self.hd).transpose(1, 2)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        k, v = cache.update(layer_idx, k, v)                            # (B, nkv, S, hd)
-        y = attention(q, k, v)                                          # (B, nh, T, hd)
-        return self.wo(y.transpose(1, 2).reshape(b, t, self.nh * self.hd))
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
 
 class FeedForward(nn.Module):
@@ -72,7 +70,7 @@ class FeedForward(nn.Module):
         return self.w2(silu_mul(self.w1(x), self.w3(x)))
 
 
-class Block(nn.Module):
+class Block(DecoderBlock):
     def __init__(self, spec: ModelSpec, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
@@ -81,12 +79,15 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(spec.hidden_size, spec.norm_eps)
         self.feed_forward = FeedForward(spec)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, cache, self.layer_idx)
+    def pre(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.attention.qkv(self.attention_norm(x), cos, sin)
+
+    def post(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = x + self.attention.wo(merge_heads(y))
         return h + self.feed_forward(self.ffn_norm(h))
 
 
-class Llama(nn.Module):
+class Llama(DecoderLM):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         assert spec.family == "llama", spec.family
@@ -104,13 +105,5 @@ class Llama(nn.Module):
         for layer in self.layers:
             layer.attention.fuse_()
             layer.feed_forward.fuse_()
+        forget_graphs(self)
         return self
-
-    def forward(self, input_ids: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
-        """input_ids (B, T) at positions start_pos .. start_pos + T - 1 -> last position's logits (B, V)."""
-        x = self.tok_embeddings(input_ids)                              # (B, T, H)
-        cos, sin = rotary_cos_sin(start_pos, input_ids.shape[1], self.spec.head_dim,
-                                  self.spec.rope_theta, x.dtype, x.device)
-        for layer in self.layers:
-            x = layer(x, cos, sin, cache)
-        return self.output(self.norm(x[:, -1]))                         # (B, V)

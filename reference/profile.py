@@ -8,16 +8,19 @@ runtime's own modules (layer 0 of a seeded random model built by ``reference.che
 ``reference.launch`` fuses it):
 
 - ``embed``: the embedding lookup of t tokens;
-- ``pre_attention``: the layer's input norm(s), the fused QKV GEMM, rotary on Q and K, and the
-  ``torch.stack`` of K and V the caches do;
+- ``pre_attention``: the layer's ``pre`` (input norm(s), the fused QKV GEMM, rotary on Q and K) and
+  the ``torch.stack`` of K and V every cache does;
 - ``kv_copy``: ``torch.cat`` of n tokens' stacked K and V (the kvr chain's and tsp's copies);
 - ``attention``: ``reference.fast_attention.chunk_attention`` of c queries against k keys (the
   kernel the runtime uses, bottom-right causal);
-- ``post_attention``: the output projection, the MLP (and a sequential block's second norm), the
-  residual adds;
+- ``post_attention``: the layer's ``post`` (the output projection, the MLP, a sequential block's
+  second norm, the residual adds);
 - ``head``: the final norm and LM head on the last token and the argmax to the host;
-- ``layer``: a whole decoder layer (``Block.forward`` with a local KV-cache holding a past), a check
-  that the parts add up to the whole.
+- ``layer``: a whole decoder layer (``pre``, the cache hook of a local KV-cache holding a past, the
+  attention, ``post``), a check that the parts add up to the whole.
+
+On CUDA, chunks of at most ``KVR_CUDA_GRAPHS`` tokens (default 2048) run ``pre`` and ``post`` as
+CUDA graph replays, as the model's forward does (``reference/graphs.py``), so they are timed so.
 
 Timing: on CUDA, CUDA events around back-to-back calls lasting about ``--steady-ms`` (the steady-state
 cost of a component inside a forward pass, see ``make_timer``); on CPUs ``time.perf_counter`` around
@@ -162,36 +165,24 @@ class Parts:
         ids = self.torch.randint(0, self.spec.vocab_size, (1, t), generator=self.gen, device=self.device)
         return lambda: self.model.tok_embeddings(ids)
 
+    def halves(self, x, cos, sin):
+        """(pre, post) of layer 0 at x's shape as the model's forward runs them: CUDA graph replays where
+        it uses graphs (``reference.graphs``), else eager calls. ``pre()`` -> (q, k, v, *extra);
+        ``post(y, pre_out)`` runs the rest of the layer on attention output y."""
+        from reference.graphs import LayerGraphs, applies
+
+        blk = self.block
+        if applies(x):
+            graphs = LayerGraphs(self.model, x, cos, sin, layers=[blk])
+            return (lambda: graphs.pre(0)), (lambda y, out: graphs.post(0, y))
+        return (lambda: blk.pre(x, cos, sin)), (lambda y, out: blk.post(x, y, *out[3:]))
+
     def pre_attention(self, t: int):
-        from reference.layers import apply_rotary
-
-        s, blk, torch = self.spec, self.block, self.torch
-        x, (cos, sin) = self.randn(1, t, s.hidden_size), self.rotary(t)
-        attn = blk.attention
-        nh, nkv, hd = s.num_heads, s.num_kv_heads, s.head_dim
-
-        if s.family == "llama":
-            def qkv(a):
-                q, k, v = attn.wqkv(a).split([nh * hd, nkv * hd, nkv * hd], -1)
-                return (q.view(1, t, nh, hd).transpose(1, 2), k.view(1, t, nkv, hd).transpose(1, 2),
-                        v.view(1, t, nkv, hd).transpose(1, 2))
-            norm = blk.attention_norm
-        else:
-            g = nh // nkv
-
-            def qkv(a):
-                p = attn.wqkv(a).view(1, t, nkv, g + 2, hd)
-                return (p[:, :, :, :g].reshape(1, t, nh, hd).transpose(1, 2), p[:, :, :, g].transpose(1, 2),
-                        p[:, :, :, g + 1].transpose(1, 2))
-            norm = blk.attn_norm
+        pre, _ = self.halves(self.randn(1, t, self.spec.hidden_size), *self.rotary(t))
 
         def run():
-            a = norm(x)
-            if s.family == "falcon" and blk.mlp_norm is not None:
-                blk.mlp_norm(x)  # Falcon-40B layout: the MLP's norm also reads the layer input
-            q, k, v = qkv(a)
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            return torch.stack([k, v])
+            _, k, v, *_ = pre()
+            return self.torch.stack([k, v])  # as every KV-cache does first
         return run
 
     def kv_copy(self, n: int):
@@ -210,25 +201,11 @@ class Parts:
         return lambda: chunk_attention(q, kk, vv)
 
     def post_attention(self, t: int):
-        s, blk = self.spec, self.block
-        x = self.randn(1, t, s.hidden_size)
+        s = self.spec
+        pre, post = self.halves(self.randn(1, t, s.hidden_size), *self.rotary(t))
+        out = pre()
         y = self.randn(1, s.num_heads, t, s.head_dim)
-        wo = blk.attention.wo
-
-        def attn_out():
-            return wo(y.transpose(1, 2).reshape(1, t, s.q_size))
-        if s.family == "llama":
-            def run():
-                h = x + attn_out()
-                return h + blk.feed_forward(blk.ffn_norm(h))
-        elif blk.parallel:
-            def run():
-                return x + (blk.mlp(x) + attn_out())
-        else:
-            def run():
-                h = x + attn_out()
-                return h + blk.mlp(blk.mlp_norm(h))
-        return run
+        return lambda: post(y, out)
 
     def head(self):
         x = self.randn(1, 4, self.spec.hidden_size)
@@ -236,18 +213,18 @@ class Parts:
 
     def layer(self, t: int, past: int):
         from reference.kvcache import KVCache
+        from reference.layers import attention
 
         s = self.spec
-        x = self.randn(1, t, s.hidden_size)
-        cos, sin = self.rotary(t)
-        pk = self.randn(1, s.num_kv_heads, past, s.head_dim) if past else None
-        pv = self.randn(1, s.num_kv_heads, past, s.head_dim) if past else None
+        pre, post = self.halves(self.randn(1, t, s.hidden_size), *self.rotary(t))
+        kv = self.randn(2, 1, s.num_kv_heads, past, s.head_dim) if past else None
 
-        def run():
+        def run():  # DecoderBlock.forward with a local cache holding `past` tokens
             cache = KVCache(s.num_layers)
-            if past:
-                cache.k[0], cache.v[0] = pk, pv
-            return self.block(x, cos, sin, cache)
+            cache.kv[0] = kv
+            out = pre()
+            k, v = cache.update(0, out[1], out[2])
+            return post(attention(out[0], k, v), out)
         return run
 
 

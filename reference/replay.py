@@ -43,29 +43,24 @@ def _parser() -> argparse.ArgumentParser:
 
 def rank_run(model, spec, device, dtype, chunk: int, past: int, last: bool, seed: int = 0):
     """A function running one rank's compute: ``chunk`` tokens at positions [past, past + chunk) through
-    every layer against a local cache holding ``past`` tokens' K and V; the LM head if ``last``."""
+    every layer against a local cache holding ``past`` tokens' K and V; the LM head if ``last``.
+    The model's own forward, so on CUDA small chunks run as CUDA graphs as in ``reference.launch``."""
     import torch
 
     from reference.kvcache import KVCache
-    from reference.layers import rotary_cos_sin
 
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.randint(0, spec.vocab_size, (1, chunk), generator=g, device=device)
-    shape = (1, spec.num_kv_heads, past, spec.head_dim)
-    pasts = [(torch.randn(*shape, generator=g, device=device, dtype=dtype),
-              torch.randn(*shape, generator=g, device=device, dtype=dtype)) for _ in range(spec.num_layers)]
+    shape = (2, 1, spec.num_kv_heads, past, spec.head_dim)  # K and V stacked, as the chain sends them
+    pasts = [torch.randn(*shape, generator=g, device=device, dtype=dtype) for _ in range(spec.num_layers)]
 
     def run():
         cache = KVCache(spec.num_layers)
         if past:
-            for i, (k, v) in enumerate(pasts):
-                cache.k[i], cache.v[i] = k, v
-        x = model.tok_embeddings(ids)
-        cos, sin = rotary_cos_sin(past, chunk, spec.head_dim, spec.rope_theta, x.dtype, x.device)
-        for layer in model.layers:
-            x = layer(x, cos, sin, cache)
+            cache.kv = list(pasts)
+        x = model.hidden(ids, past, cache)
         if last:
-            return int(model.output(model.norm(x[:, -1]))[0].argmax())
+            return int(model.head(x)[0].argmax())
         return x
     return run
 

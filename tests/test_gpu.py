@@ -3,6 +3,9 @@
 - ``chunk_attention`` (cuDNN with the log-sum-exp merge, or flash/SDPA) against an fp32 reference, for
   MHA, GQA and MQA, square and chunk-with-past shapes, and that the cuDNN path really is taken;
 - the torch.compile-fused norm, rotary and SiLU*up against their eager code on CUDA tensors;
+- CUDA graphs of the layers' halves (``reference.graphs``) against the eager forward: the same logits
+  and KV-cache, no cache aliasing the graphs' buffers, recapture when weights move, the shape cache's
+  bound, and kvr/tsp with some ranks graphed and some eager;
 - the KV-Runahead chain and TSP on CUDA (ranks are threads of this process on one GPU, joined by the
   in-process transport) against a single-process prefill on CUDA: fp32 to 1e-4, and bf16 with fused
   GEMMs and compiled kernels to a bf16 tolerance;
@@ -89,6 +92,74 @@ def _same_as_single(task: dict, tol: float) -> None:
             assert np.abs(g - w).max() <= tol * scale, f"{name} of layer {layer}"
     scale = max(1.0, float(np.abs(want["logits"]).max()))
     assert np.abs(got["logits"] - want["logits"]).max() <= tol * scale, "first-token logits"
+
+
+def _prefill_both_ways(model, ids, monkeypatch):
+    """(eager, graphed) single-process prefills of ids."""
+    from reference.schemes.single import prefill
+
+    monkeypatch.setenv("KVR_CUDA_GRAPHS", "0")
+    eager = prefill(model, ids)
+    monkeypatch.delenv("KVR_CUDA_GRAPHS")
+    return eager, prefill(model, ids)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["tiny-llama-gqa", "tiny-falcon", "tiny-falcon-40b", "tiny-falcon-seq"])
+def test_cuda_graphs_match_the_eager_forward(name, dtype, monkeypatch):
+    from reference.checkpoint import random_model
+    from sim.model import ModelSpec
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    if name == "tiny-falcon-seq":  # the sequential Falcon layout: attention, then the MLP
+        spec = ModelSpec.preset("tiny-falcon").replace(parallel_attn=False, num_ln_per_layer=2)
+    else:
+        spec = ModelSpec.preset(name)
+    model = random_model(spec.replace(head_dim=64), 2, "cuda", dtype).fuse_()
+    ids = torch.randint(0, spec.vocab_size, (1, 200), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    with torch.no_grad():
+        eager, graphed = _prefill_both_ways(model, ids, monkeypatch)
+    assert len(model.__dict__.get("_cuda_graphs", {})) == 1, "the graphed prefill did not use CUDA graphs"
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(graphed.logits.float(), eager.logits.float(), atol=tol, rtol=tol)
+    for g, e in zip(graphed.cache.kv, eager.cache.kv, strict=True):
+        torch.testing.assert_close(g.float(), e.float(), atol=tol, rtol=tol)
+
+
+def test_cuda_graph_caches_own_their_memory_and_weights_are_tracked():
+    from reference.checkpoint import random_model
+    from reference.schemes.single import prefill
+    from reference.graphs import KEEP
+    from sim.model import ModelSpec
+
+    spec = ModelSpec.preset("tiny-llama-gqa").replace(head_dim=64)
+    model = random_model(spec, 0, "cuda", torch.bfloat16)
+    gen = torch.Generator("cuda").manual_seed(1)
+    a, b = (torch.randint(0, spec.vocab_size, (1, 96), device="cuda", generator=gen) for _ in range(2))
+    with torch.no_grad():
+        first = prefill(model, a)
+        kept = [kv.clone() for kv in first.cache.kv]
+        prefill(model, b)  # replays the same graphs with other tokens
+        for now, then in zip(first.cache.kv, kept, strict=True):
+            assert torch.equal(now, then), "a second prefill overwrote the first one's KV-cache"
+        unfused = prefill(model, a).logits
+        model.fuse_()  # new weight tensors: the graphs must be captured again
+        torch.testing.assert_close(prefill(model, a).logits.float(), unfused.float(), atol=2e-2, rtol=2e-2)
+        for t in (16, 32, 48, 64):
+            prefill(model, a[:, :t])
+    assert len(model.__dict__["_cuda_graphs"]) == KEEP
+
+
+@pytest.mark.parametrize("scheme, chunks", [("kvr", [300, 150, 61]), ("tsp", [171, 170, 170])])
+def test_schemes_with_some_ranks_graphed_match_single(scheme, chunks, monkeypatch):
+    """KVR_CUDA_GRAPHS=160: ranks with more tokens run eagerly, the others as graphs, in one chain."""
+    from sim.model import ModelSpec
+
+    monkeypatch.setenv("KVR_CUDA_GRAPHS", "160")
+    spec = ModelSpec.preset("tiny-llama-gqa").replace(head_dim=64)
+    ids = torch.randint(0, spec.vocab_size, (sum(chunks),), generator=torch.Generator().manual_seed(4)).tolist()
+    _same_as_single({"spec": spec.to_dict(), "seed": 3, "scheme": scheme, "chunks": chunks, "ids": ids,
+                     "fuse": True, "device": "cuda", "dtype": "bfloat16"}, 5e-2)
 
 
 @pytest.mark.parametrize("scheme", ["kvr", "tsp"])
