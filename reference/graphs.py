@@ -36,7 +36,10 @@ from reference.layers import attention
 
 KEEP = 2
 DEFAULT_MAX_TOKENS = 2048
-_CAPTURE = threading.Lock()  # one capture at a time (ranks run as threads in the GPU tests)
+# Held while capturing. Ranks that run as threads of one process (the GPU tests) must also hold it
+# while they draw from the default CUDA generator (building a model): a capture in another thread
+# forbids that ("Offset increment outside graph capture").
+CAPTURE_LOCK = threading.Lock()
 
 
 def max_tokens() -> int:
@@ -81,7 +84,7 @@ class LayerGraphs:
         self.pre_graphs, self.pre_out, self.post_graphs = [], [], []
         pool = torch.cuda.graph_pool_handle()
         h = self.x
-        with _CAPTURE:
+        with CAPTURE_LOCK:
             for layer in self.layers:
                 graph, out = _capture(layer.pre, (h, self.cos, self.sin), pool)
                 self.pre_graphs.append(graph)

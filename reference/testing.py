@@ -35,7 +35,9 @@ def run_example(task: dict[str, Any], transport) -> dict[str, Any]:
     spec = ModelSpec.from_dict(task["spec"])
     device = torch.device(task.get("device", "cpu"))
     dtype = getattr(torch, task.get("dtype", "float32"))
-    model = random_model(spec, task["seed"], device, dtype)
+    from reference.graphs import CAPTURE_LOCK
+    with CAPTURE_LOCK:  # ranks may be threads, and another may be capturing CUDA graphs
+        model = random_model(spec, task["seed"], device, dtype)
     if task.get("fuse"):  # the fused-GEMM layout that launch times
         model.fuse_()
     ids = torch.tensor([task["ids"]], device=device)
