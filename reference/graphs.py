@@ -9,9 +9,9 @@ What is captured, for one chunk shape (B, T) and dtype: each layer's ``pre`` (x,
 extra) and ``post`` (x, attention output y, extra -> next x), chained in place: layer l+1's ``pre``
 reads layer l's ``post`` output, so a forward copies in only the embedding, cos and sin, and each
 layer's attention output. The KV-cache hook and the attention run eagerly between the two graphs:
-their shapes depend on the past, and the parallel schemes communicate in the hook. Every cache copies
-k and v before keeping or sending them (``reference/kvcache.py``), so the graphs' outputs can be
-overwritten by the next replay.
+their shapes depend on the past, and the parallel schemes communicate in the hook. The scheme caches
+copy k and v before keeping or sending them; where a plain cache would keep them (its first update of
+a layer), ``run`` hands it copies, since the next replay overwrites the graphs' outputs.
 
 Memory: the graphs of one shape hold every layer's outputs (about five (B, T, H) activations a layer:
 1.5-3 GiB for a 7B model at 2048 tokens); those of the ``KEEP`` most recently used shapes are kept.
@@ -57,7 +57,7 @@ def applies(x: torch.Tensor) -> bool:
             and x.shape[0] * x.shape[1] <= max_tokens())
 
 
-def _capture(fn: Callable[..., object], args: tuple, pool) -> tuple[torch.cuda.CUDAGraph, object]:
+def capture(fn: Callable[..., object], args: tuple, pool) -> tuple[torch.cuda.CUDAGraph, object]:
     """``fn(*args)`` captured in a CUDA graph; returns the graph and its (static) outputs."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
@@ -86,10 +86,10 @@ class LayerGraphs:
         h = self.x
         with CAPTURE_LOCK:
             for layer in self.layers:
-                graph, out = _capture(layer.pre, (h, self.cos, self.sin), pool)
+                graph, out = capture(layer.pre, (h, self.cos, self.sin), pool)
                 self.pre_graphs.append(graph)
                 self.pre_out.append(tuple(out))
-                graph, h = _capture(layer.post, (h, self.y, *out[3:]), pool)
+                graph, h = capture(layer.post, (h, self.y, *out[3:]), pool)
                 self.post_graphs.append(graph)
         self.out = h
 
@@ -115,6 +115,8 @@ class LayerGraphs:
         self.load(x, cos, sin)
         for i, layer in enumerate(self.layers):
             q, k, v = self.pre(i)[:3]
+            if cache.keeps_inputs(layer.layer_idx):  # the next replay overwrites k and v
+                k, v = k.clone(), v.clone()
             k, v = cache.update(layer.layer_idx, k, v)
             self.post(i, attention(q, k, v))
         return self.out

@@ -1,8 +1,8 @@
 """KV-caches, and the two parallel schemes hooked where a layer appends its new keys and values.
 
 A model layer calls ``cache.update(layer_idx, k, v)`` with its own tokens' K and V and attends to
-what comes back. Every cache copies k and v (``torch.stack``) before keeping or sending them, so the
-caller may overwrite its tensors afterwards (``reference/graphs.py`` does). The plain ``KVCache`` appends locally. The scheme caches change what comes back:
+what comes back. The scheme caches copy k and v (``torch.stack``) before keeping or sending them; a
+plain cache keeps the first ones it gets (``keeps_inputs``). The plain ``KVCache`` appends locally. The scheme caches change what comes back:
 
 - ``ChainedKVCache`` (KV-Runahead): receive rank i-1's cumulative K, V for this layer, append the
   own chunk, send the cumulative K, V on to rank i+1 asynchronously, return all of them.
@@ -23,42 +23,38 @@ from reference.transport import Transport, Work
 
 
 class KVCache:
-    """Per-layer K and V of the tokens seen so far, on this process: ``kv[layer]`` is (2, B, nkv, S, hd),
-    K and V stacked as the caches send them; ``k[layer]`` and ``v[layer]`` are its halves."""
+    """Per-layer K and V of the tokens seen so far, on this process."""
 
     def __init__(self, num_layers: int):
-        self.kv: list[torch.Tensor | None] = [None] * num_layers
-
-    @property
-    def k(self) -> list[torch.Tensor | None]:
-        return [None if kv is None else kv[0] for kv in self.kv]
-
-    @property
-    def v(self) -> list[torch.Tensor | None]:
-        return [None if kv is None else kv[1] for kv in self.kv]
+        self.k: list[torch.Tensor | None] = [None] * num_layers
+        self.v: list[torch.Tensor | None] = [None] * num_layers
 
     @property
     def seq_len(self) -> int:
         """Tokens held (by layer 0)."""
-        return 0 if self.kv[0] is None else self.kv[0].shape[-2]
+        return 0 if self.k[0] is None else self.k[0].shape[-2]
 
-    def _append(self, layer_idx: int, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.kv[layer_idx] is not None:
-            kv = torch.cat([self.kv[layer_idx], kv], dim=-2)
-        self.kv[layer_idx] = kv
-        return kv[0], kv[1]
+    def keeps_inputs(self, layer_idx: int) -> bool:
+        """Whether ``update(layer_idx, k, v)`` would keep the caller's k and v themselves (not a copy):
+        a plain cache's first update of a layer does. A caller that overwrites its tensors later
+        (``reference/graphs.py``) passes copies then."""
+        return self.k[layer_idx] is None
+
+    def _append(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k[layer_idx] is not None:
+            k = torch.cat([self.k[layer_idx], k], dim=-2)
+            v = torch.cat([self.v[layer_idx], v], dim=-2)
+        self.k[layer_idx], self.v[layer_idx] = k, v
+        return k, v
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append this step's k, v (B, nkv, T, hd); return all of the layer's (B, nkv, S, hd).
-
-        Like the scheme caches, it stacks k and v into one new tensor first, so it never keeps the
-        caller's tensors (a CUDA graph's outputs are overwritten by its next replay)."""
-        return self._append(layer_idx, torch.stack([k, v]))
+        """Append this step's k, v (B, nkv, T, hd); return all of the layer's (B, nkv, S, hd)."""
+        return self._append(layer_idx, k, v)
 
     def finish(self) -> "KVCache":
         """After prefill: wait for outstanding communication; return a cache that decodes locally."""
-        local = KVCache(len(self.kv))
-        local.kv = list(self.kv)
+        local = KVCache(len(self.k))
+        local.k, local.v = list(self.k), list(self.v)
         return local
 
 
@@ -70,6 +66,9 @@ class ChainedKVCache(KVCache):
     rank, starts an asynchronous send of the S_i tokens to rank i+1 without waiting for it: the send
     overlaps this rank's attention and later layers, and ``finish`` waits for all of them.
     """
+
+    def keeps_inputs(self, layer_idx: int) -> bool:
+        return False  # k and v are stacked into a new tensor first
 
     def __init__(self, num_layers: int, transport: Transport, prev_len: int):
         super().__init__(num_layers)
@@ -86,7 +85,7 @@ class ChainedKVCache(KVCache):
             kv = torch.cat([prev, kv], dim=-2)
         if t.rank < t.world_size - 1:
             self.pending.append(t.isend(kv, t.rank + 1))  # kv is never modified afterwards
-        return self._append(layer_idx, kv)
+        return self._append(layer_idx, kv[0], kv[1])
 
     def finish(self) -> KVCache:
         for work in self.pending:
@@ -103,6 +102,9 @@ class GatheredKVCache(KVCache):
     bottom-right causal mask gives the masked result without computing masked blocks.
     """
 
+    def keeps_inputs(self, layer_idx: int) -> bool:
+        return False  # k and v are stacked into a new tensor first
+
     def __init__(self, num_layers: int, transport: Transport, chunks: Sequence[int]):
         super().__init__(num_layers)
         assert len(chunks) == transport.world_size, (chunks, transport.world_size)
@@ -116,4 +118,4 @@ class GatheredKVCache(KVCache):
             kv = torch.cat([kv, kv.new_zeros(*kv.shape[:-2], pad, kv.shape[-1])], dim=-2)
         parts = self.transport.all_gather(kv)
         kv = torch.cat([p[..., :c, :] for p, c in zip(parts[:rank + 1], self.chunks[:rank + 1])], dim=-2)
-        return self._append(layer_idx, kv)
+        return self._append(layer_idx, kv[0], kv[1])

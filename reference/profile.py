@@ -23,8 +23,10 @@ On CUDA, chunks of at most ``KVR_CUDA_GRAPHS`` tokens (default 2048) run ``pre``
 CUDA graph replays, as the model's forward does (``reference/graphs.py``), so they are timed so.
 
 Timing: on CUDA, CUDA events around back-to-back calls lasting about ``--steady-ms`` (the steady-state
-cost of a component inside a forward pass, see ``make_timer``); on CPUs ``time.perf_counter`` around
-one call; ``--warmup`` untimed calls, then ``--repeat`` samples per grid point, median kept. Grid
+cost of a component inside a forward pass, see ``make_timer``), ``attention`` as replays of a CUDA
+graph of the call (its GPU time), and ``layer`` points also by their host time (``host_s``, see
+``host_time_s``), which the simulator takes as the floor of a host-bound layer; on CPUs
+``time.perf_counter`` around one call; ``--warmup`` untimed calls, then ``--repeat`` samples per grid point, median kept. Grid
 points listed in the grid's ``held_out`` are measured like the others but flagged, so the
 simulator can fit without them and report how well it predicts them (``python -m sim.profile``).
 Schema: docs/validation.md. References: PyTorch CUDA events; Vidur's operator profiling.
@@ -37,10 +39,11 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from typing import Callable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Token grids (linear parts), attention grids as (queries, past keys); held-out points are measured
 # and flagged. ``cpu`` suits the small cluster model (chunks of 256..2048 tokens, contexts to 4096);
@@ -144,6 +147,20 @@ def make_timer(device, warmup: int, repeat: int,
     return timer
 
 
+def host_time_s(fn: Callable[[], object], n: int = 16) -> float:
+    """CUDA: the host's time to issue ``fn()``: n back-to-back calls timed without waiting for the
+    GPU, divided by n. A layer whose GPU work takes less runs at this rate."""
+    import torch
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    host = (time.perf_counter() - t0) / n
+    torch.cuda.synchronize()
+    return host
+
+
 class Parts:
     """The cost components as calls on layer 0 of ``model`` (Llama or Falcon, fused)."""
 
@@ -198,7 +215,19 @@ class Parts:
         s = self.spec
         q = self.randn(1, s.num_heads, c, s.head_dim)
         kk, vv = self.randn(1, s.num_kv_heads, k, s.head_dim), self.randn(1, s.num_kv_heads, k, s.head_dim)
-        return lambda: chunk_attention(q, kk, vv)
+        run = lambda: chunk_attention(q, kk, vv)  # noqa: E731
+        if self.device.type != "cuda":
+            return run
+        # Its GPU time: replays of a CUDA graph of the call. Eager calls at small shapes measure the
+        # host's time to issue them (two cuDNN calls and the merge), which a layer overlaps with
+        # the GPU work of its other parts; the layer's host time is the ``layer`` points' host_s.
+        from reference.graphs import capture
+        try:
+            return capture(run, (), None)[0].replay
+        except RuntimeError as e:
+            warnings.warn(f"attention {c} x {k} could not be captured in a CUDA graph ({e}); timing "
+                          "eager calls", RuntimeWarning, stacklevel=2)
+            return run
 
     def post_attention(self, t: int):
         s = self.spec
@@ -217,11 +246,12 @@ class Parts:
 
         s = self.spec
         pre, post = self.halves(self.randn(1, t, s.hidden_size), *self.rotary(t))
-        kv = self.randn(2, 1, s.num_kv_heads, past, s.head_dim) if past else None
+        pk = self.randn(1, s.num_kv_heads, past, s.head_dim) if past else None
+        pv = self.randn(1, s.num_kv_heads, past, s.head_dim) if past else None
 
         def run():  # DecoderBlock.forward with a local cache holding `past` tokens
             cache = KVCache(s.num_layers)
-            cache.kv[0] = kv
+            cache.k[0], cache.v[0] = pk, pv
             out = pre()
             k, v = cache.update(0, out[1], out[2])
             return post(attention(out[0], k, v), out)
@@ -273,8 +303,10 @@ def profile(args: argparse.Namespace, say=print) -> dict:
         comps["head"].append(_entry(timer(parts.head()), False, probes[-1]))
         for t in grid["queries"][::2]:
             for past in (0, grid["past"][len(grid["past"]) // 2]):
-                comps["layer"].append(_entry(timer(parts.layer(t, past)), False, probes[-1], tokens=t,
-                                             keys=t + past))
+                run = parts.layer(t, past)
+                comps["layer"].append(_entry(timer(run), False, probes[-1], tokens=t, keys=t + past))
+                if not cpu:
+                    comps["layer"][-1]["host_s"] = statistics.median(host_time_s(run) for _ in range(args.repeat))
     return {
         "schema_version": SCHEMA_VERSION, "model": spec.to_dict(), "model_arg": args.model,
         "model_source": source, "dtype": args.dtype, "device": _device_name(device),

@@ -51,13 +51,15 @@ def rank_run(model, spec, device, dtype, chunk: int, past: int, last: bool, seed
 
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.randint(0, spec.vocab_size, (1, chunk), generator=g, device=device)
-    shape = (2, 1, spec.num_kv_heads, past, spec.head_dim)  # K and V stacked, as the chain sends them
-    pasts = [torch.randn(*shape, generator=g, device=device, dtype=dtype) for _ in range(spec.num_layers)]
+    shape = (1, spec.num_kv_heads, past, spec.head_dim)
+    pasts = [(torch.randn(*shape, generator=g, device=device, dtype=dtype),
+              torch.randn(*shape, generator=g, device=device, dtype=dtype)) for _ in range(spec.num_layers)]
 
     def run():
         cache = KVCache(spec.num_layers)
         if past:
-            cache.kv = list(pasts)
+            for i, (k, v) in enumerate(pasts):
+                cache.k[i], cache.v[i] = k, v
         x = model.hidden(ids, past, cache)
         if last:
             return int(model.head(x)[0].argmax())

@@ -109,11 +109,13 @@ class ProfileCost:
             raise ProfileError(f"profile {self.path or '?'}: attention grid is not rectangular; missing "
                                f"(queries, past) {missing[:4]}")
         sq = sorted(square.items())
-        floor = 0.0
+        floor = {False: 0.0, True: 0.0}
         layers = [e for e in comps.get("layer", []) if use(e)]
         if self.profile.get("device_type") == "cuda" and layers:
-            smallest = min(e["tokens"] for e in layers)
-            floor = statistics.median(self.seconds(e) for e in layers if e["tokens"] == smallest)
+            smallest = [e for e in layers if e["tokens"] == min(e["tokens"] for e in layers)]
+            for past in (False, True):
+                same = [e for e in smallest if (e["keys"] > e["tokens"]) == past] or smallest
+                floor[past] = statistics.median(self._host_seconds(e) for e in same)
         object.__setattr__(self, "_floor", floor)
         object.__setattr__(self, "_lines", lines)
         object.__setattr__(self, "_square", ([math.log(c) for (c, _), _ in sq], [y for _, y in sq]))
@@ -186,11 +188,18 @@ class ProfileCost:
     def head_s(self) -> float:
         return self.seconds(self.profile["components"]["head"][0]) * self.speed_factor
 
-    def layer_floor_s(self) -> float:
-        """GPU profiles: the median whole-layer time at the grid's smallest chunk, the rate at which
-        the host issues a layer's kernels (a layer is never faster, whatever its parts add up to);
-        0 for CPU profiles, where host and compute are one. docs/validation.md, "Host-bound layers"."""
-        return self._floor * self.speed_factor
+    def _host_seconds(self, entry: Mapping[str, Any]) -> float:
+        """A layer entry's host time: ``host_s`` (the host's time to issue one layer, profiles from
+        schema 2 on), else its measured time (older profiles)."""
+        host = entry.get("host_s")
+        return self.seconds(entry) if host is None else host * self.seconds(entry) / entry["median_s"]
+
+    def layer_floor_s(self, past: bool = False) -> float:
+        """GPU profiles: the host's time to issue one layer at the grid's smallest chunk, without or
+        with a past (the split attention call and the cache's copy add host work), the rate at which
+        a host-bound layer runs (a layer is never faster, whatever its parts add up to); 0 for CPU
+        profiles, where host and compute are one. docs/validation.md, "Host-bound layers"."""
+        return self._floor[past] * self.speed_factor
 
     # ----- checks ---------------------------------------------------------------------------------
     def layer_s(self, tokens: int, keys: int) -> float:

@@ -122,7 +122,7 @@ def test_cuda_graphs_match_the_eager_forward(name, dtype, monkeypatch):
     assert len(model.__dict__.get("_cuda_graphs", {})) == 1, "the graphed prefill did not use CUDA graphs"
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(graphed.logits.float(), eager.logits.float(), atol=tol, rtol=tol)
-    for g, e in zip(graphed.cache.kv, eager.cache.kv, strict=True):
+    for g, e in zip(graphed.cache.k + graphed.cache.v, eager.cache.k + eager.cache.v, strict=True):
         torch.testing.assert_close(g.float(), e.float(), atol=tol, rtol=tol)
 
 
@@ -138,9 +138,9 @@ def test_cuda_graph_caches_own_their_memory_and_weights_are_tracked():
     a, b = (torch.randint(0, spec.vocab_size, (1, 96), device="cuda", generator=gen) for _ in range(2))
     with torch.no_grad():
         first = prefill(model, a)
-        kept = [kv.clone() for kv in first.cache.kv]
+        kept = [t.clone() for t in first.cache.k + first.cache.v]
         prefill(model, b)  # replays the same graphs with other tokens
-        for now, then in zip(first.cache.kv, kept, strict=True):
+        for now, then in zip(first.cache.k + first.cache.v, kept, strict=True):
             assert torch.equal(now, then), "a second prefill overwrote the first one's KV-cache"
         unfused = prefill(model, a).logits
         model.fuse_()  # new weight tensors: the graphs must be captured again

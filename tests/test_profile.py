@@ -133,6 +133,12 @@ def test_gpu_profiles_floor_each_layer_at_the_host_rate_in_every_scheme():
     assert gpu.layer_floor_s() == pytest.approx(floor)
     assert ProfileCost(_with_layers(synthetic(), "cpu", floor)).layer_floor_s() == 0.0
     assert gpu.scaled(2.0).layer_floor_s() == pytest.approx(2 * floor)
+    # Schema 2: layers carry their host time; the floor is the host time, apart with and without a past.
+    timed = _with_layers(synthetic(), "cuda", floor)
+    timed["components"]["layer"][0]["host_s"] = floor / 2
+    timed["components"]["layer"][1]["host_s"] = floor / 4
+    assert ProfileCost(timed).layer_floor_s(past=False) == pytest.approx(floor / 2)
+    assert ProfileCost(timed).layer_floor_s(past=True) == pytest.approx(floor / 4)
 
     cluster = ClusterSpec.uniform("u", 4, 100e9, 1e-6)
     base = Job(model=SPEC, gpu=None, dtype="fp32", cluster=cluster, scheme=SchemeSpec(name="single", kind="single"),
