@@ -9,8 +9,9 @@ on shapes, not values) in the same run, and prints TTFT, achieved TFLOP/s, peak 
 over transformers'. FLOPs follow ``ModelSpec.prefill_flops``: 2 x linear weights per token, causal
 attention as half the square (4*hd*nh per kept query-key pair), the LM head on the last token.
 ``--eager`` also times our prefill with CUDA graphs off (``KVR_CUDA_GRAPHS=0``, rows ``ours-eager``),
-so the graphs' gain on small chunks shows as a ratio measured in the same run. ``--attention`` times ``chunk_attention`` (c queries against k keys, causal at the bottom right, the
-call ``kvr`` and ``tsp`` ranks make) against PyTorch's flash attention at several (c, k) points.
+so the graphs' gain on small chunks shows as a ratio measured in the same run. ``--attention`` times
+``chunk_attention`` (c queries against k keys, causal at the bottom right, the call ``kvr`` and
+``tsp`` ranks make) against PyTorch's flash attention at several (c, k) points.
 
 TTFT here: input ids already on the device; CUDA events around the prefill up to the argmax of the
 last position's logits; warm-up runs not counted; the median of the repeats.

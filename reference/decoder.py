@@ -66,7 +66,7 @@ class DecoderLM(nn.Module):
         x = self.tok_embeddings(input_ids)                              # (B, T, H)
         cos, sin = rotary_cos_sin(start_pos, input_ids.shape[1], self.spec.head_dim,
                                   self.spec.rope_theta, x.dtype, x.device)
-        graphs = layer_graphs(self, x)
+        graphs = layer_graphs(self, x, cos, sin)
         if graphs is not None:
             return graphs.run(x, cos, sin, cache)
         for layer in self.layers:

@@ -131,7 +131,8 @@ def forget_graphs(model: torch.nn.Module) -> None:
     model.__dict__.pop("_cuda_graphs", None)
 
 
-def layer_graphs(model: torch.nn.Module, x: torch.Tensor) -> LayerGraphs | None:
+def layer_graphs(model: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor,
+                 sin: torch.Tensor) -> LayerGraphs | None:
     """The graphs for a forward of ``model`` over x (B, T, H), captured on first use; None where the
     eager path runs (not CUDA, autograd on, or more than ``max_tokens()`` tokens)."""
     if not applies(x):
@@ -145,7 +146,6 @@ def layer_graphs(model: torch.nn.Module, x: torch.Tensor) -> LayerGraphs | None:
     if graphs is None:
         while len(cache) >= KEEP:
             cache.popitem(last=False)
-        cos = torch.zeros(x.shape[1], model.spec.head_dim, dtype=x.dtype, device=x.device)
-        graphs = cache[key] = LayerGraphs(model, x, cos, cos.clone())  # run() loads the real cos, sin
+        graphs = cache[key] = LayerGraphs(model, x, cos, sin)
     cache.move_to_end(key)
     return graphs

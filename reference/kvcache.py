@@ -1,8 +1,9 @@
 """KV-caches, and the two parallel schemes hooked where a layer appends its new keys and values.
 
 A model layer calls ``cache.update(layer_idx, k, v)`` with its own tokens' K and V and attends to
-what comes back. The scheme caches copy k and v (``torch.stack``) before keeping or sending them; a
-plain cache keeps the first ones it gets (``keeps_inputs``). The plain ``KVCache`` appends locally. The scheme caches change what comes back:
+what comes back. The plain ``KVCache`` appends locally and keeps the first k and v it gets
+(``keeps_inputs``). The scheme caches copy k and v (``torch.stack``) before keeping or sending them,
+and change what comes back:
 
 - ``ChainedKVCache`` (KV-Runahead): receive rank i-1's cumulative K, V for this layer, append the
   own chunk, send the cumulative K, V on to rank i+1 asynchronously, return all of them.

@@ -26,8 +26,8 @@ Timing: on CUDA, CUDA events around back-to-back calls lasting about ``--steady-
 cost of a component inside a forward pass, see ``make_timer``), ``attention`` as replays of a CUDA
 graph of the call (its GPU time), and ``layer`` points also by their host time (``host_s``, see
 ``host_time_s``), which the simulator takes as the floor of a host-bound layer; on CPUs
-``time.perf_counter`` around one call; ``--warmup`` untimed calls, then ``--repeat`` samples per grid point, median kept. Grid
-points listed in the grid's ``held_out`` are measured like the others but flagged, so the
+``time.perf_counter`` around one call; ``--warmup`` untimed calls, then ``--repeat`` samples per grid
+point, median kept. Grid points listed in the grid's ``held_out`` are measured like the others but flagged, so the
 simulator can fit without them and report how well it predicts them (``python -m sim.profile``).
 Schema: docs/validation.md. References: PyTorch CUDA events; Vidur's operator profiling.
 """

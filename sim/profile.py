@@ -112,7 +112,8 @@ class ProfileCost:
         floor = {False: 0.0, True: 0.0}
         layers = [e for e in comps.get("layer", []) if use(e)]
         if self.profile.get("device_type") == "cuda" and layers:
-            smallest = [e for e in layers if e["tokens"] == min(e["tokens"] for e in layers)]
+            least = min(e["tokens"] for e in layers)
+            smallest = [e for e in layers if e["tokens"] == least]
             for past in (False, True):
                 same = [e for e in smallest if (e["keys"] > e["tokens"]) == past] or smallest
                 floor[past] = statistics.median(self._host_seconds(e) for e in same)
