@@ -16,9 +16,14 @@ import os
 import random
 import sys
 import tempfile
+import time
 
 from reference.schemes import SCHEME_NAMES, parse_partition
 from sim.model import DTYPE_BYTES, ModelSpec
+
+# On bad input only rank 0 prints the error; the others wait this long before exiting, since torchrun
+# stops every rank as soon as one exits and rank 0 could be killed before it printed.
+USER_ERROR_GRACE_S = 2.0
 
 
 class LaunchError(ValueError):
@@ -145,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0 or code != 2:  # user errors are the same on every rank: say them once
             where = "" if code == 2 else f"rank {rank}: "
             print(f"reference.launch: error: {where}{msg}", file=sys.stderr, flush=True)
+        elif world > 1:
+            # torchrun stops every rank once one exits: let rank 0 say the error before this one ends.
+            time.sleep(USER_ERROR_GRACE_S)
         return code
 
     def say(msg: str) -> None:
