@@ -14,6 +14,11 @@ Paths, by device and dtype (see docs/benchmarks.md for measured TFLOP/s on the H
   queries against the past (no mask) and queries against the chunk (square causal); the two partial
   results are merged exactly with their log-sum-exps (the same merge flash attention does between
   key blocks):  l = logaddexp(l1, l2);  o = o1 * exp(l1 - l) + o2 * exp(l2 - l).
+- CUDA, a chunk of at most ``FLASH_MAX_CHUNK`` (512) queries with a past: one flash call (below).
+  The split costs the host 0.2-0.5 ms to issue (two cuDNN calls and the merge) against 0.04-0.11 ms
+  for flash's one call, measured on the H100 machine's VM; such a layer's GPU work is about 0.5 ms,
+  so the layer runs at the host's pace, and flash's slower kernel (up to +0.05 ms) costs less than
+  the host time it saves (docs/benchmarks.md, "Attention with a past").
 - Otherwise: ``scaled_dot_product_attention`` with a bottom-right ``CausalBias`` and
   ``enable_gqa=True``, which PyTorch serves with flash attention on GPUs and exactly on CPUs.
 
@@ -29,6 +34,7 @@ from torch.nn.attention.bias import causal_lower_right
 from reference.fusion import cuda_fused
 
 _CUDNN_OK: dict[tuple, bool] = {}
+FLASH_MAX_CHUNK = 512
 
 
 def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -39,7 +45,7 @@ def chunk_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
     c, n_keys = q.shape[-2], k.shape[-2]
     if n_keys < c:
         raise ValueError(f"chunk attention needs keys >= queries, got {n_keys} keys < {c} queries")
-    if _use_cudnn(q):
+    if _use_cudnn(q) and (c == n_keys or c > FLASH_MAX_CHUNK):
         try:
             return _cudnn_chunk_attention(q, k, v)
         except RuntimeError:  # cuDNN refused this shape (version, head dim): fall back for good

@@ -17,16 +17,16 @@ runtime's own modules (layer 0 of a seeded random model built by ``reference.che
   second norm, the residual adds);
 - ``head``: the final norm and LM head on the last token and the argmax to the host;
 - ``layer``: a whole decoder layer (``pre``, the cache hook of a local KV-cache holding a past, the
-  attention, ``post``), a check that the parts add up to the whole.
-
-On CUDA, chunks of at most ``KVR_CUDA_GRAPHS`` tokens (default 2048) run ``pre`` and ``post`` as
-CUDA graph replays, as the model's forward does (``reference/graphs.py``), so they are timed so.
+  attention, ``post``) as the model's forward runs it, a check that the parts add up to the whole;
+- ``forward_host`` (CUDA): the host's time per layer to issue a whole forward of t tokens with and
+  without a past (``forward_host_s``), the pace of a host-bound layer: the simulator's floor.
 
 Timing: on CUDA, CUDA events around back-to-back calls lasting about ``--steady-ms`` (the steady-state
-cost of a component inside a forward pass, see ``make_timer``), ``attention`` as replays of a CUDA
-graph of the call (its GPU time), and ``layer`` points also by their host time (``host_s``, see
-``host_time_s``), which the simulator takes as the floor of a host-bound layer; on CPUs
-``time.perf_counter`` around one call; ``--warmup`` untimed calls, then ``--repeat`` samples per grid
+cost of a component inside a forward pass, see ``make_timer``); ``pre_attention``, ``post_attention``
+and ``attention`` as replays of CUDA graphs of the calls at every size, so their GPU time (the model's
+forward replays ``pre`` and ``post`` as graphs up to ``KVR_CUDA_GRAPHS`` tokens, ``reference/graphs.py``,
+and above that its host work hides behind the GPU's); on CPUs ``time.perf_counter`` around one call;
+``--warmup`` untimed calls, then ``--repeat`` samples per grid
 point, median kept. Grid points listed in the grid's ``held_out`` are measured like the others but flagged, so the
 simulator can fit without them and report how well it predicts them (``python -m sim.profile``).
 Schema: docs/validation.md. References: PyTorch CUDA events; Vidur's operator profiling.
@@ -43,19 +43,20 @@ import warnings
 from datetime import datetime, timezone
 from typing import Callable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+FORWARD_HOST_MAX_TOKENS = 4096  # host-time points up to here: above, a layer's GPU work is longer
 
 # Token grids (linear parts), attention grids as (queries, past keys); held-out points are measured
 # and flagged. ``cpu`` suits the small cluster model (chunks of 256..2048 tokens, contexts to 4096);
-# ``gpu`` a 7B model on an H100 (chunks of 512..16384); ``small`` is for tests (seconds).
+# ``gpu`` a 7B model on an H100 (chunks of 128..16384); ``small`` is for tests (seconds).
 GRIDS = {
     "small": {"tokens": [8, 16, 32, 64], "tokens_held_out": [24, 48],
               "queries": [8, 16, 32, 64], "past": [0, 16, 64], "attention_held_out": [[24, 24], [24, 40]]},
     "cpu": {"tokens": [128, 256, 512, 768, 1024, 1536, 2048, 3072], "tokens_held_out": [384, 1280],
             "queries": [128, 256, 512, 1024, 1536, 2048], "past": [0, 256, 512, 1024, 2048, 3072],
             "attention_held_out": [[768, 768], [768, 1536], [1280, 2304], [384, 1664]]},
-    "gpu": {"tokens": [256, 512, 1024, 2048, 4096, 8192, 16384], "tokens_held_out": [3072, 12288],
-            "queries": [256, 512, 1024, 2048, 4096, 8192, 16384], "past": [0, 1024, 4096, 8192, 16384],
+    "gpu": {"tokens": [128, 256, 512, 1024, 2048, 4096, 8192, 16384], "tokens_held_out": [3072, 12288],
+            "queries": [128, 256, 512, 1024, 2048, 4096, 8192, 16384], "past": [0, 1024, 4096, 8192, 16384],
             "attention_held_out": [[3072, 3072], [3072, 9216], [6144, 14336]]},
 }
 
@@ -147,18 +148,24 @@ def make_timer(device, warmup: int, repeat: int,
     return timer
 
 
-def host_time_s(fn: Callable[[], object], n: int = 16) -> float:
-    """CUDA: the host's time to issue ``fn()``: n back-to-back calls timed without waiting for the
-    GPU, divided by n. A layer whose GPU work takes less runs at this rate."""
+def forward_host_s(run: Callable[[], object], layers: int, warmup: int, repeat: int) -> list[float]:
+    """CUDA: the host's time per layer to issue a whole forward ``run()`` (the model's own ``hidden``,
+    as a replayed rank runs it: embedding, rotary tables, graph lookup, every layer, no
+    synchronisation), ``repeat`` samples after ``warmup`` calls. A layer whose GPU work takes less runs
+    at this pace. Timed on whole forwards: one layer called in a loop measured a half to a third of
+    it on the H100 machine (docs/validation.md, "Host-bound layers")."""
     import torch
 
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    host = (time.perf_counter() - t0) / n
-    torch.cuda.synchronize()
-    return host
+    for _ in range(warmup):
+        run()
+    samples = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run()
+        samples.append((time.perf_counter() - t0) / layers)
+        torch.cuda.synchronize()
+    return samples
 
 
 class Parts:
@@ -182,14 +189,20 @@ class Parts:
         ids = self.torch.randint(0, self.spec.vocab_size, (1, t), generator=self.gen, device=self.device)
         return lambda: self.model.tok_embeddings(ids)
 
-    def halves(self, x, cos, sin):
-        """(pre, post) of layer 0 at x's shape as the model's forward runs them: CUDA graph replays where
-        it uses graphs (``reference.graphs``), else eager calls. ``pre()`` -> (q, k, v, *extra);
-        ``post(y, pre_out)`` runs the rest of the layer on attention output y."""
+    def halves(self, x, cos, sin, as_forward: bool = False):
+        """(pre, post) of layer 0 at x's shape: ``pre()`` -> (q, k, v, *extra); ``post(y, pre_out)``
+        runs the rest of the layer on attention output y.
+
+        On CUDA the components are timed as CUDA graph replays at every size: their GPU time. Eager
+        calls above the graphed sizes would measure the host's time to issue them where it exceeds
+        the GPU's (up to 2x for ``pre_attention`` at 2k-4k tokens on the H100 machine's VM), which a
+        forward hides behind the previous part's GPU work; the host's pace is the separate per-layer
+        floor (``forward_host``). ``as_forward``: as the model's forward runs them instead (graphs up
+        to ``reference.graphs.max_tokens()``, eager above), for the whole-layer points."""
         from reference.graphs import LayerGraphs, applies
 
         blk = self.block
-        if applies(x):
+        if applies(x) if as_forward else x.is_cuda:
             graphs = LayerGraphs(self.model, x, cos, sin, layers=[blk])
             return (lambda: graphs.pre(0)), (lambda y, out: graphs.post(0, y))
         return (lambda: blk.pre(x, cos, sin)), (lambda y, out: blk.post(x, y, *out[3:]))
@@ -245,7 +258,7 @@ class Parts:
         from reference.layers import attention
 
         s = self.spec
-        pre, post = self.halves(self.randn(1, t, s.hidden_size), *self.rotary(t))
+        pre, post = self.halves(self.randn(1, t, s.hidden_size), *self.rotary(t), as_forward=True)
         pk = self.randn(1, s.num_kv_heads, past, s.head_dim) if past else None
         pv = self.randn(1, s.num_kv_heads, past, s.head_dim) if past else None
 
@@ -286,7 +299,8 @@ def profile(args: argparse.Namespace, say=print) -> dict:
         probes.append(speed_probe_s(5) if cpu else None)
         return base_timer(fn)
     comps: dict[str, list[dict]] = {k: [] for k in
-                                    ("embed", "pre_attention", "kv_copy", "post_attention", "attention", "head", "layer")}
+                                    ("embed", "pre_attention", "kv_copy", "post_attention", "attention", "head", "layer",
+                                     "forward_host")}
     tokens = sorted({(t, False) for t in grid["tokens"]} | {(t, True) for t in grid["tokens_held_out"]})
     with torch.no_grad():
         for t, held in tokens:
@@ -305,8 +319,14 @@ def profile(args: argparse.Namespace, say=print) -> dict:
             for past in (0, grid["past"][len(grid["past"]) // 2]):
                 run = parts.layer(t, past)
                 comps["layer"].append(_entry(timer(run), False, probes[-1], tokens=t, keys=t + past))
-                if not cpu:
-                    comps["layer"][-1]["host_s"] = statistics.median(host_time_s(run) for _ in range(args.repeat))
+        if not cpu:
+            from reference.replay import rank_run
+            for t in (t for t in grid["tokens"] if t <= FORWARD_HOST_MAX_TOKENS):
+                for past in (0, grid["past"][1]):
+                    run = rank_run(model, spec, device, DTYPES[args.dtype], t, past, False)
+                    samples = forward_host_s(run, spec.num_layers, args.warmup, args.repeat)
+                    comps["forward_host"].append(_entry(samples, False, None, tokens=t, keys=t + past))
+                    say(f"forward host {t} + past {past}: {comps['forward_host'][-1]['median_s'] * 1e3:.3f} ms a layer")
     return {
         "schema_version": SCHEMA_VERSION, "model": spec.to_dict(), "model_arg": args.model,
         "model_source": source, "dtype": args.dtype, "device": _device_name(device),

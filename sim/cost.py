@@ -58,22 +58,24 @@ class CostModel(Protocol):
     def attention_s(self, queries: int, keys: int, pairs: float) -> float: ...
     def post_attention_s(self, tokens: int) -> float: ...
     def head_s(self) -> float: ...
-    # Optional: layer_floor_s(past: bool) -> float, the least time one decoder layer takes however
-    # little it computes (a GPU whose host cannot issue kernels faster); 0 when absent. See ``host_wait``.
+    # Optional: layer_floor_s(tokens, past: bool) -> float, the least time one decoder layer of a
+    # ``tokens``-token chunk takes however little it computes (a GPU whose host cannot issue kernels
+    # faster); 0 when absent. See ``host_wait``.
 
 
-def host_wait_s(cost: "CostModel", *layer_parts_s: float, past: bool = False) -> float:
-    """Seconds a layer whose parts sum to less than the cost model's per-layer floor
-    (``layer_floor_s(past)``: the host's time to issue one layer, with or without a past to attend
-    to) waits for the host, else 0. A GPU runs small chunks at the rate its host issues their work,
-    which the separately timed parts do not show (docs/validation.md, "Host-bound layers")."""
+def host_wait_s(cost: "CostModel", *layer_parts_s: float, tokens: float, past: bool = False) -> float:
+    """Seconds a layer of a ``tokens``-token chunk whose parts sum to less than the cost model's
+    per-layer floor (``layer_floor_s(tokens, past)``: the host's time to issue one layer, with or
+    without a past to attend to) waits for the host, else 0. A GPU runs small chunks at the rate its
+    host issues their work, which the separately timed parts do not show (docs/validation.md,
+    "Host-bound layers")."""
     floor = getattr(cost, "layer_floor_s", None)
-    return max(0.0, (floor(past) if floor else 0.0) - sum(layer_parts_s))
+    return max(0.0, (floor(tokens, past) if floor else 0.0) - sum(layer_parts_s))
 
 
-def host_wait(cost: "CostModel", *layer_parts_s: float, past: bool = False) -> list[tuple[str, float]]:
+def host_wait(cost: "CostModel", *layer_parts_s: float, tokens: float, past: bool = False) -> list[tuple[str, float]]:
     """``host_wait_s`` as the ("host", s) piece a scheme appends to a layer's compute, or nothing."""
-    wait = host_wait_s(cost, *layer_parts_s, past=past)
+    wait = host_wait_s(cost, *layer_parts_s, tokens=tokens, past=past)
     return [("host", wait)] if wait > 0 else []
 
 

@@ -109,14 +109,20 @@ class ProfileCost:
             raise ProfileError(f"profile {self.path or '?'}: attention grid is not rectangular; missing "
                                f"(queries, past) {missing[:4]}")
         sq = sorted(square.items())
-        floor = {False: 0.0, True: 0.0}
-        layers = [e for e in comps.get("layer", []) if use(e)]
-        if self.profile.get("device_type") == "cuda" and layers:
-            least = min(e["tokens"] for e in layers)
-            smallest = [e for e in layers if e["tokens"] == least]
+        floor: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
+        if self.profile.get("device_type") == "cuda":
+            hosts = [e for e in comps.get("forward_host", []) if use(e)]
             for past in (False, True):
-                same = [e for e in smallest if (e["keys"] > e["tokens"]) == past] or smallest
-                floor[past] = statistics.median(self._host_seconds(e) for e in same)
+                pts = sorted((e["tokens"], self.seconds(e)) for e in hosts if (e["keys"] > e["tokens"]) == past)
+                if pts:
+                    floor[past] = ([float(t) for t, _ in pts], [s for _, s in pts])
+            layers = [e for e in comps.get("layer", []) if use(e)]
+            if not hosts and layers:  # schema 1-2: one floor, from the layers at the smallest chunk
+                least = min(e["tokens"] for e in layers)
+                smallest = [e for e in layers if e["tokens"] == least]
+                for past in (False, True):
+                    same = [e for e in smallest if (e["keys"] > e["tokens"]) == past] or smallest
+                    floor[past] = ([float(least)], [statistics.median(self._host_seconds(e) for e in same)])
         object.__setattr__(self, "_floor", floor)
         object.__setattr__(self, "_lines", lines)
         object.__setattr__(self, "_square", ([math.log(c) for (c, _), _ in sq], [y for _, y in sq]))
@@ -195,18 +201,28 @@ class ProfileCost:
         host = entry.get("host_s")
         return self.seconds(entry) if host is None else host * self.seconds(entry) / entry["median_s"]
 
-    def layer_floor_s(self, past: bool = False) -> float:
-        """GPU profiles: the host's time to issue one layer at the grid's smallest chunk, without or
-        with a past (the split attention call and the cache's copy add host work), the rate at which
-        a host-bound layer runs (a layer is never faster, whatever its parts add up to); 0 for CPU
+    def layer_floor_s(self, tokens: float | None = None, past: bool = False) -> float:
+        """GPU profiles: the host's time to issue one layer of a ``tokens``-token chunk, without or with
+        a past (the attention with a past and the cache's copy add host work): the pace of a
+        host-bound layer, which is never faster whatever its parts add up to. Interpolated between the
+        ``forward_host`` points (held at their ends); ``tokens=None``: at the smallest. 0 for CPU
         profiles, where host and compute are one. docs/validation.md, "Host-bound layers"."""
-        return self._floor[past] * self.speed_factor
+        xs, ys = self._floor[past]
+        if not xs:
+            return 0.0
+        t = xs[0] if tokens is None else min(max(float(tokens), xs[0]), xs[-1])
+        return _interp(xs, ys, t)[0] * self.speed_factor
 
     # ----- checks ---------------------------------------------------------------------------------
     def layer_s(self, tokens: int, keys: int) -> float:
-        """One decoder layer by the parts (no kv copy beyond the stack inside pre_attention)."""
-        return (self.pre_attention_s(tokens) + self.attention_s(tokens, keys, 0)
-                + self.post_attention_s(tokens))
+        """One decoder layer as the simulator runs it: its parts (the cache's copy where it has a past)
+        padded to the host floor."""
+        from .cost import host_wait_s
+
+        past = keys > tokens
+        parts = (self.pre_attention_s(tokens) + self.attention_s(tokens, keys, 0) + self.post_attention_s(tokens)
+                 + (self.kv_copy_s(keys) if past else 0.0))
+        return parts + host_wait_s(self, parts, tokens=tokens, past=past)
 
 
 def held_out_errors(profile: Mapping[str, Any]) -> list[tuple[str, str, float, float]]:
@@ -224,7 +240,7 @@ def held_out_errors(profile: Mapping[str, Any]) -> list[tuple[str, str, float, f
             out.append(("attention", f"c={e['queries']} k={e['keys']}", fit.seconds(e),
                         fit.attention_s(e["queries"], e["keys"], 0)))
     for e in comps.get("layer", []):
-        out.append(("layer (sum of parts)", f"t={e['tokens']} k={e['keys']}", fit.seconds(e),
+        out.append(("layer (parts, floor)", f"t={e['tokens']} k={e['keys']}", fit.seconds(e),
                     fit.layer_s(e["tokens"], e["keys"])))
     return out
 
@@ -243,6 +259,9 @@ def held_out_report(path: str) -> str:
         lines.append(f"{name:<22}{point:<18}{measured * 1e3:>12.3f}{predicted * 1e3:>14.3f}{err * 100:>8.1f}%")
     for name, errs in errors.items():
         lines.append(f"mean absolute error, {name}: {100 * sum(errs) / len(errs):.1f}% over {len(errs)} points")
+    for e in p["components"].get("forward_host", []):
+        lines.append(f"host floor per layer (forward_host), t={e['tokens']} k={e['keys']}: "
+                     f"{cost.seconds(e) * 1e3:.3f} ms")
     return "\n".join(lines) + "\n"
 
 

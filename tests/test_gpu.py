@@ -39,7 +39,8 @@ def _reference_attention(q, k, v):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("heads", [(8, 8), (8, 2), (8, 1)])  # MHA, GQA, MQA
-@pytest.mark.parametrize("c, n", [(128, 128), (64, 320), (1, 97), (200, 1000), (333, 333)])
+@pytest.mark.parametrize("c, n", [(128, 128), (64, 320), (1, 97), (200, 1000), (333, 333), (600, 1500),
+                                  (1024, 1536)])
 def test_chunk_attention_matches_fp32_reference(dtype, heads, c, n):
     from reference import fast_attention
 
@@ -53,15 +54,24 @@ def test_chunk_attention_matches_fp32_reference(dtype, heads, c, n):
     torch.testing.assert_close(got.float(), _reference_attention(q, k, v), atol=2e-2, rtol=2e-2)
 
 
-def test_chunk_attention_takes_the_cudnn_path_in_bf16():
-    """The speed claim rests on cuDNN: a refused shape would fall back silently, so check it is used."""
+def test_chunk_attention_takes_the_cudnn_path_in_bf16(monkeypatch):
+    """The speed claim rests on cuDNN: a refused shape would fall back silently, so check it is used:
+    one call without a past, two (the split) for a chunk of more than FLASH_MAX_CHUNK with a past, none
+    (one flash call) for a smaller chunk with a past."""
     from reference import fast_attention
 
     if not torch.backends.cudnn.is_available():
         pytest.skip("no cuDNN")
-    q = torch.randn(1, 32, 256, 128, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, 1, 512, 128, device="cuda", dtype=torch.bfloat16)
-    fast_attention.chunk_attention(q, k, k)
+    calls = []
+    real = fast_attention._cudnn
+    monkeypatch.setattr(fast_attention, "_cudnn", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    small, big = fast_attention.FLASH_MAX_CHUNK, fast_attention.FLASH_MAX_CHUNK + 128
+    for c, n, expected in [(big, big, 1), (big, big + 512, 2), (small, small + 512, 0)]:
+        calls.clear()
+        q = torch.randn(1, 32, c, 128, device="cuda", dtype=torch.bfloat16)
+        k = torch.randn(1, 1, n, 128, device="cuda", dtype=torch.bfloat16)
+        fast_attention.chunk_attention(q, k, k)
+        assert len(calls) == expected, (c, n, len(calls))
     assert fast_attention._use_cudnn(q), "cuDNN attention was refused for a head dim of 128 in bf16"
 
 

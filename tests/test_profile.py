@@ -158,3 +158,28 @@ def test_gpu_profiles_floor_each_layer_at_the_host_rate_in_every_scheme():
             assert chain_ttft_s(job, result.chunks, gpus) == pytest.approx(result.ttft_s, rel=1e-9)
     cpu_job = dataclasses.replace(base, cost_model=ProfileCost(_with_layers(synthetic(), "cpu", floor)))
     assert not [s for s in simulate(cpu_job).segments if s.op == "host"]
+
+
+def test_forward_host_points_make_a_floor_that_depends_on_the_chunk_and_the_past():
+    """Schema 3: the floor is the host's time per layer of whole forwards, interpolated in tokens
+    between the points with and without a past, held at the ends, and preferred to the layers'."""
+    doc = _with_layers(synthetic(), "cuda", 1e-3)
+    doc["components"]["forward_host"] = [
+        {"tokens": 8, "keys": 8, "held_out": False, "median_s": 2e-4},
+        {"tokens": 32, "keys": 32, "held_out": False, "median_s": 4e-4},
+        {"tokens": 8, "keys": 40, "held_out": False, "median_s": 6e-4},
+        {"tokens": 32, "keys": 64, "held_out": False, "median_s": 1e-3},
+        {"tokens": 16, "keys": 16, "held_out": True, "median_s": 9.0},  # held out: never used
+    ]
+    cost = ProfileCost(doc)
+    assert cost.layer_floor_s(8, past=False) == pytest.approx(2e-4)
+    assert cost.layer_floor_s(20, past=False) == pytest.approx(3e-4)
+    assert cost.layer_floor_s(20, past=True) == pytest.approx(8e-4)
+    assert cost.layer_floor_s(1, past=True) == pytest.approx(6e-4)       # held below the grid
+    assert cost.layer_floor_s(1000, past=False) == pytest.approx(4e-4)   # and above it
+    assert cost.layer_floor_s(past=True) == pytest.approx(6e-4)          # no chunk: the smallest
+    assert cost.scaled(3.0).layer_floor_s(20, past=False) == pytest.approx(9e-4)
+    # a layer is its parts padded to the floor of its own chunk size
+    from sim.cost import host_wait_s
+    assert host_wait_s(cost, 1e-4, tokens=20, past=True) == pytest.approx(7e-4)
+    assert host_wait_s(cost, 5e-3, tokens=20, past=True) == 0.0

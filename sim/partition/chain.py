@@ -51,7 +51,7 @@ def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
         qkv_s = cost.pre_attention_s(c)
         ops = ([cost.kv_copy_s(keys)] if r > 0 else []) + [cost.attention_s(c, keys, causal_pairs(c, keys)),
                                                           cost.post_attention_s(c)]
-        rest_s = sum(ops) + host_wait_s(cost, qkv_s, *ops, past=r > 0)
+        rest_s = sum(ops) + host_wait_s(cost, qkv_s, *ops, tokens=c, past=r > 0)
         if r < last:
             route = paths[gpus[r], gpus[r + 1]]
             lat_s = sum(latency[link] for link in route)

@@ -55,7 +55,7 @@ def layer_compute_s(cost: CostModel, rank: int, tokens: float, before: float) ->
     keys = before + tokens
     parts = (cost.pre_attention_s(tokens) + (cost.kv_copy_s(keys) if rank > 0 else 0.0)
              + cost.attention_s(tokens, keys, causal_pairs(tokens, keys)) + cost.post_attention_s(tokens))
-    return parts + host_wait_s(cost, parts, past=rank > 0)
+    return parts + host_wait_s(cost, parts, tokens=tokens, past=rank > 0)
 
 
 def balanced(context: int, parts: int, cost: CostModel) -> list[float]:
