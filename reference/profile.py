@@ -18,8 +18,11 @@ runtime's own modules (layer 0 of a seeded random model built by ``reference.che
 - ``head``: the final norm and LM head on the last token and the argmax to the host;
 - ``layer``: a whole decoder layer (``pre``, the cache hook of a local KV-cache holding a past, the
   attention, ``post``) as the model's forward runs it, a check that the parts add up to the whole;
-- ``forward_host`` (CUDA): the host's time per layer to issue a whole forward of t tokens with and
-  without a past (``forward_host_s``), the pace of a host-bound layer: the simulator's floor.
+- ``forward`` (CUDA): a whole forward of the model (``model.hidden``, as ``reference.replay`` runs a
+  rank) of t tokens with a past of 0 and of 1024 tokens, timed one call at a time (``forward_s``),
+  and the host's time per layer to issue it (``host_s``, for t <= 4096): the pace of a host-bound
+  layer, the simulator's floor. The simulator calibrates its layers to the forwards with a past and
+  holds those without one out as a check (``sim.profile``, docs/validation.md).
 
 Timing: on CUDA, CUDA events around back-to-back calls lasting about ``--steady-ms`` (the steady-state
 cost of a component inside a forward pass, see ``make_timer``); ``pre_attention``, ``post_attention``
@@ -44,7 +47,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 SCHEMA_VERSION = 3
-FORWARD_HOST_MAX_TOKENS = 4096  # host-time points up to here: above, a layer's GPU work is longer
+FORWARD_HOST_MAX_TOKENS = 4096  # host time of forwards up to here: above, a layer's GPU work is longer
 
 # Token grids (linear parts), attention grids as (queries, past keys); held-out points are measured
 # and flagged. ``cpu`` suits the small cluster model (chunks of 256..2048 tokens, contexts to 4096);
@@ -148,24 +151,29 @@ def make_timer(device, warmup: int, repeat: int,
     return timer
 
 
-def forward_host_s(run: Callable[[], object], layers: int, warmup: int, repeat: int) -> list[float]:
-    """CUDA: the host's time per layer to issue a whole forward ``run()`` (the model's own ``hidden``,
-    as a replayed rank runs it: embedding, rotary tables, graph lookup, every layer, no
-    synchronisation), ``repeat`` samples after ``warmup`` calls. A layer whose GPU work takes less runs
-    at this pace. Timed on whole forwards: one layer called in a loop measured a half to a third of
-    it on the H100 machine (docs/validation.md, "Host-bound layers")."""
+def forward_s(run: Callable[[], object], layers: int, warmup: int, repeat: int) -> tuple[list[float], list[float]]:
+    """CUDA: a whole forward ``run()`` (the model's own ``hidden``, as a replayed rank runs it:
+    embedding, rotary tables, graph lookup, every layer) timed as ``reference.replay`` times a rank:
+    one call after a synchronisation, between CUDA events; ``repeat`` samples after ``warmup`` calls.
+    Returns (seconds per forward, the host's seconds per layer to issue it). The host's time is the
+    pace of a host-bound layer; one layer called in a loop measured a half to a third of it on the
+    H100 machine (docs/validation.md, "Host-bound layers")."""
     import torch
 
     for _ in range(warmup):
         run()
-    samples = []
+    gpu, host = [], []
     for _ in range(repeat):
         torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         t0 = time.perf_counter()
         run()
-        samples.append((time.perf_counter() - t0) / layers)
-        torch.cuda.synchronize()
-    return samples
+        host.append((time.perf_counter() - t0) / layers)
+        end.record()
+        end.synchronize()
+        gpu.append(start.elapsed_time(end) / 1e3)
+    return gpu, host
 
 
 class Parts:
@@ -197,7 +205,7 @@ class Parts:
         calls above the graphed sizes would measure the host's time to issue them where it exceeds
         the GPU's (up to 2x for ``pre_attention`` at 2k-4k tokens on the H100 machine's VM), which a
         forward hides behind the previous part's GPU work; the host's pace is the separate per-layer
-        floor (``forward_host``). ``as_forward``: as the model's forward runs them instead (graphs up
+        floor (the ``forward`` points' ``host_s``). ``as_forward``: as the model's forward runs them instead (graphs up
         to ``reference.graphs.max_tokens()``, eager above), for the whole-layer points."""
         from reference.graphs import LayerGraphs, applies
 
@@ -300,7 +308,7 @@ def profile(args: argparse.Namespace, say=print) -> dict:
         return base_timer(fn)
     comps: dict[str, list[dict]] = {k: [] for k in
                                     ("embed", "pre_attention", "kv_copy", "post_attention", "attention", "head", "layer",
-                                     "forward_host")}
+                                     "forward")}
     tokens = sorted({(t, False) for t in grid["tokens"]} | {(t, True) for t in grid["tokens_held_out"]})
     with torch.no_grad():
         for t, held in tokens:
@@ -321,12 +329,16 @@ def profile(args: argparse.Namespace, say=print) -> dict:
                 comps["layer"].append(_entry(timer(run), False, probes[-1], tokens=t, keys=t + past))
         if not cpu:
             from reference.replay import rank_run
-            for t in (t for t in grid["tokens"] if t <= FORWARD_HOST_MAX_TOKENS):
+            for t in grid["tokens"]:
                 for past in (0, grid["past"][1]):
                     run = rank_run(model, spec, device, DTYPES[args.dtype], t, past, False)
-                    samples = forward_host_s(run, spec.num_layers, args.warmup, args.repeat)
-                    comps["forward_host"].append(_entry(samples, False, None, tokens=t, keys=t + past))
-                    say(f"forward host {t} + past {past}: {comps['forward_host'][-1]['median_s'] * 1e3:.3f} ms a layer")
+                    samples, host = forward_s(run, spec.num_layers, args.warmup, args.repeat)
+                    entry = _entry(samples, past == 0, None, tokens=t, keys=t + past)
+                    if t <= FORWARD_HOST_MAX_TOKENS:
+                        entry["host_s"] = statistics.median(host)
+                    comps["forward"].append(entry)
+                    say(f"forward {t} + past {past}: {entry['median_s'] * 1e3:.2f} ms, host "
+                        f"{entry.get('host_s', float('nan')) * 1e3:.3f} ms a layer")
     return {
         "schema_version": SCHEMA_VERSION, "model": spec.to_dict(), "model_arg": args.model,
         "model_source": source, "dtype": args.dtype, "device": _device_name(device),

@@ -60,23 +60,37 @@ class CostModel(Protocol):
     def head_s(self) -> float: ...
     # Optional: layer_floor_s(tokens, past: bool) -> float, the least time one decoder layer of a
     # ``tokens``-token chunk takes however little it computes (a GPU whose host cannot issue kernels
-    # faster); 0 when absent. See ``host_wait``.
+    # faster); 0 when absent. Optional: forward_factor(tokens) -> float, how much longer a layer takes
+    # inside a whole forward than that; 1 when absent. See ``host_wait``.
+
+
+def layer_extra_s(cost: "CostModel", *layer_parts_s: float, tokens: float,
+                  past: bool = False) -> tuple[float, float]:
+    """(host wait, calibration) seconds a layer of a ``tokens``-token chunk adds to its parts.
+
+    Host wait: where the parts sum to less than the cost model's per-layer floor
+    (``layer_floor_s(tokens, past)``: the host's time to issue one layer, with or without a past to
+    attend to), the layer waits for the host. A GPU runs small chunks at the rate its host issues
+    their work, which the separately timed parts do not show (docs/validation.md, "Host-bound layers").
+    Calibration: a layer inside a whole forward takes ``forward_factor(tokens)`` times that
+    (docs/validation.md, "Forward calibration")."""
+    parts = sum(layer_parts_s)
+    floor = getattr(cost, "layer_floor_s", None)
+    factor = getattr(cost, "forward_factor", None)
+    wait = max(0.0, (floor(tokens, past) if floor else 0.0) - parts)
+    return wait, (parts + wait) * ((factor(tokens) if factor else 1.0) - 1.0)
 
 
 def host_wait_s(cost: "CostModel", *layer_parts_s: float, tokens: float, past: bool = False) -> float:
-    """Seconds a layer of a ``tokens``-token chunk whose parts sum to less than the cost model's
-    per-layer floor (``layer_floor_s(tokens, past)``: the host's time to issue one layer, with or
-    without a past to attend to) waits for the host, else 0. A GPU runs small chunks at the rate its
-    host issues their work, which the separately timed parts do not show (docs/validation.md,
-    "Host-bound layers")."""
-    floor = getattr(cost, "layer_floor_s", None)
-    return max(0.0, (floor(tokens, past) if floor else 0.0) - sum(layer_parts_s))
+    """Seconds a layer adds to its parts: ``layer_extra_s``, summed."""
+    return sum(layer_extra_s(cost, *layer_parts_s, tokens=tokens, past=past))
 
 
 def host_wait(cost: "CostModel", *layer_parts_s: float, tokens: float, past: bool = False) -> list[tuple[str, float]]:
-    """``host_wait_s`` as the ("host", s) piece a scheme appends to a layer's compute, or nothing."""
-    wait = host_wait_s(cost, *layer_parts_s, tokens=tokens, past=past)
-    return [("host", wait)] if wait > 0 else []
+    """``layer_extra_s`` as the ("host", s) and ("calibration", s) pieces a scheme appends to a layer's
+    compute, where not zero."""
+    wait, calibration = layer_extra_s(cost, *layer_parts_s, tokens=tokens, past=past)
+    return [(op, s) for op, s in (("host", wait), ("calibration", calibration)) if s != 0.0]
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ class ProfileCost:
     path: str = ""
     speed_factor: float = 1.0  # seconds here = profile seconds (at its reference speed) x this
     extrapolated: Counter = field(default_factory=Counter, repr=False)
+    calibrated: bool = True  # scale layers to the profile's whole forwards (``forward_factor``)
 
     def seconds(self, entry: Mapping[str, Any]) -> float:
         """A grid point's median at the profile's reference speed."""
@@ -81,7 +82,7 @@ class ProfileCost:
 
     def scaled(self, factor: float) -> "ProfileCost":
         """The same profile on a machine ``factor`` times slower (its extrapolation count is shared)."""
-        return ProfileCost(self.profile, self.path, self.speed_factor * factor, self.extrapolated)
+        return ProfileCost(self.profile, self.path, self.speed_factor * factor, self.extrapolated, self.calibrated)
 
     def __post_init__(self) -> None:
         comps = self.profile.get("components")
@@ -110,10 +111,11 @@ class ProfileCost:
                                f"(queries, past) {missing[:4]}")
         sq = sorted(square.items())
         floor: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
+        forwards = comps.get("forward", []) if self.profile.get("device_type") == "cuda" else []
         if self.profile.get("device_type") == "cuda":
-            hosts = [e for e in comps.get("forward_host", []) if use(e)]
+            hosts = [e for e in forwards if e.get("host_s") is not None]
             for past in (False, True):
-                pts = sorted((e["tokens"], self.seconds(e)) for e in hosts if (e["keys"] > e["tokens"]) == past)
+                pts = sorted((e["tokens"], e["host_s"]) for e in hosts if (e["keys"] > e["tokens"]) == past)
                 if pts:
                     floor[past] = ([float(t) for t, _ in pts], [s for _, s in pts])
             layers = [e for e in comps.get("layer", []) if use(e)]
@@ -124,9 +126,17 @@ class ProfileCost:
                     same = [e for e in smallest if (e["keys"] > e["tokens"]) == past] or smallest
                     floor[past] = ([float(least)], [statistics.median(self._host_seconds(e) for e in same)])
         object.__setattr__(self, "_floor", floor)
+        object.__setattr__(self, "_factor", ([], []))
         object.__setattr__(self, "_lines", lines)
         object.__setattr__(self, "_square", ([math.log(c) for (c, _), _ in sq], [y for _, y in sq]))
         object.__setattr__(self, "_rect", ([math.log(c) for c in cs], [math.log(p) for p in ps], rect, cs, ps))
+        fit = [e for e in forwards if use(e)]
+        if self.calibrated and fit:
+            raw = ProfileCost(self.profile, self.path, calibrated=False)
+            pts = sorted((e["tokens"], (raw.seconds(e) - raw.embed_s(e["tokens"]))
+                          / (raw.forward_s(e["tokens"], e["keys"]) - raw.embed_s(e["tokens"]))) for e in fit)
+            # at least 1: the parts are timed back to back, a forward adds gaps but cannot remove work
+            object.__setattr__(self, "_factor", ([math.log(t) for t, _ in pts], [max(f, 1.0) for _, f in pts]))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "ProfileCost":
@@ -138,7 +148,7 @@ class ProfileCost:
             raise ProfileError(f"cannot read profile {path} ({e.strerror})") from None
         except json.JSONDecodeError as e:
             raise ProfileError(f"profile {path}: not valid JSON ({e})") from None
-        return cls(doc, path=path)
+        return cls(doc, path=path, calibrated=os.environ.get("SIM_FORWARD_CALIBRATION", "1") != "0")
 
     @property
     def model(self) -> ModelSpec:
@@ -159,6 +169,17 @@ class ProfileCost:
         if out:
             self.extrapolated[name] += 1
         return max(y, 0.0) * self.speed_factor
+
+    def forward_factor(self, tokens: float) -> float:
+        """How much longer a layer of a ``tokens``-token chunk takes inside a whole forward than its
+        parts, padded to the host floor, add up to: the profile's forwards with a past (less the
+        embedding) over the uncalibrated model's layers (at least 1), interpolated in log tokens and
+        held at the ends; 1 without forward points or with ``calibrated=False`` (``SIM_FORWARD_CALIBRATION=0``).
+        Schemes add the difference to each layer (``sim.cost.host_wait``). docs/validation.md, section 7."""
+        xs, ys = self._factor
+        if not xs:
+            return 1.0
+        return _interp(xs, ys, min(max(math.log(max(tokens, 1)), xs[0]), xs[-1]))[0]
 
     def embed_s(self, tokens: int) -> float:
         return self._linear("embed", tokens)
@@ -205,7 +226,7 @@ class ProfileCost:
         """GPU profiles: the host's time to issue one layer of a ``tokens``-token chunk, without or with
         a past (the attention with a past and the cache's copy add host work): the pace of a
         host-bound layer, which is never faster whatever its parts add up to. Interpolated between the
-        ``forward_host`` points (held at their ends); ``tokens=None``: at the smallest. 0 for CPU
+        ``forward`` points' ``host_s`` (held at their ends); ``tokens=None``: at the smallest. 0 for CPU
         profiles, where host and compute are one. docs/validation.md, "Host-bound layers"."""
         xs, ys = self._floor[past]
         if not xs:
@@ -224,11 +245,17 @@ class ProfileCost:
                  + (self.kv_copy_s(keys) if past else 0.0))
         return parts + host_wait_s(self, parts, tokens=tokens, past=past)
 
+    def forward_s(self, tokens: int, keys: int) -> float:
+        """A whole forward of a chunk (the ``forward`` points: embedding and every layer, no head)."""
+        return self.embed_s(tokens) + self.model.num_layers * self.layer_s(tokens, keys)
+
 
 def held_out_errors(profile: Mapping[str, Any]) -> list[tuple[str, str, float, float]]:
     """(component, point, measured s, predicted s) for every held-out grid point (the model never
     fits them); and the whole-layer checks against the sum of the parts."""
-    fit = ProfileCost(profile)  # each point is compared at the profile's reference speed
+    # Each point is compared at the profile's reference speed; the parts and layers with the model as
+    # fitted on the parts (they are timed alike), the whole forwards also with the forward calibration.
+    fit = ProfileCost(profile, calibrated=False)
     out = []
     comps = profile["components"]
     for name in LINEAR_PARTS:
@@ -242,6 +269,12 @@ def held_out_errors(profile: Mapping[str, Any]) -> list[tuple[str, str, float, f
     for e in comps.get("layer", []):
         out.append(("layer (parts, floor)", f"t={e['tokens']} k={e['keys']}", fit.seconds(e),
                     fit.layer_s(e["tokens"], e["keys"])))
+    calibrated = ProfileCost(profile)
+    for e in comps.get("forward", []) if profile.get("device_type") == "cuda" else []:
+        if e.get("held_out"):
+            point = f"t={e['tokens']} k={e['keys']}"
+            out.append(("forward, calibrated", point, fit.seconds(e), calibrated.forward_s(e["tokens"], e["keys"])))
+            out.append(("forward, uncalibrated", point, fit.seconds(e), fit.forward_s(e["tokens"], e["keys"])))
     return out
 
 
@@ -259,9 +292,12 @@ def held_out_report(path: str) -> str:
         lines.append(f"{name:<22}{point:<18}{measured * 1e3:>12.3f}{predicted * 1e3:>14.3f}{err * 100:>8.1f}%")
     for name, errs in errors.items():
         lines.append(f"mean absolute error, {name}: {100 * sum(errs) / len(errs):.1f}% over {len(errs)} points")
-    for e in p["components"].get("forward_host", []):
-        lines.append(f"host floor per layer (forward_host), t={e['tokens']} k={e['keys']}: "
-                     f"{cost.seconds(e) * 1e3:.3f} ms")
+    for e in p["components"].get("forward", []):
+        if not e.get("held_out"):
+            lines.append(f"forward factor at t={e['tokens']}: {cost.forward_factor(e['tokens']):.3f}")
+    for e in p["components"].get("forward", []):
+        if e.get("host_s") is not None:
+            lines.append(f"host floor per layer, t={e['tokens']} k={e['keys']}: {e['host_s'] * 1e3:.3f} ms")
     return "\n".join(lines) + "\n"
 
 

@@ -160,18 +160,19 @@ def test_gpu_profiles_floor_each_layer_at_the_host_rate_in_every_scheme():
     assert not [s for s in simulate(cpu_job).segments if s.op == "host"]
 
 
-def test_forward_host_points_make_a_floor_that_depends_on_the_chunk_and_the_past():
-    """Schema 3: the floor is the host's time per layer of whole forwards, interpolated in tokens
-    between the points with and without a past, held at the ends, and preferred to the layers'."""
+def test_forward_points_make_a_floor_by_chunk_and_past_and_calibrate_layers_to_whole_forwards():
+    """Schema 3: the floor is the host's time per layer of whole forwards (``host_s``), interpolated
+    in tokens between the points with and without a past, held at the ends, and preferred to the
+    layers'. The forwards with a past calibrate every layer (``forward_factor``): a model fitted on
+    forwards 1.25x slower than its parts predicts exactly those forwards; the held-out ones check it."""
+    from sim.cost import host_wait, host_wait_s
+
     doc = _with_layers(synthetic(), "cuda", 1e-3)
-    doc["components"]["forward_host"] = [
-        {"tokens": 8, "keys": 8, "held_out": False, "median_s": 2e-4},
-        {"tokens": 32, "keys": 32, "held_out": False, "median_s": 4e-4},
-        {"tokens": 8, "keys": 40, "held_out": False, "median_s": 6e-4},
-        {"tokens": 32, "keys": 64, "held_out": False, "median_s": 1e-3},
-        {"tokens": 16, "keys": 16, "held_out": True, "median_s": 9.0},  # held out: never used
-    ]
-    cost = ProfileCost(doc)
+    fwd = [(8, 8, 2e-4), (32, 32, 4e-4), (8, 40, 6e-4), (32, 64, 1e-3)]
+    doc["components"]["forward"] = [{"tokens": t, "keys": k, "held_out": k == t, "median_s": 1.0, "host_s": h}
+                                    for t, k, h in fwd]
+    cost = ProfileCost(doc, calibrated=False)
+    assert cost.forward_factor(8) == 1.0
     assert cost.layer_floor_s(8, past=False) == pytest.approx(2e-4)
     assert cost.layer_floor_s(20, past=False) == pytest.approx(3e-4)
     assert cost.layer_floor_s(20, past=True) == pytest.approx(8e-4)
@@ -179,7 +180,21 @@ def test_forward_host_points_make_a_floor_that_depends_on_the_chunk_and_the_past
     assert cost.layer_floor_s(1000, past=False) == pytest.approx(4e-4)   # and above it
     assert cost.layer_floor_s(past=True) == pytest.approx(6e-4)          # no chunk: the smallest
     assert cost.scaled(3.0).layer_floor_s(20, past=False) == pytest.approx(9e-4)
-    # a layer is its parts padded to the floor of its own chunk size
-    from sim.cost import host_wait_s
-    assert host_wait_s(cost, 1e-4, tokens=20, past=True) == pytest.approx(7e-4)
+    assert host_wait_s(cost, 1e-4, tokens=20, past=True) == pytest.approx(7e-4)  # padded to its own floor
     assert host_wait_s(cost, 5e-3, tokens=20, past=True) == 0.0
+
+    for e in doc["components"]["forward"]:  # forwards 1.25x the uncalibrated model's layers
+        t, k = e["tokens"], e["keys"]
+        e["median_s"] = cost.embed_s(t) + 1.25 * (cost.forward_s(t, k) - cost.embed_s(t))
+    calibrated = ProfileCost(doc)
+    for t in (1, 8, 20, 32, 1000):
+        assert calibrated.forward_factor(t) == pytest.approx(1.25)
+    for e in doc["components"]["forward"]:
+        assert calibrated.forward_s(e["tokens"], e["keys"]) == pytest.approx(e["median_s"])
+    pieces = dict(host_wait(calibrated, 1e-4, tokens=20, past=True))
+    assert pieces["host"] == pytest.approx(7e-4) and pieces["calibration"] == pytest.approx(0.25 * 8e-4)
+    errors = {(name, point): (m, p) for name, point, m, p in held_out_errors(doc)}
+    m, p = errors[("forward, calibrated", "t=32 k=32")]
+    assert p == pytest.approx(m)
+    m, p = errors[("forward, uncalibrated", "t=32 k=32")]
+    assert p < m
