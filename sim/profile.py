@@ -116,8 +116,9 @@ class ProfileCost:
             hosts = [e for e in forwards if e.get("host_s") is not None]
             for past in (False, True):
                 pts = sorted((e["tokens"], e["host_s"]) for e in hosts if (e["keys"] > e["tokens"]) == past)
-                if pts:
-                    floor[past] = ([float(t) for t, _ in pts], [s for _, s in pts])
+                if pts:  # the lower envelope from above: the host's time to issue a layer does not
+                    # fall as the chunk grows, so a point above a larger chunk's is a stalled sample
+                    floor[past] = ([float(t) for t, _ in pts], [min(s for _, s in pts[i:]) for i in range(len(pts))])
             layers = [e for e in comps.get("layer", []) if use(e)]
             if not hosts and layers:  # schema 1-2: one floor, from the layers at the smallest chunk
                 least = min(e["tokens"] for e in layers)
@@ -226,7 +227,7 @@ class ProfileCost:
         """GPU profiles: the host's time to issue one layer of a ``tokens``-token chunk, without or with
         a past (the attention with a past and the cache's copy add host work): the pace of a
         host-bound layer, which is never faster whatever its parts add up to. Interpolated between the
-        ``forward`` points' ``host_s`` (held at their ends); ``tokens=None``: at the smallest. 0 for CPU
+        ``forward`` points' ``host_s`` (each no more than any larger chunk's; held at the ends); ``tokens=None``: at the smallest. 0 for CPU
         profiles, where host and compute are one. docs/validation.md, "Host-bound layers"."""
         xs, ys = self._floor[past]
         if not xs:
