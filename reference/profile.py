@@ -112,6 +112,19 @@ def speed_probe_s(repeat: int = 9) -> float:
         torch.set_num_threads(threads)
 
 
+def events_per_call_s(fn: Callable[[], object], n: int) -> float:
+    """CUDA: seconds per call of n back-to-back ``fn()`` calls between two CUDA events."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / n
+
+
 def make_timer(device, warmup: int, repeat: int,
                steady_s: float | None = None) -> Callable[[Callable[[], object]], list[float]]:
     """A function that times ``fn()``: ``warmup`` untimed calls, then ``repeat`` samples in seconds.
@@ -128,13 +141,7 @@ def make_timer(device, warmup: int, repeat: int,
 
     def one(fn, n: int) -> float:
         torch.cuda.synchronize(device)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / n
+        return events_per_call_s(fn, n)
 
     def timer(fn: Callable[[], object]) -> list[float]:
         for _ in range(warmup):
