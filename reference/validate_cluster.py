@@ -17,8 +17,10 @@ cluster (``reference.netcluster``), and each run's results JSON lands in ``--out
   load spread over all configurations; ``sim.validate`` takes the median of the rounds.
 - The results' ``link`` field is ``cluster=NAME ...``: how the simulator matches them to its jobs.
   The harness adds ``speed_probe_s``: [before, after], the machine-speed probe of ``reference.profile``
-  just before and after the launch, and ``contended_probe_s``: the same probe run in P processes at
-  once (the speed of a core while every rank computes; docs/validation.md, "Machine speed").
+  just before and after the launch, ``contended_probe_s``: the same probe run in P processes at
+  once, and ``workload_probe_s`` / ``contended_workload_probe_s``: a forward of the cluster's own model
+  in one process and in P at once (``workload_probe_s``), whose ratio is the slowdown of a rank's
+  compute while every rank computes (docs/validation.md, "Machine speed").
 - Every namespace, link and process is torn down after each cluster, also on failure or Ctrl-C
   (``ShapedCluster``). Where namespaces are not permitted the ranks run on plain loopback and the
   ``link`` field says ``loopback``.
@@ -77,14 +79,58 @@ def result_path(out_dir: str, job, round_: int) -> str:
 _POOL: concurrent.futures.ProcessPoolExecutor | None = None
 
 
-def contended_probe_s(ranks: int) -> float:
-    """The machine-speed probe run in ``ranks`` processes at once, mean: the speed of one rank's core
-    while every rank computes (on this machine two busy vCPUs sometimes run at half speed each)."""
+def _pool(ranks: int) -> concurrent.futures.ProcessPoolExecutor:
     global _POOL
     if _POOL is None or _POOL._max_workers < ranks:  # forked once: workers start at once
         _POOL = concurrent.futures.ProcessPoolExecutor(ranks, mp_context=multiprocessing.get_context("fork"))
-    futures = [_POOL.submit(speed_probe_s, 15) for _ in range(ranks)]
+    return _POOL
+
+
+def contended_probe_s(ranks: int) -> float:
+    """The machine-speed probe run in ``ranks`` processes at once, mean: the speed of one rank's core
+    while every rank computes (on this machine two busy vCPUs sometimes run at half speed each)."""
+    futures = [_pool(ranks).submit(speed_probe_s, 15) for _ in range(ranks)]
     return statistics.fmean(f.result() for f in futures)
+
+
+_WORKLOAD: tuple | None = None
+
+
+def workload_probe_s(model_arg: str, dtype: str, tokens: int = 256, repeat: int = 3) -> float:
+    """Seconds of one forward of ``tokens`` tokens through the cluster's own model (seeded random
+    weights, fused, every layer, no past) on one thread, median of ``repeat`` after one untimed: the
+    ranks' own mix of work (GEMMs, attention, copies), not a GEMM alone. Run in one pool process and in
+    P at once, it says how much slower a rank computes while every rank does: the GEMM probe in P
+    processes slowed 2.0-2.15x in rounds where the two ranks' real work got 1.2-1.3 cores' worth
+    between them (docs/validation.md, section 3)."""
+    global _WORKLOAD
+    import torch
+
+    from reference.checkpoint import DTYPES, load_model
+    from reference.kvcache import KVCache
+
+    torch.set_num_threads(1)
+    if _WORKLOAD is None or _WORKLOAD[0] != (model_arg, dtype, tokens):
+        spec, model, _ = load_model(model_arg, torch.device("cpu"), DTYPES[dtype], seed=0)
+        model.fuse_()
+        ids = torch.randint(0, spec.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
+        _WORKLOAD = ((model_arg, dtype, tokens), model, ids, spec.num_layers)
+    _, model, ids, layers = _WORKLOAD
+    samples = []
+    with torch.no_grad():
+        for i in range(repeat + 1):
+            t0 = time.perf_counter()
+            model.hidden(ids, 0, KVCache(layers))
+            if i:
+                samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def workload_probes_s(model_arg: str, dtype: str, ranks: int) -> tuple[float, float]:
+    """(``workload_probe_s`` in one pool process, its mean over ``ranks`` processes at once)."""
+    alone = _pool(ranks).submit(workload_probe_s, model_arg, dtype).result()
+    futures = [_pool(ranks).submit(workload_probe_s, model_arg, dtype) for _ in range(ranks)]
+    return alone, statistics.fmean(f.result() for f in futures)
 
 
 def job_chunks(job) -> list[int]:
@@ -142,7 +188,7 @@ def _run_one(cluster: ShapedCluster, job, round_: int, model_arg: str, dtype: st
     how = "shaped" if cluster.shaped else "loopback"
     link = f"cluster={job.cluster.name} ({how}; reference.validate_cluster {os.path.basename(args.scenario)})"
     argv = launch_argv(job, model_arg, dtype, args, out, link)
-    probe_before = speed_probe_s(), contended_probe_s(job.num_gpus)
+    probe_before = speed_probe_s(), contended_probe_s(job.num_gpus), workload_probes_s(model_arg, dtype, job.num_gpus)
     t0 = time.monotonic()
     if job.num_gpus == 1:  # single: one plain process, no link involved
         env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "WORLD_SIZE", "RANK")}
@@ -164,6 +210,9 @@ def _run_one(cluster: ShapedCluster, job, round_: int, model_arg: str, dtype: st
         results_doc = json.load(f)
     results_doc["speed_probe_s"] = [probe_before[0], speed_probe_s()]
     results_doc["contended_probe_s"] = [probe_before[1], contended_probe_s(job.num_gpus)]
+    after = workload_probes_s(model_arg, dtype, job.num_gpus)
+    results_doc["workload_probe_s"] = [probe_before[2][0], after[0]]
+    results_doc["contended_workload_probe_s"] = [probe_before[2][1], after[1]]
     write_atomic(out, results_doc)
     say(f"round {round_} {job.cluster.name} {job.scheme.name} P={job.num_gpus} C={job.context}: "
         f"{results[0].stdout.strip().splitlines()[-1]} ({time.monotonic() - t0:.1f} s)")

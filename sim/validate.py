@@ -52,7 +52,7 @@ class Measured:
     rounds_s: tuple[float, ...]  # each round's median TTFT
     files: tuple[str, ...]
     probes_s: tuple[float | None, ...] = ()  # each round's machine-speed probe (mean of before, after)
-    contention: tuple[float | None, ...] = ()  # each round's contended probe over its probe
+    contention: tuple[float | None, ...] = ()  # each round's workload (else GEMM) probe in P processes over one
 
     @property
     def contention_range(self) -> str:
@@ -81,8 +81,11 @@ def load_measured(files: list[str]) -> dict[tuple, Measured]:
                        r["context"], r["partition"])
             probe = statistics.fmean(r["speed_probe_s"]) if r.get("speed_probe_s") else None
             busy = statistics.fmean(r["contended_probe_s"]) if r.get("contended_probe_s") else None
-            by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path, probe,
-                                               busy / probe if busy and probe else None))
+            contention = busy / probe if busy and probe else None
+            if r.get("workload_probe_s") and r.get("contended_workload_probe_s"):
+                # the ranks' own work in P processes over one (reference.validate_cluster.workload_probe_s)
+                contention = statistics.fmean(r["contended_workload_probe_s"]) / statistics.fmean(r["workload_probe_s"])
+            by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path, probe, contention))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise MeasuredError(f"measured results {path}: {e}") from None
     return {k: Measured(statistics.median(x[0] for x in v), tuple(x[0] for x in v), tuple(x[1] for x in v),
@@ -249,7 +252,7 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
         return "\n".join(lines) + "\n"
     lines.append("sim ms: each round simulated under its speed and contention, median; meas ms: median of "
                  "the rounds; error: median of the rounds' errors; unadj.: one core per rank at the profile's "
-                 "speed, NCCL semantics; speed: probe / profile's; busy: probe with every rank busy / probe alone")
+                 "speed, NCCL semantics; speed: probe / profile's; busy: a rank's work with every rank busy / alone (the workload probe, else the GEMM probe)")
     lines.append(f"{'model':<16}{'cluster':<12}{'scheme':<7}{'P':>2}{'C':>6} {'chunks':<10}"
                  f"{'sim ms':>9}{'meas ms':>9}{'rounds ms':>17}{'speed':>11}{'busy':>11}{'error':>8}"
                  f"{'unadj. ms':>10}{'error':>8}  rounds' errors %")
