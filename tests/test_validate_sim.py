@@ -80,3 +80,18 @@ def test_a_rank_leaves_the_gloo_all_gather_after_its_own_receive():
     # Rank 1 (the last) gets rank 0's chunk as soon as both have entered; rank 0 waits 2 s for its own:
     # rank 1 computes 0-1, 3-4, 6-7 (each gather starts when the late rank 0 enters).
     assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(7.0)
+
+
+def test_contention_comes_from_the_workload_probe_where_a_result_has_one(tmp_path):
+    """The shared-core term's contention is the ranks' own work in P processes over one
+    (``workload_probe_s``) where the harness measured it, else the GEMM probe's ratio."""
+    base = {"model": SPEC.to_dict(), "scheme": "kvr", "world_size": 2, "context": 64, "partition": [32, 32],
+            "speed_probe_s": [1.0, 1.0], "contended_probe_s": [2.0, 2.2]}
+    (tmp_path / "gemm.json").write_text(json.dumps({**base, "link": "cluster=a", "ttft_median_s": 1.0}))
+    (tmp_path / "work.json").write_text(json.dumps({
+        **base, "link": "cluster=b", "ttft_median_s": 1.0,
+        "workload_probe_s": [0.2, 0.2], "contended_workload_probe_s": [0.25, 0.27]}))
+    measured = load_measured([str(tmp_path / "gemm.json"), str(tmp_path / "work.json")])
+    by_cluster = {key[1]: m for key, m in measured.items()}
+    assert by_cluster["a"].contention == (pytest.approx(2.1),)
+    assert by_cluster["b"].contention == (pytest.approx(1.3),)
