@@ -198,3 +198,39 @@ def test_forward_points_make_a_floor_by_chunk_and_past_and_calibrate_layers_to_w
     assert p == pytest.approx(m)
     m, p = errors[("forward, uncalibrated", "t=32 k=32")]
     assert p < m
+
+
+def test_calibrated_layers_agree_between_simpy_the_closed_form_chain_and_the_solver():
+    """The calibration piece is part of every layer wherever layers are costed: the SimPy schemes, the
+    kvr closed form (``chain_ttft_s``) and the partition solver's per-layer compute."""
+    import dataclasses
+
+    from sim.cluster import ClusterSpec
+    from sim.partition.chain import chain_ttft_s, exact_for
+    from sim.partition.search import layer_compute_s
+    from sim.schemes import SchemeSpec
+    from sim.simulate import Job, simulate
+
+    doc = _with_layers(synthetic(), "cuda", 1e-3)
+    factors = {8: 1.5, 32: 1.1}
+    doc["components"]["forward"] = [{"tokens": t, "keys": t + 16, "held_out": False, "host_s": 1e-5,
+                                     "median_s": 1.0} for t in factors]
+    raw = ProfileCost(doc, calibrated=False)  # the host floor of these forwards, no calibration
+    for e in doc["components"]["forward"]:
+        t = e["tokens"]
+        e["median_s"] = raw.embed_s(t) + factors[t] * (raw.forward_s(t, t + 16) - raw.embed_s(t))
+    cost = ProfileCost(doc)
+    assert cost.forward_factor(8) == pytest.approx(1.5) and cost.forward_factor(32) == pytest.approx(1.1)
+    job = Job(model=SPEC, gpu=None, dtype="fp32", cluster=ClusterSpec.uniform("u", 4, 100e9, 1e-6),
+              scheme=SchemeSpec(name="kvr", kind="kvr"), context=48, num_gpus=4, cost_model=cost)
+    result = simulate(job)
+    assert [s for s in result.segments if s.op == "calibration"]
+    assert exact_for(job, list(range(4)))
+    assert chain_ttft_s(job, result.chunks, list(range(4))) == pytest.approx(result.ttft_s, rel=1e-9)
+    # the solver's layer of rank 1 is the SimPy layer: every compute segment of rank 1, layer 0
+    c0, c1 = result.chunks[:2]
+    simpy_layer = sum(s.end_s - s.start_s for s in result.segments
+                      if s.rank == 1 and s.layer == 0 and s.kind == "compute")
+    assert layer_compute_s(cost, 1, c1, c0) == pytest.approx(simpy_layer, rel=1e-9)
+    uncalibrated = dataclasses.replace(job, cost_model=ProfileCost(doc, calibrated=False))
+    assert simulate(uncalibrated).ttft_s < result.ttft_s
