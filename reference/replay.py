@@ -1,7 +1,7 @@
 """Per-rank replays: each rank's share of a scenario's ``tsp``/``kvr`` partitions run alone on one device.
 
     python -m reference.replay SCENARIO.yaml --device cpu|cuda --out results/cpu/replay-NAME.json \\
-        [--schemes NAME,...] [--warmup 2] [--repeat 5] [--threads 1]
+        [--schemes NAME,...] [--warmup 2] [--repeat 5] [--rounds 1] [--threads 1]
 
 For every model, GPU count, context and ``tsp``/``kvr`` scheme of the scenario, the partition is the
 simulator's (``sim.partition.plan(job)``; a searched ``kvr-s`` partition may differ between clusters,
@@ -13,8 +13,10 @@ the embedding, every decoder layer with a local ``KVCache`` pre-filled with rand
 the compute the simulator counts as the rank's busy time (``sim.replay``).
 
 Timing as ``reference.profile``: CUDA events or ``time.perf_counter``, ``--warmup`` untimed runs, the
-median of ``--repeat``; on CPUs a speed probe before every rank (``probe_s``), so the comparison can
-scale the profile to the replay's speed. Compare: ``python -m sim.replay SCENARIO.yaml RESULTS.json``,
+median of ``--repeat``; with ``--rounds N`` every rank is replayed N times, rounds after the first in a
+shuffled order, and its time is the median of its rounds' medians (a stall of the host then hits one
+round of a rank, not the rank); on CPUs a speed probe before every rank (``probe_s``; with rounds, the
+median of the rounds' probes), so the comparison can scale the profile to the replay's speed. Compare: ``python -m sim.replay SCENARIO.yaml RESULTS.json``,
 or name the file under the scenario's ``measured: {replays: [...]}``. Docs: docs/validation.md.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import random
 import statistics
 import sys
 from datetime import datetime, timezone
@@ -37,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schemes", help="replay only these scheme names of the scenario (comma-separated)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=1,
+                   help="replay every rank this many times, later rounds in a shuffled order; a rank's time is "
+                        "the median of its rounds' medians (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads on CPU (default 1, as a cluster rank)")
     return p
 
@@ -85,29 +91,40 @@ def replay(args: argparse.Namespace, say=print) -> dict:
     dtype = DTYPES[dtype_name]
     timer = make_timer(device, args.warmup, args.repeat)
     cpu = device.type == "cpu"
-    models, entries = {}, []
+    only = set(args.schemes.split(",")) if args.schemes else None
+    unknown = sorted((only or set()) - {s.name for s in scenario.schemes})
+    if unknown:
+        raise ProfileError(f"--schemes: {', '.join(unknown)} not in {args.scenario}")
+    tasks = [(job, chunks, r) for job, chunks in replay_jobs(scenario)
+             if only is None or job.scheme.name in only for r in range(len(chunks))]
+    models, rounds = {}, [[] for _ in tasks]  # rounds[i]: (samples, probe) of task i, one per round
     with torch.no_grad():
-        only = set(args.schemes.split(",")) if args.schemes else None
-        unknown = sorted((only or set()) - {s.name for s in scenario.schemes})
-        if unknown:
-            raise ProfileError(f"--schemes: {', '.join(unknown)} not in {args.scenario}")
-        for job, chunks in replay_jobs(scenario):
-            if only is not None and job.scheme.name not in only:
-                continue
-            name = job.model.name
-            if name not in models:
-                models[name] = (job.model, random_model(job.model, 0, device, dtype).fuse_())
-            spec, model = models[name]
-            for r, c in enumerate(chunks):
-                past = sum(chunks[:r])
+        for round_ in range(args.rounds):
+            order = list(range(len(tasks)))
+            if round_:  # round 1 in the scenario's order, later rounds shuffled (seeded)
+                random.Random(round_).shuffle(order)
+            for i in order:
+                job, chunks, r = tasks[i]
+                name, c, past = job.model.name, chunks[r], sum(chunks[:r])
+                if name not in models:
+                    models[name] = (job.model, random_model(job.model, 0, device, dtype).fuse_())
+                spec, model = models[name]
                 probe = speed_probe_s(5) if cpu else None
                 samples = timer(rank_run(model, spec, device, dtype, c, past, r == len(chunks) - 1))
-                entries.append({"model": name, "scheme": job.scheme.name, "kind": job.scheme.kind,
-                                "num_gpus": job.num_gpus, "context": job.context, "chunks": list(chunks),
-                                "rank": r, "chunk": c, "past": past, "samples_s": samples,
-                                "median_s": statistics.median(samples), "probe_s": probe})
-                say(f"{name} {job.scheme.name} P={job.num_gpus} C={job.context} rank {r} "
-                    f"({c} tokens, past {past}): {entries[-1]['median_s'] * 1e3:.1f} ms")
+                rounds[i].append((samples, probe))
+                say(f"{'' if args.rounds == 1 else f'round {round_ + 1}: '}{name} {job.scheme.name} "
+                    f"P={job.num_gpus} C={job.context} rank {r} ({c} tokens, past {past}): "
+                    f"{statistics.median(samples) * 1e3:.1f} ms")
+    entries = []
+    for (job, chunks, r), done in zip(tasks, rounds):
+        medians = [statistics.median(samples) for samples, _ in done]
+        probes = [p for _, p in done if p is not None]
+        entries.append({"model": job.model.name, "scheme": job.scheme.name, "kind": job.scheme.kind,
+                        "num_gpus": job.num_gpus, "context": job.context, "chunks": list(chunks),
+                        "rank": r, "chunk": chunks[r], "past": sum(chunks[:r]),
+                        "samples_s": [x for samples, _ in done for x in samples],
+                        "median_s": statistics.median(medians), "rounds_median_s": medians,
+                        "probe_s": statistics.median(probes) if probes else None})
     return {
         "schema_version": 1, "scenario": args.scenario, "dtype": dtype_name, "device": _device_name(device),
         "device_type": device.type, "threads": torch.get_num_threads() if cpu else None,
@@ -116,12 +133,17 @@ def replay(args: argparse.Namespace, say=print) -> dict:
         "host": platform.node(), "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m reference.replay " + " ".join(sys.argv[1:]),
-        "warmup": args.warmup, "repeat": args.repeat, "replays": entries,
+        "warmup": args.warmup, "repeat": args.repeat, "rounds": args.rounds, "replays": entries,
     }
 
 
+def _check(args: argparse.Namespace) -> None:
+    if args.rounds < 1:
+        raise ProfileError("need --rounds >= 1")
+
+
 def main(argv: list[str] | None = None) -> int:
-    return measurement_main("reference.replay", _parser(), replay, argv)
+    return measurement_main("reference.replay", _parser(), replay, argv, check=_check)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,17 @@ def test_unreadable_replay_file_is_a_replay_error(tmp_path):
     bad.write_text("{}")
     with pytest.raises(replay.ReplayError, match="bad.json"):
         replay.load([str(bad)])
+
+
+def test_replay_rounds_take_the_median_of_each_ranks_rounds(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(SCENARIO)
+    out = tmp_path / "replay.json"
+    assert replay_main([str(path), "--out", str(out), "--warmup", "0", "--repeat", "2", "--rounds", "3",
+                        "--schemes", "kvr-x"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["rounds"] == 3 and [(e["rank"], e["chunk"]) for e in doc["replays"]] == [(0, 36), (1, 12)]
+    for e in doc["replays"]:
+        assert len(e["rounds_median_s"]) == 3 and len(e["samples_s"]) == 6
+        assert e["median_s"] == sorted(e["rounds_median_s"])[1]
+    assert replay_main([str(path), "--out", str(out), "--rounds", "0"]) == 2
