@@ -22,18 +22,19 @@ runtime's own modules (layer 0 of a seeded random model built by ``reference.che
   rank) of t tokens with a past of 0 and of 1024 tokens, timed one call at a time (``forward_s``),
   and the host's time per layer to issue it (``host_s``, for t <= 4096): the pace of a host-bound
   layer, the simulator's floor. Timed twice, before the other components and after them; the pass
-  with the lower median is kept (the H100 caps its power under sustained load and then runs at
-  1.3-1.7 instead of 1.98 GHz: the later pass ran up to 10% slower), both medians are recorded. The simulator calibrates its layers to the forwards with a past and
-  holds those without one out as a check (``sim.profile``, docs/validation.md).
+  with the lower median is kept and both medians are recorded (the H100 caps its power under
+  sustained load and then runs at 1.3-1.7 instead of 1.98 GHz; in the final H100 profiles the two
+  passes differed by 0-5%). The simulator calibrates its layers to the forwards with a past and holds
+  those without one out as a check (``sim.profile``, docs/validation.md).
 
 Timing: on CUDA, CUDA events around back-to-back calls lasting about ``--steady-ms`` (the steady-state
 cost of a component inside a forward pass, see ``make_timer``); ``pre_attention``, ``post_attention``
 and ``attention`` as replays of CUDA graphs of the calls at every size, so their GPU time (the model's
 forward replays ``pre`` and ``post`` as graphs up to ``KVR_CUDA_GRAPHS`` tokens, ``reference/graphs.py``,
 and above that its host work hides behind the GPU's); on CPUs ``time.perf_counter`` around one call;
-``--warmup`` untimed calls, then ``--repeat`` samples per grid
-point, median kept. Grid points listed in the grid's ``held_out`` are measured like the others but flagged, so the
-simulator can fit without them and report how well it predicts them (``python -m sim.profile``).
+``--warmup`` untimed calls, then ``--repeat`` samples per grid point, median kept. Grid points
+listed in the grid's ``held_out`` are measured like the others but flagged, so the simulator can fit
+without them and report how well it predicts them (``python -m sim.profile``).
 Schema: docs/validation.md. References: PyTorch CUDA events; Vidur's operator profiling.
 """
 from __future__ import annotations
@@ -172,16 +173,14 @@ def forward_s(run: Callable[[], object], layers: int, warmup: int, repeat: int) 
     for _ in range(warmup):
         run()
     gpu, host = [], []
-    for _ in range(repeat):
-        torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+
+    def issued():  # the host's time to issue run(), inside the events
         t0 = time.perf_counter()
         run()
         host.append((time.perf_counter() - t0) / layers)
-        end.record()
-        end.synchronize()
-        gpu.append(start.elapsed_time(end) / 1e3)
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        gpu.append(events_per_call_s(issued, 1))
     return gpu, host
 
 
@@ -214,8 +213,9 @@ class Parts:
         calls above the graphed sizes would measure the host's time to issue them where it exceeds
         the GPU's (up to 2x for ``pre_attention`` at 2k-4k tokens on the H100 machine's VM), which a
         forward hides behind the previous part's GPU work; the host's pace is the separate per-layer
-        floor (the ``forward`` points' ``host_s``). ``as_forward``: as the model's forward runs them instead (graphs up
-        to ``reference.graphs.max_tokens()``, eager above), for the whole-layer points."""
+        floor (the ``forward`` points' ``host_s``). ``as_forward``: as the model's forward runs them
+        instead (graphs up to ``reference.graphs.max_tokens()``, eager above), for the whole-layer
+        points."""
         from reference.graphs import LayerGraphs, applies
 
         blk = self.block
@@ -249,8 +249,8 @@ class Parts:
         if self.device.type != "cuda":
             return run
         # Its GPU time: replays of a CUDA graph of the call. Eager calls at small shapes measure the
-        # host's time to issue them (two cuDNN calls and the merge), which a layer overlaps with
-        # the GPU work of its other parts; the layer's host time is the ``layer`` points' host_s.
+        # host's time to issue them, which a layer overlaps with the GPU work of its other parts;
+        # the layer's host time is the ``forward`` points' host_s.
         from reference.graphs import capture
         try:
             return capture(run, (), None)[0].replay

@@ -107,23 +107,16 @@ def workload_probe_s(model_arg: str, dtype: str, tokens: int = 256, repeat: int 
     import torch
 
     from reference.checkpoint import DTYPES, load_model
-    from reference.kvcache import KVCache
+    from reference.profile import make_timer
+    from reference.replay import rank_run
 
     torch.set_num_threads(1)
+    cpu = torch.device("cpu")
     if _WORKLOAD is None or _WORKLOAD[0] != (model_arg, dtype, tokens):
-        spec, model, _ = load_model(model_arg, torch.device("cpu"), DTYPES[dtype], seed=0)
-        model.fuse_()
-        ids = torch.randint(0, spec.vocab_size, (1, tokens), generator=torch.Generator().manual_seed(0))
-        _WORKLOAD = ((model_arg, dtype, tokens), model, ids, spec.num_layers)
-    _, model, ids, layers = _WORKLOAD
-    samples = []
+        spec, model, _ = load_model(model_arg, cpu, DTYPES[dtype], seed=0)
+        _WORKLOAD = ((model_arg, dtype, tokens), rank_run(model.fuse_(), spec, cpu, DTYPES[dtype], tokens, 0, False))
     with torch.no_grad():
-        for i in range(repeat + 1):
-            t0 = time.perf_counter()
-            model.hidden(ids, 0, KVCache(layers))
-            if i:
-                samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
+        return statistics.median(make_timer(cpu, 1, repeat)(_WORKLOAD[1]))
 
 
 def workload_probes_s(model_arg: str, dtype: str, ranks: int) -> tuple[float, float]:

@@ -61,12 +61,13 @@ class CostModel(Protocol):
     # Optional: layer_floor_s(tokens, past: bool) -> float, the least time one decoder layer of a
     # ``tokens``-token chunk takes however little it computes (a GPU whose host cannot issue kernels
     # faster); 0 when absent. Optional: forward_factor(tokens) -> float, how much longer a layer takes
-    # inside a whole forward than that; 1 when absent. See ``host_wait``.
+    # inside a whole forward than that; 1 when absent. See ``layer_extras``.
 
 
-def layer_extra_s(cost: "CostModel", *layer_parts_s: float, tokens: float,
-                  past: bool = False) -> tuple[float, float]:
-    """(host wait, calibration) seconds a layer of a ``tokens``-token chunk adds to its parts.
+def layer_extras(cost: "CostModel", *layer_parts_s: float, tokens: float,
+                 past: bool = False) -> list[tuple[str, float]]:
+    """The ("host", s) and ("calibration", s) pieces a layer of a ``tokens``-token chunk adds to its
+    parts, where not zero; a scheme appends them to the layer's compute.
 
     Host wait: where the parts sum to less than the cost model's per-layer floor
     (``layer_floor_s(tokens, past)``: the host's time to issue one layer, with or without a past to
@@ -78,19 +79,13 @@ def layer_extra_s(cost: "CostModel", *layer_parts_s: float, tokens: float,
     floor = getattr(cost, "layer_floor_s", None)
     factor = getattr(cost, "forward_factor", None)
     wait = max(0.0, (floor(tokens, past) if floor else 0.0) - parts)
-    return wait, (parts + wait) * ((factor(tokens) if factor else 1.0) - 1.0)
-
-
-def host_wait_s(cost: "CostModel", *layer_parts_s: float, tokens: float, past: bool = False) -> float:
-    """Seconds a layer adds to its parts: ``layer_extra_s``, summed."""
-    return sum(layer_extra_s(cost, *layer_parts_s, tokens=tokens, past=past))
-
-
-def host_wait(cost: "CostModel", *layer_parts_s: float, tokens: float, past: bool = False) -> list[tuple[str, float]]:
-    """``layer_extra_s`` as the ("host", s) and ("calibration", s) pieces a scheme appends to a layer's
-    compute, where not zero."""
-    wait, calibration = layer_extra_s(cost, *layer_parts_s, tokens=tokens, past=past)
+    calibration = (parts + wait) * ((factor(tokens) if factor else 1.0) - 1.0)
     return [(op, s) for op, s in (("host", wait), ("calibration", calibration)) if s != 0.0]
+
+
+def layer_extra_s(cost: "CostModel", *layer_parts_s: float, tokens: float, past: bool = False) -> float:
+    """Seconds a layer adds to its parts: the ``layer_extras`` pieces, summed."""
+    return sum(s for _, s in layer_extras(cost, *layer_parts_s, tokens=tokens, past=past))
 
 
 @dataclass(frozen=True)

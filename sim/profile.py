@@ -175,8 +175,8 @@ class ProfileCost:
         """How much longer a layer of a ``tokens``-token chunk takes inside a whole forward than its
         parts, padded to the host floor, add up to: the profile's forwards with a past (less the
         embedding) over the uncalibrated model's layers (at least 1), interpolated in log tokens and
-        held at the ends; 1 without forward points or with ``calibrated=False`` (``SIM_FORWARD_CALIBRATION=0``).
-        Schemes add the difference to each layer (``sim.cost.host_wait``). docs/validation.md, section 7."""
+        held at the ends; 1 without forward points or with ``calibrated=False``
+        (``SIM_FORWARD_CALIBRATION=0``). Schemes add the difference to each layer (``sim.cost.layer_extras``). docs/validation.md, section 7."""
         xs, ys = self._factor
         if not xs:
             return 1.0
@@ -227,8 +227,9 @@ class ProfileCost:
         """GPU profiles: the host's time to issue one layer of a ``tokens``-token chunk, without or with
         a past (the attention with a past and the cache's copy add host work): the pace of a
         host-bound layer, which is never faster whatever its parts add up to. Interpolated between the
-        ``forward`` points' ``host_s`` (each no more than any larger chunk's; held at the ends); ``tokens=None``: at the smallest. 0 for CPU
-        profiles, where host and compute are one. docs/validation.md, "Host-bound layers"."""
+        ``forward`` points' ``host_s`` (each no more than any larger chunk's; held at the ends);
+        ``tokens=None``: at the smallest. 0 for CPU profiles, where host and compute are one.
+        docs/validation.md, "Host-bound layers"."""
         xs, ys = self._floor[past]
         if not xs:
             return 0.0
@@ -239,12 +240,12 @@ class ProfileCost:
     def layer_s(self, tokens: int, keys: int) -> float:
         """One decoder layer as the simulator runs it: its parts (the cache's copy where it has a past)
         padded to the host floor."""
-        from .cost import host_wait_s
+        from .cost import layer_extra_s
 
         past = keys > tokens
         parts = (self.pre_attention_s(tokens) + self.attention_s(tokens, keys, 0) + self.post_attention_s(tokens)
                  + (self.kv_copy_s(keys) if past else 0.0))
-        return parts + host_wait_s(self, parts, tokens=tokens, past=past)
+        return parts + layer_extra_s(self, parts, tokens=tokens, past=past)
 
     def forward_s(self, tokens: int, keys: int) -> float:
         """A whole forward of a chunk (the ``forward`` points: embedding and every layer, no head)."""

@@ -165,7 +165,7 @@ def test_forward_points_make_a_floor_by_chunk_and_past_and_calibrate_layers_to_w
     in tokens between the points with and without a past, held at the ends, and preferred to the
     layers'. The forwards with a past calibrate every layer (``forward_factor``): a model fitted on
     forwards 1.25x slower than its parts predicts exactly those forwards; the held-out ones check it."""
-    from sim.cost import host_wait, host_wait_s
+    from sim.cost import layer_extra_s, layer_extras
 
     doc = _with_layers(synthetic(), "cuda", 1e-3)
     fwd = [(8, 8, 2e-4), (32, 32, 4e-4), (8, 40, 6e-4), (32, 64, 1e-3)]
@@ -180,8 +180,8 @@ def test_forward_points_make_a_floor_by_chunk_and_past_and_calibrate_layers_to_w
     assert cost.layer_floor_s(1000, past=False) == pytest.approx(4e-4)   # and above it
     assert cost.layer_floor_s(past=True) == pytest.approx(6e-4)          # no chunk: the smallest
     assert cost.scaled(3.0).layer_floor_s(20, past=False) == pytest.approx(9e-4)
-    assert host_wait_s(cost, 1e-4, tokens=20, past=True) == pytest.approx(7e-4)  # padded to its own floor
-    assert host_wait_s(cost, 5e-3, tokens=20, past=True) == 0.0
+    assert layer_extra_s(cost, 1e-4, tokens=20, past=True) == pytest.approx(7e-4)  # padded to its own floor
+    assert layer_extra_s(cost, 5e-3, tokens=20, past=True) == 0.0
 
     for e in doc["components"]["forward"]:  # forwards 1.25x the uncalibrated model's layers
         t, k = e["tokens"], e["keys"]
@@ -191,7 +191,7 @@ def test_forward_points_make_a_floor_by_chunk_and_past_and_calibrate_layers_to_w
         assert calibrated.forward_factor(t) == pytest.approx(1.25)
     for e in doc["components"]["forward"]:
         assert calibrated.forward_s(e["tokens"], e["keys"]) == pytest.approx(e["median_s"])
-    pieces = dict(host_wait(calibrated, 1e-4, tokens=20, past=True))
+    pieces = dict(layer_extras(calibrated, 1e-4, tokens=20, past=True))
     assert pieces["host"] == pytest.approx(7e-4) and pieces["calibration"] == pytest.approx(0.25 * 8e-4)
     errors = {(name, point): (m, p) for name, point, m, p in held_out_errors(doc)}
     m, p = errors[("forward, calibrated", "t=32 k=32")]

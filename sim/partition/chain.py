@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..cluster import routes
-from ..cost import causal_pairs, host_wait_s
+from ..cost import causal_pairs, layer_extra_s
 
 
 def exact_for(job, gpus: Sequence[int]) -> bool:
@@ -51,7 +51,7 @@ def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
         qkv_s = cost.pre_attention_s(c)
         ops = ([cost.kv_copy_s(keys)] if r > 0 else []) + [cost.attention_s(c, keys, causal_pairs(c, keys)),
                                                           cost.post_attention_s(c)]
-        rest_s = sum(ops) + host_wait_s(cost, qkv_s, *ops, tokens=c, past=r > 0)
+        rest_s = sum(ops) + layer_extra_s(cost, qkv_s, *ops, tokens=c, past=r > 0)
         if r < last:
             route = paths[gpus[r], gpus[r + 1]]
             lat_s = sum(latency[link] for link in route)

@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..cost import CostModel, causal_pairs, host_wait_s
+from ..cost import CostModel, causal_pairs, layer_extra_s
 from . import JOB_PARTITIONERS, PartitionError, Plan, chain, even, round_fractions
 from .order import chain_order, ring_order
 
@@ -55,7 +55,7 @@ def layer_compute_s(cost: CostModel, rank: int, tokens: float, before: float) ->
     keys = before + tokens
     parts = (cost.pre_attention_s(tokens) + (cost.kv_copy_s(keys) if rank > 0 else 0.0)
              + cost.attention_s(tokens, keys, causal_pairs(tokens, keys)) + cost.post_attention_s(tokens))
-    return parts + host_wait_s(cost, parts, tokens=tokens, past=rank > 0)
+    return parts + layer_extra_s(cost, parts, tokens=tokens, past=rank > 0)
 
 
 def balanced(context: int, parts: int, cost: CostModel) -> list[float]:

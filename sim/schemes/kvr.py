@@ -3,7 +3,7 @@ cumulative KV-cache on to the next with an asynchronous send. See docs/design.md
 """
 from __future__ import annotations
 
-from ..cost import causal_pairs, host_wait
+from ..cost import causal_pairs, layer_extras
 
 
 def rank(sim, r: int, chunks: list[int]):
@@ -17,7 +17,7 @@ def rank(sim, r: int, chunks: list[int]):
     qkv_s, mlp_s = cost.pre_attention_s(c), cost.post_attention_s(c)
     attention_s = cost.attention_s(c, keys, causal_pairs(c, keys))
     concat = [("kv-cat", cost.kv_copy_s(keys))] if r > 0 else []
-    host = host_wait(cost, qkv_s, attention_s, mlp_s, *(s for _, s in concat), tokens=c, past=r > 0)
+    host = layer_extras(cost, qkv_s, attention_s, mlp_s, *(s for _, s in concat), tokens=c, past=r > 0)
     yield from sim.compute(r, None, ("embed", cost.embed_s(c)))
     for layer in range(sim.num_layers):
         yield from sim.compute(r, layer, ("qkv", qkv_s))

@@ -1,7 +1,7 @@
 """single: one GPU prefills the whole context. The baseline every parallel scheme is measured against."""
 from __future__ import annotations
 
-from ..cost import causal_pairs, host_wait
+from ..cost import causal_pairs, layer_extras
 
 
 def rank(sim, r: int, chunks: list[int]):
@@ -11,7 +11,7 @@ def rank(sim, r: int, chunks: list[int]):
     cost = sim.cost
     qkv_s, mlp_s = cost.pre_attention_s(context), cost.post_attention_s(context)
     attention_s = cost.attention_s(context, context, causal_pairs(context, context))
-    host = host_wait(cost, qkv_s, attention_s, mlp_s, tokens=context)
+    host = layer_extras(cost, qkv_s, attention_s, mlp_s, tokens=context)
     yield from sim.compute(r, None, ("embed", cost.embed_s(context)))
     for layer in range(sim.num_layers):
         yield from sim.compute(r, layer, ("qkv", qkv_s))

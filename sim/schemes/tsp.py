@@ -3,7 +3,7 @@ See docs/design.md, "Scheme semantics".
 """
 from __future__ import annotations
 
-from ..cost import causal_pairs, host_wait
+from ..cost import causal_pairs, layer_extras
 
 
 def rank(sim, r: int, chunks: list[int], attention: str = "causal"):
@@ -21,7 +21,7 @@ def rank(sim, r: int, chunks: list[int], attention: str = "causal"):
     chunk_bytes = max(chunks) * sim.kv_bytes_per_token
     pad = [("kv-pad", cost.kv_copy_s(max(chunks)))] if c < max(chunks) else []
     concat_s = cost.kv_copy_s(keys)
-    host = host_wait(cost, qkv_s, attention_s, mlp_s, concat_s, *(s for _, s in pad), tokens=c, past=keys > c)
+    host = layer_extras(cost, qkv_s, attention_s, mlp_s, concat_s, *(s for _, s in pad), tokens=c, past=keys > c)
     yield from sim.compute(r, None, ("embed", cost.embed_s(c)))
     for layer in range(sim.num_layers):
         yield from sim.compute(r, layer, ("qkv", qkv_s), *pad)
