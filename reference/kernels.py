@@ -2,6 +2,7 @@
 
     python -m reference.kernels [CONTEXT] [--models llama-2-7b,falcon-7b]
     python -m reference.kernels --attention [--models ...]
+    python -m reference.kernels --kv-cat [--models ...]
 
 Random weights at real shapes, bf16, fused as ``reference.launch`` runs them; two warm-up prefills,
 then one profiled. Used for the kernel shares in docs/benchmarks.md.
@@ -11,6 +12,12 @@ time to issue one call (40 back-to-back calls without waiting, median of 5) and 
 between CUDA events (the larger of host and GPU time): cuDNN split in two with the log-sum-exp
 merge, one flash call (SDPA with a bottom-right ``CausalBias``), and a CUDA graph of the cuDNN
 path (its GPU time). docs/benchmarks.md, "Attention with a past".
+
+``--kv-cat``: one layer's K/V concatenation (a past of K and V plus a chunk's new ones, as a layer's
+``pre`` leaves them: views into the fused QKV output), GPU time of CUDA graph replays and the bytes
+moved per second, per form: ``torch.cat`` of the stacked (2, B, nkv, S, hd) tensors (the kvr and tsp
+caches before 2026-12-01), ``torch.cat`` of K and V apart with the new part as a view (the plain cache
+before then), and ``reference.kvcache.cat_tokens`` (now). docs/benchmarks.md, "Concatenating K and V".
 """
 from __future__ import annotations
 
@@ -30,12 +37,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("context", nargs="?", type=int, default=16384)
     p.add_argument("--models", default="llama-2-7b,falcon-7b")
     p.add_argument("--attention", action="store_true", help="host and GPU time of attention with a past, per path")
+    p.add_argument("--kv-cat", action="store_true", help="GPU time of a layer's K/V concatenation, per form")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("reference.kernels: needs a CUDA device", file=sys.stderr)
         return 2
     if args.attention:
         return attention_paths(args.models.split(","))
+    if args.kv_cat:
+        return kv_cat_forms(args.models.split(","))
     for name in args.models.split(","):
         spec = ModelSpec.resolve(name)
         model = random_model(spec, 0, "cuda", torch.bfloat16).fuse_()
@@ -104,6 +114,42 @@ def attention_paths(models: list[str]) -> int:
                 gpu = _host_and_event_ms(graph.replay)[1]
                 print(f"{name:<12}{c:>6}{past:>7}  {split[0]:>12.3f} / {split[1]:<11.3f}  {flash[0]:>8.3f} / "
                       f"{flash[1]:<9.3f}  {gpu:>18.3f}", flush=True)
+    return 0
+
+
+def kv_cat_forms(models: list[str]) -> int:
+    """The ``--kv-cat`` table: per (chunk, past), GPU ms and TB/s (bytes read and written) of each form."""
+    import statistics
+
+    import torch
+
+    from reference.graphs import capture
+    from reference.kvcache import cat_tokens
+    from reference.profile import make_timer
+    from sim.model import ModelSpec
+
+    timer = make_timer(torch.device("cuda"), 3, 5, steady_s=5e-3)
+    forms = ("stacked torch.cat", "apart, view", "cat_tokens")
+    print(f"{'model':<12}{'chunk':>6}{'past':>7}{'MiB':>7}" + "".join(f"{f + ' ms (TB/s)':>30}" for f in forms))
+    with torch.no_grad():
+        for name in models:
+            s = ModelSpec.resolve(name)
+            for c, past in ((128, 4096), (128, 8192), (1024, 4096), (2048, 8192)):
+                r = lambda *shape: torch.randn(*shape, device="cuda", dtype=torch.bfloat16)  # noqa: E731
+                fused = r(1, c, s.num_heads + 2 * s.num_kv_heads, s.head_dim)  # as the fused QKV leaves them
+                nh, nkv = s.num_heads, s.num_kv_heads
+                k, v = fused[:, :, nh:nh + nkv].transpose(1, 2), fused[:, :, nh + nkv:].transpose(1, 2)
+                prev = r(2, 1, nkv, past, s.head_dim)
+                pk, pv = prev[0].clone(), prev[1].clone()
+                calls = (lambda: torch.cat([prev, torch.stack([k, v])], dim=-2),
+                         lambda: (torch.cat([pk, k], dim=-2), torch.cat([pv, v], dim=-2)),
+                         lambda: cat_tokens([prev, torch.stack([k, v])]))
+                mib = 2 * nkv * (c + past) * s.head_dim * 2 / 2**20
+                cells = []
+                for fn in calls:
+                    ms = statistics.median(timer(capture(fn, (), None)[0].replay)) * 1e3
+                    cells.append(f"{ms:.3f} ({2 * mib * 2**20 / ms / 1e9:.2f})")
+                print(f"{name:<12}{c:>6}{past:>7}{mib:>7.0f}" + "".join(f"{x:>30}" for x in cells), flush=True)
     return 0
 
 

@@ -23,6 +23,20 @@ import torch
 from reference.transport import Transport, Work
 
 
+def cat_tokens(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``torch.cat(parts, dim=-2)`` of (..., S_i, hd) tensors with equal leading dims, at copy speed.
+
+    PyTorch's CUDA cat is fast only for contiguous inputs of at most 4 dims: a stacked K and V
+    (2, B, nkv, S, hd) concatenated as it is moves 1.5 TB/s on the H200, and with one non-contiguous
+    input (a layer's new K, a view into its fused QKV output) 0.6 TB/s; the same bytes as contiguous
+    3-D views (2 * B * nkv, S, hd) move 3.5 TB/s (docs/benchmarks.md, "Concatenating K and V"). So
+    every part is made contiguous (a copy only for the small new chunk or a padded slice) and
+    concatenated as a 3-D view."""
+    *lead, _, hd = parts[0].shape
+    flat = [p.contiguous().view(-1, p.shape[-2], hd) for p in parts]
+    return torch.cat(flat, dim=-2).view(*lead, -1, hd)
+
+
 class KVCache:
     """Per-layer K and V of the tokens seen so far, on this process."""
 
@@ -43,8 +57,8 @@ class KVCache:
 
     def _append(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.k[layer_idx] is not None:
-            k = torch.cat([self.k[layer_idx], k], dim=-2)
-            v = torch.cat([self.v[layer_idx], v], dim=-2)
+            k = cat_tokens([self.k[layer_idx], k])
+            v = cat_tokens([self.v[layer_idx], v])
         self.k[layer_idx], self.v[layer_idx] = k, v
         return k, v
 
@@ -83,7 +97,7 @@ class ChainedKVCache(KVCache):
             b, nkv, _, hd = k.shape
             prev = torch.empty((2, b, nkv, self.prev_len, hd), dtype=k.dtype, device=k.device)
             t.recv(prev, t.rank - 1)
-            kv = torch.cat([prev, kv], dim=-2)
+            kv = cat_tokens([prev, kv])
         if t.rank < t.world_size - 1:
             self.pending.append(t.isend(kv, t.rank + 1))  # kv is never modified afterwards
         return self._append(layer_idx, kv[0], kv[1])
@@ -116,7 +130,7 @@ class GatheredKVCache(KVCache):
         kv = torch.stack([k, v])  # (2, B, nkv, c_r, hd)
         pad = longest - kv.shape[-2]
         if pad:
-            kv = torch.cat([kv, kv.new_zeros(*kv.shape[:-2], pad, kv.shape[-1])], dim=-2)
+            kv = cat_tokens([kv, kv.new_zeros(*kv.shape[:-2], pad, kv.shape[-1])])
         parts = self.transport.all_gather(kv)
-        kv = torch.cat([p[..., :c, :] for p, c in zip(parts[:rank + 1], self.chunks[:rank + 1])], dim=-2)
+        kv = cat_tokens([p[..., :c, :] for p, c in zip(parts[:rank + 1], self.chunks[:rank + 1])])
         return self._append(layer_idx, kv[0], kv[1])

@@ -10,7 +10,8 @@ runtime's own modules (layer 0 of a seeded random model built by ``reference.che
 - ``embed``: the embedding lookup of t tokens;
 - ``pre_attention``: the layer's ``pre`` (input norm(s), the fused QKV GEMM, rotary on Q and K) and
   the ``torch.stack`` of K and V every cache does;
-- ``kv_copy``: ``torch.cat`` of n tokens' stacked K and V (the kvr chain's and tsp's copies);
+- ``kv_copy``: ``reference.kvcache.cat_tokens`` of n tokens' stacked K and V (the kvr chain's and
+  tsp's copies);
 - ``attention``: ``reference.fast_attention.chunk_attention`` of c queries against k keys (the
   kernel the runtime uses, bottom-right causal);
 - ``post_attention``: the layer's ``post`` (the output projection, the MLP, a sequential block's
@@ -233,11 +234,13 @@ class Parts:
         return run
 
     def kv_copy(self, n: int):
+        from reference.kvcache import cat_tokens
+
         s = self.spec
         half = max(1, n // 2)
         a = self.randn(2, 1, s.num_kv_heads, half, s.head_dim)
         b = self.randn(2, 1, s.num_kv_heads, n - half, s.head_dim) if n > half else None
-        return (lambda: self.torch.cat([a, b], dim=-2)) if b is not None else (lambda: a.clone())
+        return (lambda: cat_tokens([a, b])) if b is not None else (lambda: a.clone())
 
     def attention(self, c: int, k: int):
         from reference.fast_attention import chunk_attention
@@ -293,11 +296,24 @@ def _entry(samples: list[float], held_out: bool, probe_s: float | None, **key) -
             "probe_s": probe_s}
 
 
+def host_probe_s(model, spec, device, dtype, repeat: int = 3) -> float:
+    """CUDA: the host's seconds per layer to issue a forward of the profile's smallest ``forward`` point
+    without a past (``GRIDS["gpu"]["tokens"][0]`` tokens), measured as that point's ``host_s``: the
+    host's pace where this runs, against which the simulator scales the profile's host floor
+    (``sim.profile.ProfileCost.host_scaled``). On the H200 machine the same forward's host time
+    differed by 30-50% from one process to the next, and held steady within one."""
+    from reference.replay import rank_run
+
+    run = rank_run(model, spec, device, dtype, GRIDS["gpu"]["tokens"][0], 0, False)
+    return statistics.median(forward_s(run, spec.num_layers, 1, repeat)[1])
+
+
 def profile(args: argparse.Namespace, say=print) -> dict:
     """Measure every component over the grid; the profile dict (schema: docs/validation.md)."""
     import torch
 
     from reference.checkpoint import DTYPES, load_model
+    from reference.fast_attention import FLASH_MAX_CHUNK
 
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -372,6 +388,7 @@ def profile(args: argparse.Namespace, say=print) -> dict:
         "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python -m reference.profile " + " ".join(sys.argv[1:]),
         "grid_name": args.grid, "grid": grid, "warmup": args.warmup, "repeat": args.repeat,
+        "flash_max_chunk": FLASH_MAX_CHUNK if device.type == "cuda" else None,
         "speed_probe_s": statistics.median(probes) if cpu else None,
         "components": comps,
     }

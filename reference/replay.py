@@ -16,7 +16,9 @@ Timing as ``reference.profile``: CUDA events or ``time.perf_counter``, ``--warmu
 median of ``--repeat``; with ``--rounds N`` every rank is replayed N times, rounds after the first in a
 shuffled order, and its time is the median of its rounds' medians (a stall of the host then hits one
 round of a rank, not the rank); on CPUs a speed probe before every rank (``probe_s``; with rounds, the
-median of the rounds' probes), so the comparison can scale the profile to the replay's speed. Compare: ``python -m sim.replay SCENARIO.yaml RESULTS.json``,
+median of the rounds' probes), so the comparison can scale the profile to the replay's speed; on GPUs
+a host probe before every rank (``host_probe_s``, ``reference.profile.host_probe_s``: the host's time
+per layer to issue a small forward), so it can scale the profile's host floor to the host's pace. Compare: ``python -m sim.replay SCENARIO.yaml RESULTS.json``,
 or name the file under the scenario's ``measured: {replays: [...]}``. Docs: docs/validation.md.
 """
 from __future__ import annotations
@@ -29,7 +31,8 @@ import statistics
 import sys
 from datetime import datetime, timezone
 
-from reference.profile import ProfileError, _device_name, make_timer, measurement_main, speed_probe_s
+from reference.profile import (ProfileError, _device_name, host_probe_s, make_timer, measurement_main,
+                               speed_probe_s)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,7 +100,7 @@ def replay(args: argparse.Namespace, say=print) -> dict:
         raise ProfileError(f"--schemes: {', '.join(unknown)} not in {args.scenario}")
     tasks = [(job, chunks, r) for job, chunks in replay_jobs(scenario)
              if only is None or job.scheme.name in only for r in range(len(chunks))]
-    models, rounds = {}, [[] for _ in tasks]  # rounds[i]: (samples, probe) of task i, one per round
+    models, rounds = {}, [[] for _ in tasks]  # rounds[i]: (samples, probe, host probe) of task i, per round
     with torch.no_grad():
         for round_ in range(args.rounds):
             order = list(range(len(tasks)))
@@ -110,21 +113,25 @@ def replay(args: argparse.Namespace, say=print) -> dict:
                     models[name] = (job.model, random_model(job.model, 0, device, dtype).fuse_())
                 spec, model = models[name]
                 probe = speed_probe_s(5) if cpu else None
+                host = None if cpu else host_probe_s(model, spec, device, dtype)
                 samples = timer(rank_run(model, spec, device, dtype, c, past, r == len(chunks) - 1))
-                rounds[i].append((samples, probe))
+                rounds[i].append((samples, probe, host))
                 say(f"{'' if args.rounds == 1 else f'round {round_ + 1}: '}{name} {job.scheme.name} "
                     f"P={job.num_gpus} C={job.context} rank {r} ({c} tokens, past {past}): "
-                    f"{statistics.median(samples) * 1e3:.1f} ms")
+                    f"{statistics.median(samples) * 1e3:.1f} ms"
+                    + ("" if host is None else f" (host probe {host * 1e3:.3f} ms a layer)"))
     entries = []
     for (job, chunks, r), done in zip(tasks, rounds):
-        medians = [statistics.median(samples) for samples, _ in done]
-        probes = [p for _, p in done if p is not None]
+        medians = [statistics.median(samples) for samples, _, _ in done]
+        probes = [p for _, p, _ in done if p is not None]
+        hosts = [h for _, _, h in done if h is not None]
         entries.append({"model": job.model.name, "scheme": job.scheme.name, "kind": job.scheme.kind,
                         "num_gpus": job.num_gpus, "context": job.context, "chunks": list(chunks),
                         "rank": r, "chunk": chunks[r], "past": sum(chunks[:r]),
-                        "samples_s": [x for samples, _ in done for x in samples],
+                        "samples_s": [x for samples, _, _ in done for x in samples],
                         "median_s": statistics.median(medians), "rounds_median_s": medians,
-                        "probe_s": statistics.median(probes) if probes else None})
+                        "probe_s": statistics.median(probes) if probes else None,
+                        "host_probe_s": statistics.median(hosts) if hosts else None})
     return {
         "schema_version": 1, "scenario": args.scenario, "dtype": dtype_name, "device": _device_name(device),
         "device_type": device.type, "threads": torch.get_num_threads() if cpu else None,

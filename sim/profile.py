@@ -26,6 +26,7 @@ profiled operator times the same way.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import math
 import os
@@ -74,6 +75,7 @@ class ProfileCost:
     speed_factor: float = 1.0  # seconds here = profile seconds (at its reference speed) x this
     extrapolated: Counter = field(default_factory=Counter, repr=False)
     calibrated: bool = True  # scale layers to the profile's whole forwards (``forward_factor``)
+    host_factor: float = 1.0  # the host floor here = the profile's x this (``host_scaled``)
 
     def seconds(self, entry: Mapping[str, Any]) -> float:
         """A grid point's median at the profile's reference speed."""
@@ -82,7 +84,24 @@ class ProfileCost:
 
     def scaled(self, factor: float) -> "ProfileCost":
         """The same profile on a machine ``factor`` times slower (its extrapolation count is shared)."""
-        return ProfileCost(self.profile, self.path, self.speed_factor * factor, self.extrapolated, self.calibrated)
+        return dataclasses.replace(self, speed_factor=self.speed_factor * factor)
+
+    def host_probe_s(self) -> float | None:
+        """GPU profiles: the host's seconds per layer to issue the smallest forward without a past (the
+        ``forward`` point a host probe repeats: ``reference.profile.host_probe_s``), else None."""
+        hosts = [e for e in self.profile.get("components", {}).get("forward", [])
+                 if e.get("host_s") is not None and e["keys"] == e["tokens"]]
+        return min(hosts, key=lambda e: e["tokens"])["host_s"] if hosts else None
+
+    def host_scaled(self, probe_s: float | None) -> "ProfileCost":
+        """The same profile with its host floor scaled to a host probe measured where the simulated
+        work ran (``probe_s`` over the profile's own, ``host_probe_s``; unchanged where either is
+        missing). The host of one machine type issues kernels 30-50% faster or slower from one
+        process to the next (docs/validation.md, "The host's pace")."""
+        ref = self.host_probe_s()
+        if not ref or not probe_s:
+            return self
+        return dataclasses.replace(self, host_factor=self.host_factor * probe_s / ref)
 
     def __post_init__(self) -> None:
         comps = self.profile.get("components")
@@ -110,22 +129,27 @@ class ProfileCost:
             raise ProfileError(f"profile {self.path or '?'}: attention grid is not rectangular; missing "
                                f"(queries, past) {missing[:4]}")
         sq = sorted(square.items())
-        floor: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
+        # the floor by (with a past, above the flash threshold): a chunk with a past of at most
+        # ``flash_max_chunk`` tokens issues one flash call, a larger one two cuDNN calls and a merge
+        # (reference/fast_attention.py), so its floor steps up there, not gradually
+        floor: dict[tuple[bool, bool], tuple[list[float], list[float]]] = {}
         forwards = comps.get("forward", []) if self.profile.get("device_type") == "cuda" else []
         if self.profile.get("device_type") == "cuda":
             hosts = [e for e in forwards if e.get("host_s") is not None]
-            for past in (False, True):
-                pts = sorted((e["tokens"], e["host_s"]) for e in hosts if (e["keys"] > e["tokens"]) == past)
+            for past, above in ((False, False), (True, False), (True, True)):
+                pts = sorted((e["tokens"], e["host_s"]) for e in hosts if (e["keys"] > e["tokens"]) == past
+                             and self._above_flash(e["tokens"], past) == above)
                 if pts:  # the lower envelope from above: the host's time to issue a layer does not
                     # fall as the chunk grows, so a point above a larger chunk's is a stalled sample
-                    floor[past] = ([float(t) for t, _ in pts], [min(s for _, s in pts[i:]) for i in range(len(pts))])
+                    floor[past, above] = ([float(t) for t, _ in pts],
+                                          [min(s for _, s in pts[i:]) for i in range(len(pts))])
             layers = [e for e in comps.get("layer", []) if use(e)]
             if not hosts and layers:  # schema 1-2: one floor, from the layers at the smallest chunk
                 least = min(e["tokens"] for e in layers)
                 smallest = [e for e in layers if e["tokens"] == least]
                 for past in (False, True):
                     same = [e for e in smallest if (e["keys"] > e["tokens"]) == past] or smallest
-                    floor[past] = ([float(least)], [statistics.median(self._host_seconds(e) for e in same)])
+                    floor[past, False] = ([float(least)], [statistics.median(self._host_seconds(e) for e in same)])
         object.__setattr__(self, "_floor", floor)
         object.__setattr__(self, "_factor", ([], []))
         object.__setattr__(self, "_lines", lines)
@@ -223,18 +247,28 @@ class ProfileCost:
         host = entry.get("host_s")
         return self.seconds(entry) if host is None else host * self.seconds(entry) / entry["median_s"]
 
+    def _above_flash(self, tokens: float, past: bool) -> bool:
+        """Whether a chunk of ``tokens`` with a past is above the profile's ``flash_max_chunk``, where
+        the runtime's attention takes the cuDNN split (profiles that record the threshold)."""
+        flash = self.profile.get("flash_max_chunk")
+        return bool(past and flash and tokens > flash)
+
     def layer_floor_s(self, tokens: float | None = None, past: bool = False) -> float:
         """GPU profiles: the host's time to issue one layer of a ``tokens``-token chunk, without or with
         a past (the attention with a past and the cache's copy add host work): the pace of a
         host-bound layer, which is never faster whatever its parts add up to. Interpolated between the
-        ``forward`` points' ``host_s`` (each no more than any larger chunk's; held at the ends);
-        ``tokens=None``: at the smallest. 0 for CPU profiles, where host and compute are one.
+        ``forward`` points' ``host_s`` (each no more than any larger chunk's; held at the ends), with a
+        past apart below and above the profile's ``flash_max_chunk`` where it records one (the
+        attention's host work steps up there); ``tokens=None``: at the smallest. 0 for CPU profiles, where host and compute are one.
         docs/validation.md, "Host-bound layers"."""
-        xs, ys = self._floor[past]
+        xs, ys = ([], [])
+        if self._floor:
+            above = tokens is not None and self._above_flash(tokens, past) and (past, True) in self._floor
+            xs, ys = self._floor.get((past, above), self._floor.get((past, False), ([], [])))
         if not xs:
             return 0.0
         t = xs[0] if tokens is None else min(max(float(tokens), xs[0]), xs[-1])
-        return _interp(xs, ys, t)[0] * self.speed_factor
+        return _interp(xs, ys, t)[0] * self.speed_factor * self.host_factor
 
     # ----- checks ---------------------------------------------------------------------------------
     def layer_s(self, tokens: int, keys: int) -> float:

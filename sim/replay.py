@@ -6,8 +6,10 @@ holding its past (the ``sum(chunks[:r])`` preceding tokens' K and V; for both sc
 attends to keys [0, end of its chunk)), no communication. This module compares each replayed rank with
 the simulator's busy (compute-only) time of the same rank: ``simulate(job).ranks[r].busy_s``, with the
 partition that was replayed and, where the job runs on a profile, its compute scaled to the replay's
-speed probe (``ProfileCost.scaled``, docs/validation.md section 3). Transfers and waiting are not in
-either number. Error = (simulated - measured) / measured.
+speed probe (``ProfileCost.scaled``, docs/validation.md section 3) and, on GPUs, its host floor to the
+replay's host probe (``ProfileCost.host_scaled``: the host's pace, which sets small chunks' time,
+differs from process to process). Transfers and waiting are not in either number. Error = (simulated -
+measured) / measured; ``unadjusted_s`` is the simulation without the host probe.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ class ReplayRow:
     past: int
     simulated_s: float
     measured_s: float
+    unadjusted_s: float | None = None  # simulated without the host probe (None: no probe to adjust to)
 
     @property
     def error(self) -> float:
@@ -58,15 +61,17 @@ def replay_jobs(scenario) -> list[tuple[Job, tuple[int, ...]]]:
     return out
 
 
-def simulated_busy_s(job: Job, chunks: tuple[int, ...], probe_s: float | None) -> list[float]:
-    """Each rank's simulated compute seconds for ``job`` with ``chunks``, at the speed of ``probe_s``."""
+def simulated_busy_s(job: Job, chunks: tuple[int, ...], probe_s: float | None,
+                     host_probe_s: float | None = None) -> list[float]:
+    """Each rank's simulated compute seconds for ``job`` with ``chunks``, at the speed of ``probe_s``
+    and the host pace of ``host_probe_s``."""
     scheme = job.scheme
     if scheme.kind == "kvr":  # the replayed partition, not a new search
         scheme = SchemeSpec(name=scheme.name, kind="kvr", tokens=((job.context, tuple(chunks)),))
     cost = job.cost_model
     if cost is not None and hasattr(cost, "scaled"):
         ref = cost.profile.get("speed_probe_s")
-        cost = cost.scaled(probe_s / ref if ref and probe_s else 1.0)
+        cost = cost.scaled(probe_s / ref if ref and probe_s else 1.0).host_scaled(host_probe_s)
     result = simulate(dataclasses.replace(job, scheme=scheme, cost_model=cost))
     assert tuple(result.chunks) == tuple(chunks), (result.chunks, chunks)
     return [r.busy_s for r in result.ranks]
@@ -94,32 +99,46 @@ def compare(scenario, entries: list[dict]) -> list[ReplayRow]:
         job = jobs.get((e["model"], e["scheme"], e["num_gpus"], e["context"], chunks))
         if job is None:
             continue
-        busy = simulated_busy_s(job, chunks, e.get("probe_s"))
-        r = e["rank"]
+        r, host = e["rank"], e.get("host_probe_s")
+        busy = simulated_busy_s(job, chunks, e.get("probe_s"), host)
+        plain = simulated_busy_s(job, chunks, e.get("probe_s"))[r] if host else None
         rows.append(ReplayRow(model=e["model"], scheme=e["scheme"], num_gpus=e["num_gpus"], context=e["context"],
                               rank=r, chunk=chunks[r], past=sum(chunks[:r]), simulated_s=busy[r],
-                              measured_s=e["median_s"]))
+                              measured_s=e["median_s"], unadjusted_s=plain))
     return rows
 
 
-def mape(rows: list[ReplayRow]) -> float:
-    return sum(abs(r.error) for r in rows) / len(rows)
+def mape(rows: list[ReplayRow], unadjusted: bool = False) -> float:
+    """Mean absolute error; ``unadjusted``: of the simulation without the host probe, where there is one."""
+    sim = lambda r: r.unadjusted_s if unadjusted and r.unadjusted_s is not None else r.simulated_s  # noqa: E731
+    return sum(abs(sim(r) - r.measured_s) / r.measured_s for r in rows) / len(rows)
 
 
 def text(rows: list[ReplayRow]) -> str:
-    """The per-rank table and the MAPE (per scheme and over all)."""
+    """The per-rank table and the MAPE (per scheme and over all); where replays carry a host probe, also
+    the simulation without it (``unadj.``)."""
+    probed = any(r.unadjusted_s is not None for r in rows)
     lines = ["", "== per-rank replays: simulated compute against each rank run alone ==",
              f"{'model':<16}{'scheme':<8}{'P':>3}{'C':>7}{'rank':>6}{'chunk':>7}{'past':>7}"
-             f"{'sim ms':>10}{'meas ms':>10}{'error':>9}"]
+             f"{'sim ms':>10}{'meas ms':>10}{'error':>9}" + (f"{'unadj. ms':>11}{'error':>9}" if probed else "")]
     if not rows:
         return "\n".join(lines + ["no replay results match this scenario's jobs"])
     for r in rows:
+        unadj = ""
+        if probed:
+            unadj = (f"{r.unadjusted_s * 1e3:>11.1f}{(r.unadjusted_s / r.measured_s - 1) * 100:>8.1f}%"
+                     if r.unadjusted_s is not None else f"{'-':>11}{'-':>9}")
         lines.append(f"{r.model:<16}{r.scheme:<8}{r.num_gpus:>3}{r.context:>7}{r.rank:>6}{r.chunk:>7}{r.past:>7}"
-                     f"{r.simulated_s * 1e3:>10.1f}{r.measured_s * 1e3:>10.1f}{r.error * 100:>8.1f}%")
+                     f"{r.simulated_s * 1e3:>10.1f}{r.measured_s * 1e3:>10.1f}{r.error * 100:>8.1f}%{unadj}")
+    if probed:
+        lines.append("unadj.: simulated without the replay's host probe (the profile's host floor as it was measured)")
+
+    def line(label: str, sub: list[ReplayRow]) -> str:
+        extra = f" (without the host probe: {mape(sub, unadjusted=True) * 100:.1f}%)" if probed else ""
+        return f"MAPE {label}: {mape(sub) * 100:.1f}% over {len(sub)} ranks{extra}"
     for scheme in dict.fromkeys(r.scheme for r in rows):
-        sub = [r for r in rows if r.scheme == scheme]
-        lines.append(f"MAPE {scheme}: {mape(sub) * 100:.1f}% over {len(sub)} ranks")
-    lines.append(f"MAPE per-rank replays: {mape(rows) * 100:.1f}% over {len(rows)} ranks")
+        lines.append(line(scheme, [r for r in rows if r.scheme == scheme]))
+    lines.append(line("per-rank replays", rows))
     return "\n".join(lines)
 
 

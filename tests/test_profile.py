@@ -200,6 +200,59 @@ def test_forward_points_make_a_floor_by_chunk_and_past_and_calibrate_layers_to_w
     assert p < m
 
 
+def test_floor_with_a_past_steps_at_the_flash_threshold_and_follows_the_host_probe():
+    """A profile that records ``flash_max_chunk`` splits the floor with a past there: a chunk just
+    above it (the cuDNN split, two calls and a merge) takes the larger chunks' floor, not a blend with
+    the flash call's below; without the key the floor interpolates across. ``host_scaled`` scales the
+    floor (only the floor) by a host probe over the profile's own smallest forward without a past."""
+    doc = _with_layers(synthetic(), "cuda", 1e-3)
+    fwd = [(8, 8, 2e-4), (16, 16, 2e-4), (32, 32, 3e-4), (8, 40, 3e-4), (16, 48, 3e-4), (32, 64, 9e-4)]
+    doc["components"]["forward"] = [{"tokens": t, "keys": k, "held_out": k == t, "median_s": 1.0, "host_s": h}
+                                    for t, k, h in fwd]
+    blended = ProfileCost(doc, calibrated=False)
+    assert blended.layer_floor_s(20, past=True) == pytest.approx(3e-4 + 4 / 16 * 6e-4)
+    doc["flash_max_chunk"] = 16
+    split = ProfileCost(doc, calibrated=False)
+    assert split.layer_floor_s(16, past=True) == pytest.approx(3e-4)   # flash: its own points
+    assert split.layer_floor_s(17, past=True) == pytest.approx(9e-4)   # above: held at 32's
+    assert split.layer_floor_s(17, past=False) == pytest.approx(2e-4 + 1 / 16 * 1e-4)  # no past: no step
+    assert split.host_probe_s() == pytest.approx(2e-4)                 # the smallest forward, no past
+    fast = split.host_scaled(1e-4)
+    assert fast.layer_floor_s(17, past=True) == pytest.approx(4.5e-4)
+    assert fast.layer_floor_s(8, past=False) == pytest.approx(1e-4)
+    assert fast.pre_attention_s(16) == split.pre_attention_s(16)       # the GPU's parts unchanged
+    assert fast.scaled(2.0).layer_floor_s(8, past=False) == pytest.approx(2e-4)
+    assert split.host_scaled(None) is split
+    del doc["components"]["forward"]
+    assert ProfileCost(doc).host_scaled(1e-4).layer_floor_s() == pytest.approx(1e-3)  # no forwards: as is
+
+
+def test_replays_with_a_host_probe_are_simulated_at_its_pace_and_reported_both_ways(tmp_path):
+    """``sim.replay``: a replayed rank with a ``host_probe_s`` is simulated with the profile's floor
+    scaled to it (here: a host twice as slow doubles a host-bound rank), and the table and MAPE lines
+    also give the simulation without the probe."""
+    from sim import replay
+
+    doc = _with_layers(synthetic(), "cuda", 1e-3)
+    doc["components"]["forward"] = [{"tokens": t, "keys": k, "held_out": False, "median_s": 1e-9, "host_s": 1e-3}
+                                    for t, k in ((8, 8), (32, 32), (8, 40), (32, 64))]  # no calibration
+    prof = tmp_path / "p.json"
+    prof.write_text(json.dumps(doc))
+    scenario = load(_scenario(tmp_path, profile=str(prof), dtype="fp32"))
+    (job, chunks), = [(j, c) for j, c in replay.replay_jobs(scenario) if j.scheme.name == "kvr-e"]
+    plain = replay.simulated_busy_s(job, chunks, None)
+    entries = [{"model": job.model.name, "scheme": "kvr-e", "num_gpus": 2, "context": 32, "chunks": list(chunks),
+                "rank": r, "median_s": plain[r], "host_probe_s": 2e-3 if r else None} for r in range(2)]
+    rows = replay.compare(scenario, entries)
+    assert rows[0].unadjusted_s is None and rows[0].error == pytest.approx(0.0)
+    layers = SPEC.num_layers
+    assert rows[1].simulated_s == pytest.approx(plain[1] + layers * 1e-3, rel=0.05)  # every layer at 2 ms
+    assert rows[1].unadjusted_s == pytest.approx(plain[1])
+    assert replay.mape(rows, unadjusted=True) == pytest.approx(0.0) and replay.mape(rows) > 0.3
+    table = replay.text(rows)
+    assert "(without the host probe: 0.0%)" in table and "unadj." in table
+
+
 def test_calibrated_layers_agree_between_simpy_the_closed_form_chain_and_the_solver():
     """The calibration piece is part of every layer wherever layers are costed: the SimPy schemes, the
     kvr closed form (``chain_ttft_s``) and the partition solver's per-layer compute."""
