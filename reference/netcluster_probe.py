@@ -70,7 +70,25 @@ def format_probe(report: dict) -> str:
     for g in report.get("exchange", []):
         rows.append(f"exchange 0<->1 {g['size_bytes']:>9} bytes each way: {g['time_s'] * 1e3:.2f} ms "
                     f"({g['size_bytes'] / g['time_s'] / 1e6:.2f} MB/s each way)")
+        for r in g.get("ranks", []):
+            held = socket_held_bytes(report, g["size_bytes"], r)
+            rows.append(f"  rank {r['rank']}: received at {r['recv_s'] * 1e3:.2f} ms, its send returned at "
+                        f"{r['send_s'] * 1e3:.2f} ms" + ("" if held is None else
+                                                         f", {held / 1e6:.2f} MB still in its socket then"))
     return "\n".join(rows)
+
+
+def socket_held_bytes(report: dict, size_bytes: int, rank_entry: dict) -> float | None:
+    """Bytes of a ``size_bytes`` exchange message not yet delivered when its send returned: the message
+    less what the link (its requested rate, shaped) moved by then; None where the link is not shaped.
+    A gloo send returns once the kernel's socket buffer holds the rest, so this is about that buffer
+    (docs/netcluster.md, "When a gloo send returns")."""
+    r = rank_entry["rank"]
+    rate = next((p["requested_bandwidth_bytes_per_s"] for p in report.get("pairs", [])
+                 if p["src"] == r and p["dst"] == 1 - r), None)
+    if not report.get("shaped") or not rate or rate == float("inf"):
+        return None
+    return max(0.0, size_bytes - rate * rank_entry["send_s"])
 
 
 def _rank_main(sizes: list[int], repeats: int, pairs: list[tuple[int, int]] | None, do_all_gather: bool) -> None:
@@ -131,7 +149,7 @@ def _rank_main(sizes: list[int], repeats: int, pairs: list[tuple[int, int]] | No
         for size in sizes:
             x = torch.zeros(max(1, size // 4))
             y = torch.empty_like(x)
-            times = []
+            times, recvs, sends = [], [], []
             for rep in range(repeats + 1):
                 dist.barrier()
                 t0 = time.perf_counter()
@@ -139,10 +157,17 @@ def _rank_main(sizes: list[int], repeats: int, pairs: list[tuple[int, int]] | No
                     got = dist.irecv(y, 1 - rank)
                     sent = dist.isend(x, 1 - rank)
                     got.wait()
-                    sent.wait()
+                    t1 = time.perf_counter()
+                    sent.wait()  # returns once the kernel's socket holds the rest (docs/netcluster.md)
+                    t2 = time.perf_counter()
+                    if rep:
+                        recvs.append(t1 - t0)
+                        sends.append(t2 - t0)
                 if rep:
                     times.append(time.perf_counter() - t0)
-            exchanges.append({"size_bytes": x.numel() * 4, "time_s": statistics.median(times)})
+            exchanges.append({"size_bytes": x.numel() * 4, "time_s": statistics.median(times),
+                              "recv_s": statistics.median(recvs) if recvs else None,
+                              "send_s": statistics.median(sends) if sends else None})
     everyone = [None] * world
     dist.all_gather_object(everyone, {"pairs": mine, "all_gather": gathers, "exchange": exchanges})
     if rank == 0:
@@ -151,7 +176,9 @@ def _rank_main(sizes: list[int], repeats: int, pairs: list[tuple[int, int]] | No
         # An all-gather finishes when its slowest rank does.
         ag = [{"size_bytes": g["size_bytes"], "time_s": max(e["all_gather"][k]["time_s"] for e in everyone)}
               for k, g in enumerate(gathers)]
-        ex = [{"size_bytes": g["size_bytes"], "time_s": max(e["exchange"][k]["time_s"] for e in everyone[:2])}
+        ex = [{"size_bytes": g["size_bytes"], "time_s": max(e["exchange"][k]["time_s"] for e in everyone[:2]),
+               "ranks": [{"rank": r, "recv_s": everyone[r]["exchange"][k]["recv_s"],
+                          "send_s": everyone[r]["exchange"][k]["send_s"]} for r in range(2)]}
               for k, g in enumerate(exchanges)]
         print(_MARK + json.dumps({"world_size": world, "pairs": pairs_out, "all_gather": ag, "exchange": ex}),
               flush=True)

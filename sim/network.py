@@ -70,15 +70,16 @@ class Network:
     def route_latency_s(self, src: int, dst: int) -> float:
         return self._route_latency_s[src, dst]
 
-    def transfer(self, moves: list[tuple[int, int, float]]):
+    def transfer(self, moves: list[tuple[int, int, float]], latency: bool = True):
         """Process body: transfers that start now, each ``(src GPU, dst GPU, bytes)``; each waits its own
-        route latency, then flows. Returns each one's end time, in order (the process ends with the last)."""
+        route latency (unless ``latency`` is false: the rest of a message already under way), then flows.
+        Returns each one's end time, in order (the process ends with the last)."""
         group = _Group(self.env, len(moves))
         flows: dict[int, _Flow] = {}
         waited_s = 0.0
         for i in sorted(range(len(moves)), key=lambda i: self._route_latency_s[moves[i][0], moves[i][1]]):
             src, dst, nbytes = moves[i]
-            latency_s = self._route_latency_s[src, dst]
+            latency_s = self._route_latency_s[src, dst] if latency else 0.0
             if latency_s > waited_s:
                 yield self.env.timeout(latency_s - waited_s)
                 waited_s = latency_s

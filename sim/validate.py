@@ -169,8 +169,8 @@ def cpu_cluster_sim(cores: float | None):
       posts it when it starts waiting for the message, after its own QKV, as the runtime's
       ``ChainedKVCache.update`` does;
     - the all-gather is the runtime's gloo ring (``DistTransport.all_gather``), ``_BufferedRing``: a
-      rank leaves when its own receives are done; its sends are buffered by the kernel's socket and do
-      not hold it (a gloo send completes when its bytes are in the socket)."""
+      rank leaves when its own receives are done and its sends have returned (a gloo send returns
+      once the kernel's socket holds the rest of it, ``SOCKET_BUFFER_BYTES``)."""
     from . import collectives
     from .cluster import ClusterSpec, LinkSpec
     from .network import Network
@@ -331,30 +331,45 @@ def plot(comparisons: list[Comparison], title: str, path: str) -> None:
     scatter_plot(points, f"{title}: MAPE {mape(comparisons):.1f}% over {len(comparisons)}", "TTFT", path)
 
 
+# A gloo send returns once the kernel's socket buffer holds the rest of the message: measured on this
+# project's VM as 1.3-1.7 MB still undelivered when a 2-8 MB send returned over a 10 MB/s link
+# (``python -m reference.netcluster probe --world-size 2 --bandwidth "x,100MB/s;10MB/s,x" --sizes
+# 1MB,2MB,4MB,8MB``, docs/netcluster.md, "When a gloo send returns").
+SOCKET_BUFFER_BYTES = 1.5e6
+
+
 class _BufferedRing:
     """The runtime's gloo all-gather among ranks 0..P-1 (a ring, receives posted before sends): in step
     s rank r receives one chunk from rank r-1. That transfer starts when both have begun step s (rank
     r-1 holds the chunk: it entered, or received it in step s-1; rank r has posted its receive: it
-    entered, or finished its step s-1 receive); rank r leaves after its P-1 receives. Sends do not
-    hold their sender (buffered in the socket)."""
+    entered, or finished its step s-1 receive). Rank r leaves after its P-1 receives and once each of
+    its sends has returned: when all but ``SOCKET_BUFFER_BYTES`` of it are delivered (the rest waits
+    in the socket). On a slow outgoing link that holds a rank whose own receives came fast (tsp's last
+    rank on the ``nonuniform`` cluster)."""
 
     def __init__(self, sim, num_ranks: int, chunk_bytes: float, tag: int):
         env = sim.env
         self.sim, self.p, self.chunk_bytes, self.tag = sim, num_ranks, chunk_bytes, tag
-        # ready[r][s]: rank r has begun step s; ready[r][p - 1]: rank r is done.
+        # ready[r][s]: rank r has begun step s; ready[r][p - 1]: its receives are done.
         self.ready = [[env.event() for _ in range(num_ranks)] for _ in range(num_ranks)]
+        self.sent = [[env.event() for _ in range(num_ranks - 1)] for _ in range(num_ranks)]  # sent[r][s]
         for r in range(num_ranks):
             for step in range(num_ranks - 1):
                 env.process(self._receive(r, step))
 
     def join(self, rank: int):
         self.ready[rank][0].succeed()
-        return self.ready[rank][self.p - 1]
+        return self.sim.env.all_of([self.ready[rank][self.p - 1], *self.sent[rank]])
 
     def _receive(self, r: int, step: int):
         sim, src = self.sim, (r - 1) % self.p
         yield sim.env.all_of([self.ready[src][step], self.ready[r][step]])
         start_s = sim.env.now
-        yield from sim.network.transfer([(sim.gpu_of[src], sim.gpu_of[r], self.chunk_bytes)])
+        route = (sim.gpu_of[src], sim.gpu_of[r])
+        held = min(self.chunk_bytes, SOCKET_BUFFER_BYTES)
+        if self.chunk_bytes > held:  # the sender's send returns when only `held` bytes are left
+            yield from sim.network.transfer([(*route, self.chunk_bytes - held)])
+        self.sent[src][step].succeed()
+        yield from sim.network.transfer([(*route, held)], latency=self.chunk_bytes <= held)
         sim.record_transfer("all-gather", src, r, self.chunk_bytes, start_s, sim.env.now, self.tag)
         self.ready[r][step + 1].succeed()

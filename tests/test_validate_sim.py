@@ -82,6 +82,26 @@ def test_a_rank_leaves_the_gloo_all_gather_after_its_own_receive():
     assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(7.0)
 
 
+def test_a_gloo_send_holds_its_rank_until_the_socket_buffer_holds_the_rest(monkeypatch):
+    """A gloo send returns once all but the socket buffer's bytes are delivered: with a buffer of a
+    quarter chunk, rank 1's send over the 2 s link returns 1.5 s after it starts, and rank 1 leaves
+    the all-gather then, not when its own (instant) receive is done."""
+    import sim.validate
+    from sim.cluster import LinkSpec
+
+    chunk = 32 * SPEC.kv_bytes_per_token_per_layer("fp32")
+    links = (LinkSpec(src=0, dst=1, bandwidth_bytes_per_s=1e18, latency_s=0.0),
+             LinkSpec(src=1, dst=0, bandwidth_bytes_per_s=chunk / 2, latency_s=0.0))
+    j = job("tsp", Stub(post=1.0))
+    j = Job(**{**j.__dict__, "cluster": ClusterSpec(name="n", num_gpus=2, links=links)})
+    monkeypatch.setattr(sim.validate, "SOCKET_BUFFER_BYTES", chunk / 4)
+    # Rank 1 leaves the gathers at 1.5, 4.5, 7.5 (each starts when rank 0 enters: 0, 3, 6) and
+    # computes a second after each: 8.5; with the whole chunk buffered it was 7.0 (test above).
+    assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(8.5)
+    monkeypatch.setattr(sim.validate, "SOCKET_BUFFER_BYTES", 2 * chunk)
+    assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(7.0)
+
+
 def test_contention_comes_from_the_workload_probe_where_a_result_has_one(tmp_path):
     """The shared-core term's contention is the ranks' own work in P processes over one
     (``workload_probe_s``) where the harness measured it, else the GEMM probe's ratio."""
