@@ -18,8 +18,9 @@ shuffled order, and its time is the median of its rounds' medians (a stall of th
 round of a rank, not the rank); on CPUs a speed probe before every rank (``probe_s``; with rounds, the
 median of the rounds' probes), so the comparison can scale the profile to the replay's speed; on GPUs
 a host probe before every rank (``host_probe_s``, ``reference.profile.host_probe_s``: the host's time
-per layer to issue a small forward), so it can scale the profile's host floor to the host's pace. Compare: ``python -m sim.replay SCENARIO.yaml RESULTS.json``,
-or name the file under the scenario's ``measured: {replays: [...]}``. Docs: docs/validation.md.
+per layer to issue a small forward), so it can scale the profile's host floor to the host's pace.
+Compare: ``python -m sim.replay SCENARIO.yaml RESULTS.json``, or name the file under the scenario's
+``measured: {replays: [...]}``. Docs: docs/validation.md.
 """
 from __future__ import annotations
 

@@ -259,12 +259,10 @@ class ProfileCost:
         host-bound layer, which is never faster whatever its parts add up to. Interpolated between the
         ``forward`` points' ``host_s`` (each no more than any larger chunk's; held at the ends), with a
         past apart below and above the profile's ``flash_max_chunk`` where it records one (the
-        attention's host work steps up there); ``tokens=None``: at the smallest. 0 for CPU profiles, where host and compute are one.
-        docs/validation.md, "Host-bound layers"."""
-        xs, ys = ([], [])
-        if self._floor:
-            above = tokens is not None and self._above_flash(tokens, past) and (past, True) in self._floor
-            xs, ys = self._floor.get((past, above), self._floor.get((past, False), ([], [])))
+        attention's host work steps up there); ``tokens=None``: at the smallest. 0 for CPU profiles,
+        where host and compute are one. docs/validation.md, "Host-bound layers"."""
+        above = tokens is not None and self._above_flash(tokens, past) and (past, True) in self._floor
+        xs, ys = self._floor.get((past, above), ([], []))
         if not xs:
             return 0.0
         t = xs[0] if tokens is None else min(max(float(tokens), xs[0]), xs[-1])

@@ -93,18 +93,21 @@ def load(patterns: list[str]) -> list[dict]:
 def compare(scenario, entries: list[dict]) -> list[ReplayRow]:
     """A row per replayed rank that matches a job of the scenario (model, scheme name, P, C, chunks)."""
     jobs = {(j.model.name, j.scheme.name, j.num_gpus, j.context, c): j for j, c in replay_jobs(scenario)}
-    rows = []
+    rows, plain = [], {}  # plain: a job's busy times without a host probe, the same for all its ranks
     for e in entries:
         chunks = tuple(e["chunks"])
-        job = jobs.get((e["model"], e["scheme"], e["num_gpus"], e["context"], chunks))
+        match = (e["model"], e["scheme"], e["num_gpus"], e["context"], chunks)
+        job = jobs.get(match)
         if job is None:
             continue
-        r, host = e["rank"], e.get("host_probe_s")
-        busy = simulated_busy_s(job, chunks, e.get("probe_s"), host)
-        plain = simulated_busy_s(job, chunks, e.get("probe_s"))[r] if host else None
+        r, probe, host = e["rank"], e.get("probe_s"), e.get("host_probe_s")
+        key = (*match, probe)
+        if key not in plain:
+            plain[key] = simulated_busy_s(job, chunks, probe)
+        busy = simulated_busy_s(job, chunks, probe, host) if host else plain[key]
         rows.append(ReplayRow(model=e["model"], scheme=e["scheme"], num_gpus=e["num_gpus"], context=e["context"],
                               rank=r, chunk=chunks[r], past=sum(chunks[:r]), simulated_s=busy[r],
-                              measured_s=e["median_s"], unadjusted_s=plain))
+                              measured_s=e["median_s"], unadjusted_s=plain[key][r] if host else None))
     return rows
 
 
