@@ -113,8 +113,12 @@ def random_model(spec: ModelSpec, seed: int = 0, device: torch.device | str = "c
 def _weight_files(folder: str) -> list[str]:
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index, encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointError(f"{index}: not a readable index (a JSON object with a weight_map): "
+                                  f"{type(e).__name__}: {e}") from None
         return [os.path.join(folder, n) for n in files]
     single = os.path.join(folder, "model.safetensors")
     if os.path.exists(single):
@@ -135,33 +139,20 @@ def _our_key(hf_key: str, table: Mapping[str, str]) -> str | None:
 def load_checkpoint(folder: str, spec: ModelSpec | None = None, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32) -> nn.Module:
     """The model of a Hugging Face checkpoint folder, weights cast to `dtype` on `device`."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError
 
     spec = spec or ModelSpec.from_hf_config(folder)
     model = build_model(spec, device, dtype)
     params = dict(model.named_parameters())  # a tied head appears once, as tok_embeddings.weight
     table = key_table(spec)
-    tied_head = spec.tie_word_embeddings
     filled: dict[str, str] = {}
     for path in _weight_files(folder):
         if not os.path.exists(path):
             raise CheckpointError(f"{folder}: shard {os.path.basename(path)} is missing")
-        with safe_open(path, framework="pt", device=str(device)) as f:
-            for hf_key in f.keys():
-                ours = _our_key(hf_key, table)
-                target = "tok_embeddings.weight" if tied_head and ours == "output.weight" else ours
-                if target not in params:
-                    raise CheckpointError(f"{folder}: unexpected tensor {hf_key!r} for model {spec.name!r}")
-                want = tuple(params[target].shape)
-                got = tuple(f.get_slice(hf_key).get_shape())
-                if got != want:
-                    raise CheckpointError(f"{folder}: tensor {hf_key!r} has shape {got}, expected {want}")
-                if tied_head and ours == "output.weight":
-                    continue  # the tied head is the embedding, loaded from its own key
-                if ours in filled:
-                    raise CheckpointError(f"{folder}: tensor {hf_key!r} appears twice (also as {filled[ours]!r})")
-                params[ours].copy_(f.get_tensor(hf_key))
-                filled[ours] = hf_key
+        try:
+            _load_file(path, folder, spec, params, table, filled, device)
+        except SafetensorError as e:  # a damaged or truncated file: one line, not the library's traceback
+            raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
     reverse = {ours: hf for hf, ours in table.items()}
     for name in params:
         if name not in filled:
@@ -170,6 +161,30 @@ def load_checkpoint(folder: str, spec: ModelSpec | None = None, device: torch.de
             hf_name = reverse.get(hf, name).format(layer.group(1) if layer else "")
             raise CheckpointError(f"{folder}: missing tensor {hf_name!r} (our {name!r})")
     return model
+
+
+def _load_file(path: str, folder: str, spec: ModelSpec, params: dict, table: Mapping[str, str],
+               filled: dict[str, str], device) -> None:
+    """Copy the tensors of one safetensors file into ``params``, checking each key and shape."""
+    from safetensors import safe_open
+
+    tied_head = spec.tie_word_embeddings
+    with safe_open(path, framework="pt", device=str(device)) as f:
+        for hf_key in f.keys():
+            ours = _our_key(hf_key, table)
+            target = "tok_embeddings.weight" if tied_head and ours == "output.weight" else ours
+            if target not in params:
+                raise CheckpointError(f"{folder}: unexpected tensor {hf_key!r} for model {spec.name!r}")
+            want = tuple(params[target].shape)
+            got = tuple(f.get_slice(hf_key).get_shape())
+            if got != want:
+                raise CheckpointError(f"{folder}: tensor {hf_key!r} has shape {got}, expected {want}")
+            if tied_head and ours == "output.weight":
+                continue  # the tied head is the embedding, loaded from its own key
+            if ours in filled:
+                raise CheckpointError(f"{folder}: tensor {hf_key!r} appears twice (also as {filled[ours]!r})")
+            params[ours].copy_(f.get_tensor(hf_key))
+            filled[ours] = hf_key
 
 
 def load_model(model: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,

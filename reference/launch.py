@@ -15,11 +15,11 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 
 from reference.schemes import SCHEME_NAMES, parse_partition
 from sim.model import DTYPE_BYTES, ModelSpec
+from sim.outputs import OutputError, check_file_writable, write_text
 
 # On bad input only rank 0 prints the error; the others wait this long before exiting, since torchrun
 # stops every rank as soon as one exits and rank 0 could be killed before it printed.
@@ -38,7 +38,10 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m reference.launch", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="preset name, checkpoint folder, or config.json (random weights)")
-    p.add_argument("--scheme", required=True, choices=SCHEME_NAMES)
+    p.add_argument("--scheme", required=True, choices=SCHEME_NAMES,
+                   help="single: one process prefills the whole prompt; kvr: KV-Runahead, a chain of ranks each "
+                   "passing the cumulative KV-cache to the next; tsp: tensor/sequence-parallel, even chunks and "
+                   "one all-gather of K and V per layer (docs/design.md)")
     p.add_argument("--partition", default="even",
                    help="'even' (default), tokens per rank, e.g. 30,20,14, or (kvr) 'searched' (KVR-S on the "
                    "simulator) or 'predicted' (KVR-P from --table); the last two need --partition-scenario")
@@ -47,10 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--partition-cluster", metavar="NAME", help="cluster of --partition-scenario (default: its first)")
     p.add_argument("--table", metavar="FILE", help="KVR-P lookup table (python -m sim.partition build-table)")
     p.add_argument("--context", type=int, help="prompt tokens C (default: the length of --input-ids)")
-    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPE_BYTES))
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPE_BYTES),
+                   help="weights, activations and KV-cache (default fp32; bf16 on GPUs)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
     p.add_argument("--repeat", type=int, default=3, help="timed runs (default 3)")
-    p.add_argument("--out", help="results JSON path (written by rank 0, atomically)")
+    p.add_argument("--out", help="results JSON path (written by rank 0, atomically; its folder is checked "
+                   "before the run)")
     p.add_argument("--input-ids", help="JSON file with the prompt as a list of token ids")
     p.add_argument("--seed", type=int, default=0, help="seed of random weights and random prompt (default 0)")
     p.add_argument("--backend", default="auto", choices=["auto", "nccl", "gloo"],
@@ -94,8 +99,8 @@ def validate(args: argparse.Namespace, world: int) -> tuple[list[int], list[int]
         raise LaunchError("need --warmup >= 0, --repeat >= 1, --generate >= 0, --timeout > 0")
     if world > 1 and "MASTER_ADDR" not in os.environ:
         raise LaunchError(f"WORLD_SIZE={world} but no MASTER_ADDR: start the ranks with torchrun")
-    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise LaunchError(f"--out {args.out}: no such folder")
+    if args.out:  # before the run: a measurement must not be lost to an unwritable path
+        check_file_writable(args.out, "--out")
     spec = ModelSpec.resolve(args.model)
     ids = _prompt(args, spec)
     return ids, parse_partition(_sim_partition(args, len(ids), world), args.scheme, len(ids), world)
@@ -121,15 +126,7 @@ def _sim_partition(args: argparse.Namespace, context: int, world: int) -> str:
 
 def write_atomic(path: str, results: dict) -> None:
     """Write JSON to a temporary file next to `path`, then rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=".results-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    write_text(path, json.dumps(results, indent=1) + "\n")
 
 
 def summary(r: dict, out: str | None) -> str:
@@ -176,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e).strip().splitlines()[0], 1)
     if results is not None:
         if args.out:
-            write_atomic(args.out, results)
+            try:
+                write_atomic(args.out, results)
+            except OutputError as e:  # the disk filled during the run: keep the measurement on stdout
+                say(summary(results, None))
+                return fail(f"{e}; the measurement is the line above", 2)
         say(summary(results, args.out))
     return 0
 

@@ -131,13 +131,10 @@ def from_cluster_spec(spec, cpu_over_gpu_slowdown: float = 1.0) -> tuple[list[li
     its latencies (so links shared by several routes, e.g. through a switch, are not shared here).
     Background flows must be on direct GPU-to-GPU links; their times are scaled like the latencies.
     """
-    from sim.cluster import routes  # noqa: PLC0415  (reference may import sim; sim never imports torch)
-
     k = cpu_over_gpu_slowdown
     matrix: list[list[LinkSpec | None]] = [[None] * spec.num_gpus for _ in range(spec.num_gpus)]
-    by_pair = {(l.src, l.dst): l for l in spec.links}
-    for (i, j), route in routes(spec).items():
-        hops = [by_pair[h] for h in route]
+    for (i, j), route in spec.routes().items():
+        hops = [spec.link(*h) for h in route]
         gpu_link = LinkSpec(bandwidth_bytes_per_s=min(h.bandwidth_bytes_per_s for h in hops),
                             latency_s=sum(h.latency_s for h in hops))
         matrix[i][j] = scale_links(gpu_link, k)

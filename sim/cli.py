@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import tempfile
+from typing import Callable
 
 from . import report
+from .outputs import OutputError, Staged, check_writable
 from .partition import plan
 from .scenario import Scenario, ScenarioError, load
 from .simulate import Job, simulate
@@ -73,68 +75,89 @@ def main(argv: list[str] | None = None) -> int:
         timelines = [timeline_job(scenario, spec) for spec in args.timeline]
         if timelines and not args.out:
             raise UsageError("--timeline: needs --out DIR, got no --out")
-        if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
-            raise UsageError(f"--out: must be a folder, got the file {args.out!r}")
-    except (ScenarioError, UsageError) as e:
+        if args.out:
+            check_writable(args.out)  # before the sweep: a bad folder must not cost the run
+        measured = load_measured(scenario, args.scenario)  # an unreadable results file, before the sweep too
+    except (ScenarioError, UsageError, OutputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     table = report.run(scenario, progress=not args.no_progress)
     sys.stdout.write(report.text(scenario, table))
-    if scenario.measured is not None:
-        try:
-            compare_measured(scenario, table, args.out)
-        except ValueError as e:  # a measured results file that cannot be read
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-    if args.out:
-        write_outputs(scenario, table, timelines, args.out)
+    try:
+        plots = compare_measured(scenario, table, measured) if measured is not None else []
+        out_dir = args.out
+        if plots and out_dir is None:  # validation plots never go into the repository: a folder of their own
+            out_dir = tempfile.mkdtemp(prefix=f"kvr-sim-{scenario.name}-")
+        if out_dir:
+            write_outputs(scenario, table, timelines, plots, out_dir, everything=args.out is not None)
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
-def compare_measured(scenario: Scenario, table, out_dir: str | None) -> None:
-    """Print simulated against measured TTFT and MAPE; plot to ``measured.plot`` (and into --out)."""
-    from . import validate
+def load_measured(scenario: Scenario, path: str):
+    """The scenario's measured results and replays, read before anything is simulated (None: no
+    ``measured`` section)."""
+    if scenario.measured is None:
+        return None
+    from . import replay, validate
 
+    spec = scenario.measured
+    for at, missing in spec.missing()[:1]:
+        raise UsageError(f"{path}: {at}: no such file {missing} (only a glob that matches nothing means "
+                         "measurements pending)")
+    return (validate.load_measured(spec.files()), replay.load(list(spec.replays)) if spec.replays else [])
+
+
+def compare_measured(scenario: Scenario, table, measured) -> list[tuple[str, Callable[[str], None]]]:
+    """Print simulated against measured TTFT and MAPE (and the replays'); returns the plots to draw
+    as (file name, draw(path))."""
+    from . import replay, validate
+
+    results, replays = measured
     for _, cost in scenario.profiles:  # count only the measured configurations' questions below
         cost.extrapolated.clear()
-    comparisons = validate.compare(table, validate.load_measured(scenario.measured.files()))
-    unmatched = [row for row in table if all(c.row is not row for c in comparisons)]
+    comparisons = validate.compare(table, results)
+    unmatched = [row for row in table if row.result is not None and all(c.row is not row for c in comparisons)]
     extrapolated: dict[str, int] = {}
     for _, cost in scenario.profiles:
         for k, v in cost.extrapolated.items():
             extrapolated[k] = extrapolated.get(k, 0) + v
     sys.stdout.write(validate.text(scenario, comparisons, extrapolated, unmatched))
-    paths = [p for p in (scenario.measured.plot, out_dir and os.path.join(out_dir, "validation.png")) if p]
-    for path in paths if comparisons else []:
-        validate.plot(comparisons, scenario.name, path)
-        print(f"wrote {path}", file=sys.stderr)
-    if scenario.measured.replays:  # each rank's compute run alone, against its simulated busy time
-        from . import replay
-        rows = replay.compare(scenario, replay.load(list(scenario.measured.replays)))
+    plots = []
+    if comparisons:
+        plots.append(("validation.png", lambda path: validate.plot(comparisons, scenario.name, path)))
+    if replays:  # each rank's compute run alone, against its simulated busy time
+        rows = replay.compare(scenario, replays)
         sys.stdout.write(replay.text(rows) + "\n")
-        plots = [p for p in (scenario.measured.plot, out_dir and os.path.join(out_dir, "validation.png")) if p]
-        for path in plots if rows else []:  # beside the TTFT plot: NAME-replays.png
-            path = os.path.splitext(path)[0] + "-replays.png"
-            replay.plot(rows, scenario.name, path)
-            print(f"wrote {path}", file=sys.stderr)
+        if rows:
+            plots.append(("validation-replays.png", lambda path: replay.plot(rows, scenario.name, path)))
+    return plots
 
 
-def write_outputs(scenario: Scenario, table, timelines: list[Job], out_dir: str) -> None:
-    from . import plots  # matplotlib: only when there is something to draw
+def write_outputs(scenario: Scenario, table, timelines: list[Job], plots, out_dir: str, *,
+                  everything: bool) -> None:
+    """Every output file into ``out_dir``, all or nothing (``outputs.Staged``): the report files, TTFT
+    plots and timelines when ``everything`` (an ``--out`` was given), and the validation plots."""
+    from . import plots as drawing  # matplotlib: only when there is something to draw
 
-    os.makedirs(out_dir, exist_ok=True)
-    paths = report.write_files(scenario, table, out_dir)
-    for model in scenario.models:
-        for cluster in scenario.clusters:
-            path = os.path.join(out_dir, f"ttft_{model.name}_{cluster.name}.png")
-            plots.ttft_plot(table, model.name, cluster.name, path)
-            paths.append(path)
-    for job in timelines:
-        stem = f"timeline_{job.scheme.name}_{job.num_gpus}gpu_{job.context}_{job.model.name}_{job.cluster.name}"
-        title = (f"{job.scheme.name}: {job.model.name}, C={job.context}, {job.num_gpus} GPUs on "
-                 f"{job.cluster.name}")
-        result = simulate(job)
-        plots.timeline_plot(result, f"{title}, TTFT {result.ttft_s * 1e3:.2f} ms", os.path.join(out_dir, stem + ".png"))
-        plots.chrome_trace(result, title, os.path.join(out_dir, stem + ".trace.json"))
-        paths += [os.path.join(out_dir, stem + ext) for ext in (".png", ".trace.json")]
-    print(f"wrote {len(paths)} files to {out_dir}", file=sys.stderr)
+    with Staged(out_dir, "--out") as stage:
+        if everything:
+            report.write_files(scenario, table, stage)
+            for model in scenario.models:
+                for cluster in scenario.clusters:
+                    drawing.ttft_plot(table, model.name, cluster.name,
+                                      stage.path(f"ttft_{model.name}_{cluster.name}.png"))
+            for job in timelines:
+                stem = (f"timeline_{job.scheme.name}_{job.num_gpus}gpu_{job.context}_{job.model.name}_"
+                        f"{job.cluster.name}")
+                title = (f"{job.scheme.name}: {job.model.name}, C={job.context}, {job.num_gpus} GPUs on "
+                         f"{job.cluster.name}")
+                result = simulate(job)
+                drawing.timeline_plot(result, f"{title}, TTFT {result.ttft_s * 1e3:.2f} ms",
+                                      stage.path(stem + ".png"))
+                drawing.chrome_trace(result, title, stage.path(stem + ".trace.json"))
+        for name, draw in plots:
+            draw(stage.path(name))
+    print(f"wrote {len(stage.finals)} files to {out_dir}", file=sys.stderr)

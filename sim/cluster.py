@@ -7,7 +7,6 @@ The SimPy side (links shared by concurrent transfers) is in ``network.py``.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Union
 
@@ -48,58 +47,153 @@ class BackgroundFlow:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MeshLinks:
+    """Every ordered pair of a cluster's GPUs joined by a direct link with these parameters, held as
+    one record rather than n(n-1) ``LinkSpec``s (a 10,000-GPU mesh has 10^8 links)."""
+
+    bandwidth_bytes_per_s: float
+    latency_s: float
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClusterSpec:
+    """GPUs 0..num_gpus-1 and switches, joined by the explicit directed ``links`` or, for a full mesh,
+    by ``mesh`` (then ``links`` and ``switches`` are empty). Ask for links and routes through
+    ``link``, ``route`` and ``routes``: they work for both forms, and routes are found once per
+    cluster and source GPU, only for the GPUs asked about."""
+
     name: str
     num_gpus: int
-    links: tuple[LinkSpec, ...]
+    links: tuple[LinkSpec, ...] = ()
     switches: tuple[str, ...] = ()
     background: tuple[BackgroundFlow, ...] = ()
+    mesh: MeshLinks | None = None
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.num_gpus, int) and self.num_gpus >= 1):
+            raise ClusterError(f"cluster {self.name!r}: num_gpus={self.num_gpus!r} must be an integer >= 1")
         nodes = set(range(self.num_gpus)) | set(self.switches)
-        seen = set()
+        by_pair: dict[Link, LinkSpec] = {}
+        if self.mesh is not None:
+            if self.links or self.switches:
+                raise ClusterError(f"cluster {self.name!r}: a mesh cluster has no explicit links or switches")
+            self._check_params("every", "pair", self.mesh.bandwidth_bytes_per_s, self.mesh.latency_s)
         for link in self.links:
             for end in (link.src, link.dst):
                 if end not in nodes:
                     raise ClusterError(f"cluster {self.name!r}: link end {end!r} is not a GPU or switch")
             if link.src == link.dst:
                 raise ClusterError(f"cluster {self.name!r}: link {link.src!r}->{link.dst!r} is a loop")
-            if (link.src, link.dst) in seen:
+            if (link.src, link.dst) in by_pair:
                 raise ClusterError(f"cluster {self.name!r}: link {link.src!r}->{link.dst!r} given twice")
-            seen.add((link.src, link.dst))
-            if not link.bandwidth_bytes_per_s > 0:
-                raise ClusterError(f"cluster {self.name!r}: link {link.src!r}->{link.dst!r} "
-                                   f"bandwidth_bytes_per_s={link.bandwidth_bytes_per_s!r} must be > 0")
-            if not link.latency_s >= 0:
-                raise ClusterError(f"cluster {self.name!r}: link {link.src!r}->{link.dst!r} "
-                                   f"latency_s={link.latency_s!r} must be >= 0")
+            by_pair[link.src, link.dst] = link
+            self._check_params(link.src, link.dst, link.bandwidth_bytes_per_s, link.latency_s)
+        # Lookups and route caches: not fields (equality and the hash are the fields'); the hash is
+        # computed once, since a 10,000-GPU cluster's links are slow to hash on every cache lookup.
+        object.__setattr__(self, "_by_pair", by_pair)
+        object.__setattr__(self, "_paths", {})
+        object.__setattr__(self, "_graph", None)
+        object.__setattr__(self, "_hash", hash((self.name, self.num_gpus, self.links, self.switches,
+                                                self.background, self.mesh)))
         for bg in self.background:
-            if (bg.src, bg.dst) not in seen:
+            if not self.has_link(bg.src, bg.dst):
                 raise ClusterError(f"cluster {self.name!r}: background flow on {bg.src!r}->{bg.dst!r}, "
                                    "which is not a link")
-        graph = self.graph()
-        for a in range(self.num_gpus):
-            reach = nx.descendants(graph, a)
-            for b in range(self.num_gpus):
-                if a != b and b not in reach:
-                    raise ClusterError(f"cluster {self.name!r}: GPU {b} cannot be reached from GPU {a}")
+        if self.mesh is None:
+            self._check_reachable()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        # The repr fingerprints the cluster a KVR-P table was searched for (sim/partition/table.py):
+        # the fields that are set, so an explicit cluster reads as it did before meshes existed.
+        form = f"mesh={self.mesh!r}" if self.mesh is not None else f"links={self.links!r}, switches={self.switches!r}"
+        return (f"ClusterSpec(name={self.name!r}, num_gpus={self.num_gpus!r}, {form}, "
+                f"background={self.background!r})")
+
+    def _check_params(self, src: Node, dst: Node, bandwidth_bytes_per_s: float, latency_s: float) -> None:
+        if not bandwidth_bytes_per_s > 0:
+            raise ClusterError(f"cluster {self.name!r}: link {src!r}->{dst!r} "
+                               f"bandwidth_bytes_per_s={bandwidth_bytes_per_s!r} must be > 0")
+        if not latency_s >= 0:
+            raise ClusterError(f"cluster {self.name!r}: link {src!r}->{dst!r} latency_s={latency_s!r} must be >= 0")
+
+    def _check_reachable(self) -> None:
+        """Every GPU reaches every other: all reach GPU 0 and GPU 0 reaches all (two searches, O(V+E))."""
+        g = self.graph()
+        reach = nx.descendants(g, 0)
+        for b in range(1, self.num_gpus):
+            if b not in reach:
+                raise ClusterError(f"cluster {self.name!r}: GPU {b} cannot be reached from GPU 0")
+        back = nx.ancestors(g, 0)
+        for a in range(1, self.num_gpus):
+            if a not in back:
+                raise ClusterError(f"cluster {self.name!r}: GPU 0 cannot be reached from GPU {a}")
+
+    # ----- links and routes ----------------------------------------------------------------------
+    def has_link(self, src: Node, dst: Node) -> bool:
+        if self.mesh is not None:
+            return _is_gpu(src, self.num_gpus) and _is_gpu(dst, self.num_gpus) and src != dst
+        return (src, dst) in self._by_pair
+
+    def link(self, src: Node, dst: Node) -> LinkSpec:
+        """The directed link src -> dst (``KeyError`` if there is none)."""
+        if self.mesh is not None:
+            if not self.has_link(src, dst):
+                raise KeyError((src, dst))
+            return LinkSpec(src=src, dst=dst, bandwidth_bytes_per_s=self.mesh.bandwidth_bytes_per_s,
+                            latency_s=self.mesh.latency_s)
+        return self._by_pair[src, dst]
+
+    def all_links(self) -> tuple[LinkSpec, ...]:
+        """Every directed link, a mesh's spelled out (for small clusters: n(n-1) of them)."""
+        if self.mesh is None:
+            return self.links
+        return mesh(range(self.num_gpus), self.mesh.bandwidth_bytes_per_s, self.mesh.latency_s)
+
+    def route(self, a: int, b: int) -> tuple[Link, ...]:
+        """The links from GPU a to GPU b: the least total latency, ties to fewer hops, then networkx's
+        deterministic order; a mesh's route is its direct link. Found once per source GPU."""
+        if self.mesh is not None:
+            if not (self.has_link(a, b)):
+                raise KeyError((a, b))
+            return ((a, b),)
+        paths = self._paths.get(a)
+        if paths is None:
+            paths = nx.single_source_dijkstra_path(self.graph(), a, weight="route_weight")
+            self._paths[a] = paths
+        p = paths[b]
+        return tuple(zip(p, p[1:]))
+
+    def routes(self, gpus=None) -> dict[tuple[int, int], tuple[Link, ...]]:
+        """The route between every ordered pair of ``gpus`` (default: all the cluster's)."""
+        gpus = range(self.num_gpus) if gpus is None else list(gpus)
+        return {(a, b): self.route(a, b) for a in gpus for b in gpus if a != b}
 
     def graph(self) -> nx.DiGraph:
-        g = nx.DiGraph()
-        g.add_nodes_from(range(self.num_gpus), kind="gpu")
-        g.add_nodes_from(self.switches, kind="switch")
-        for link in self.links:
-            g.add_edge(link.src, link.dst, bandwidth_bytes_per_s=link.bandwidth_bytes_per_s,
-                       latency_s=link.latency_s)
-        return g
+        """The cluster as a networkx graph (a mesh's links spelled out: small clusters only)."""
+        if self._graph is None:
+            g = nx.DiGraph()
+            g.add_nodes_from(range(self.num_gpus), kind="gpu")
+            g.add_nodes_from(self.switches, kind="switch")
+            for link in self.all_links():
+                g.add_edge(link.src, link.dst, bandwidth_bytes_per_s=link.bandwidth_bytes_per_s,
+                           latency_s=link.latency_s, route_weight=link.latency_s + _HOP_TIEBREAK_S)
+            object.__setattr__(self, "_graph", g)
+        return self._graph
 
     # ----- named constructors --------------------------------------------------------------------
     @classmethod
     def uniform(cls, name: str, num_gpus: int, bandwidth_bytes_per_s: float, latency_s: float,
                 **kw: object) -> "ClusterSpec":
-        """Every ordered pair of GPUs joined by a direct link."""
+        """Every ordered pair of GPUs joined by a direct link (a ``MeshLinks``)."""
         return cls(name=name, num_gpus=num_gpus,
-                   links=mesh(range(num_gpus), bandwidth_bytes_per_s, latency_s), **kw)
+                   mesh=MeshLinks(bandwidth_bytes_per_s=bandwidth_bytes_per_s, latency_s=latency_s), **kw)
+
+
+def _is_gpu(node: Node, num_gpus: int) -> bool:
+    return isinstance(node, int) and not isinstance(node, bool) and 0 <= node < num_gpus
 
 
 def mesh(nodes, bandwidth_bytes_per_s: float, latency_s: float) -> tuple[LinkSpec, ...]:
@@ -112,17 +206,3 @@ def mesh(nodes, bandwidth_bytes_per_s: float, latency_s: float) -> tuple[LinkSpe
 def duplex(a: Node, b: Node, bandwidth_bytes_per_s: float, latency_s: float) -> tuple[LinkSpec, ...]:
     return tuple(LinkSpec(src=s, dst=d, bandwidth_bytes_per_s=bandwidth_bytes_per_s, latency_s=latency_s)
                  for s, d in ((a, b), (b, a)))
-
-
-@functools.lru_cache(maxsize=64)
-def routes(cluster: ClusterSpec) -> dict[tuple[int, int], tuple[Link, ...]]:
-    """The route (as its links) between every ordered pair of GPUs."""
-    g = cluster.graph()
-    out: dict[tuple[int, int], tuple[Link, ...]] = {}
-    for a in range(cluster.num_gpus):
-        paths = nx.single_source_dijkstra_path(g, a, weight=lambda u, v, e: e["latency_s"] + _HOP_TIEBREAK_S)
-        for b in range(cluster.num_gpus):
-            if a != b:
-                p = paths[b]
-                out[a, b] = tuple(zip(p, p[1:]))
-    return out

@@ -7,7 +7,7 @@ round figures, documented in docs/cost_model.md, to be replaced by a measured pr
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class HardwareError(ValueError):
@@ -25,6 +25,9 @@ class GpuSpec:
     attention_efficiency: float = 0.50  # fused (flash) attention
     memory_efficiency: float = 0.80  # achieved fraction of HBM bandwidth, every op
     launch_overhead_s: float = 5e-6  # per kernel launch
+    # Device memory; None: unknown, the memory check is skipped. Not in the repr, which fingerprints
+    # the hardware a KVR-P table was searched for (sim/partition/table.py): memory changes no time.
+    memory_bytes: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for field in ("peak_flops_per_s", "hbm_bytes_per_s"):
@@ -36,6 +39,8 @@ class GpuSpec:
                 raise HardwareError(f"gpu {self.name!r}: {field}={v!r} must be in (0, 1]")
         if not self.launch_overhead_s >= 0:
             raise HardwareError(f"gpu {self.name!r}: launch_overhead_s={self.launch_overhead_s!r} must be >= 0")
+        if self.memory_bytes is not None and not self.memory_bytes > 0:
+            raise HardwareError(f"gpu {self.name!r}: memory_bytes={self.memory_bytes!r} must be > 0")
 
     def replace(self, **changes: object) -> "GpuSpec":
         return dataclasses.replace(self, **changes)
@@ -48,8 +53,21 @@ class GpuSpec:
             raise HardwareError(f"unknown GPU preset {name!r}; known: {', '.join(GPU_PRESETS)}") from None
 
 
+MIB = 2**20
 GPU_PRESETS: dict[str, GpuSpec] = {g.name: g for g in (
-    GpuSpec(name="a100-80gb-sxm", peak_flops_per_s=312e12, hbm_bytes_per_s=2.039e12),
-    GpuSpec(name="h100-sxm", peak_flops_per_s=989e12, hbm_bytes_per_s=3.35e12),
-    GpuSpec(name="h200", peak_flops_per_s=989e12, hbm_bytes_per_s=4.8e12),
+    GpuSpec(name="a100-80gb-sxm", peak_flops_per_s=312e12, hbm_bytes_per_s=2.039e12, memory_bytes=81920 * MIB),
+    GpuSpec(name="h100-sxm", peak_flops_per_s=989e12, hbm_bytes_per_s=3.35e12, memory_bytes=81559 * MIB),
+    GpuSpec(name="h200", peak_flops_per_s=989e12, hbm_bytes_per_s=4.8e12, memory_bytes=143771 * MIB),
 )}
+"""Memory: the device memory the driver reports (nvidia-smi memory.total), docs/cost_model.md."""
+
+# A profile names its device as torch does (``torch.cuda.get_device_name``): the preset whose memory it has.
+DEVICE_NAMES = {"A100": "a100-80gb-sxm", "H100": "h100-sxm", "H200": "h200"}
+
+
+def memory_of_device(device: str) -> float | None:
+    """The memory of a profiled device by its name, or None (a CPU, an unknown GPU)."""
+    for key, preset in DEVICE_NAMES.items():
+        if key in device and ("80GB" in device or key != "A100"):
+            return GPU_PRESETS[preset].memory_bytes
+    return None

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 
 import simpy
 
-from .cluster import ClusterSpec, Link, routes
+from .cluster import ClusterSpec, Link
 
 _DONE_REL = 1e-12  # a flow due within this fraction of the clock has finished (float rounding)
 
@@ -45,18 +45,27 @@ class _Flow:
             self.finish_s = now_s + self.remaining / rate if rate > 0 else float("inf")
 
 
+class _Capacity(dict):
+    """Link -> bandwidth in bytes/s, filled from the cluster on first use (a mesh is not spelled out)."""
+
+    def __init__(self, cluster: ClusterSpec):
+        super().__init__()
+        self.cluster = cluster
+
+    def __missing__(self, link: Link) -> float:
+        value = self[link] = self.cluster.link(*link).bandwidth_bytes_per_s
+        return value
+
+
 class Network:
     """The links of a cluster during one simulation. ``bytes_carried`` counts the scheme's traffic per
     directed link (background traffic is not counted)."""
 
     def __init__(self, env: simpy.Environment, cluster: ClusterSpec):
         self.env = env
-        self.routes = routes(cluster)
-        self.capacity = {(l.src, l.dst): l.bandwidth_bytes_per_s for l in cluster.links}
-        latency = {(l.src, l.dst): l.latency_s for l in cluster.links}
-        self._route_latency_s = {pair: sum(latency[link] for link in route)
-                                 for pair, route in self.routes.items()}
-        self._route_cap = {pair: min(self.capacity[link] for link in route) for pair, route in self.routes.items()}
+        self.cluster = cluster
+        self.capacity = _Capacity(cluster)  # bytes/s of each directed link, looked up as used
+        self._pairs: dict[tuple[int, int], tuple[tuple[Link, ...], float, float]] = {}
         self.bytes_carried: dict[Link, float] = defaultdict(float)
         self._flows: dict[_Flow, None] = {}  # insertion-ordered set: deterministic
         self._users: Counter[Link] = Counter()  # active flows per link
@@ -67,8 +76,18 @@ class Network:
         for bg in cluster.background:
             env.process(self._background(bg))
 
+    def _pair(self, src: int, dst: int) -> tuple[tuple[Link, ...], float, float]:
+        """(route, its latency, its slowest link's bandwidth) from GPU src to GPU dst."""
+        pair = self._pairs.get((src, dst))
+        if pair is None:
+            route = self.cluster.route(src, dst)
+            links = [self.cluster.link(*link) for link in route]
+            pair = (route, sum(l.latency_s for l in links), min(l.bandwidth_bytes_per_s for l in links))
+            self._pairs[src, dst] = pair
+        return pair
+
     def route_latency_s(self, src: int, dst: int) -> float:
-        return self._route_latency_s[src, dst]
+        return self._pair(src, dst)[1]
 
     def transfer(self, moves: list[tuple[int, int, float]], latency: bool = True):
         """Process body: transfers that start now, each ``(src GPU, dst GPU, bytes)``; each waits its own
@@ -77,16 +96,16 @@ class Network:
         group = _Group(self.env, len(moves))
         flows: dict[int, _Flow] = {}
         waited_s = 0.0
-        for i in sorted(range(len(moves)), key=lambda i: self._route_latency_s[moves[i][0], moves[i][1]]):
+        for i in sorted(range(len(moves)), key=lambda i: self._pair(moves[i][0], moves[i][1])[1]):
             src, dst, nbytes = moves[i]
-            latency_s = self._route_latency_s[src, dst] if latency else 0.0
+            links, route_latency_s, cap = self._pair(src, dst)
+            latency_s = route_latency_s if latency else 0.0
             if latency_s > waited_s:
                 yield self.env.timeout(latency_s - waited_s)
                 waited_s = latency_s
-            links = self.routes[src, dst]
             for link in links:
                 self.bytes_carried[link] += nbytes
-            flows[i] = _Flow(links, self._route_cap[src, dst], nbytes, group)
+            flows[i] = _Flow(links, cap, nbytes, group)
             self._add(flows[i])
         yield group.done
         return [flows[i].end_s for i in range(len(moves))]

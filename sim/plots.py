@@ -20,7 +20,8 @@ OP_COLOURS = {"embed": "#7f7f7f", "qkv": "#1f77b4", "kv-pad": "#17becf", "kv-cat
 def ttft_plot(rows, model: str, cluster: str, path: str) -> None:
     """One column per GPU count: TTFT against context (log-log; ``single`` in every column) and, below,
     the speedup over ``tsp`` on as many GPUs."""
-    rows = [r for r in rows if r.job.model.name == model and r.job.cluster.name == cluster]
+    rows = [r for r in rows if r.job.model.name == model and r.job.cluster.name == cluster
+            and r.result is not None]  # a configuration that does not fit has no time to draw
     counts = sorted({r.job.num_gpus for r in rows if r.job.scheme.kind != "single"}) or [1]
     fig, axes = plt.subplots(2, len(counts), figsize=(4.2 * len(counts), 6.4), sharex=True, sharey="row",
                              squeeze=False, gridspec_kw={"height_ratios": [3, 2]})

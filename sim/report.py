@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass
 from typing import Iterable
 
+from . import memory
+from .memory import MemoryCheck
 from .simulate import Job, Result
 
 MB = 1e6
@@ -20,8 +21,9 @@ MB = 1e6
 @dataclass(frozen=True)
 class Row:
     job: Job
-    result: Result
+    result: Result | None  # None: the job does not fit its GPUs' memory (``memory`` says why)
     speedup_vs_tsp: float | None
+    memory: MemoryCheck | None = None
 
     @property
     def key(self) -> tuple[str, str, str, int, int]:
@@ -29,18 +31,57 @@ class Row:
         return (j.model.name, j.cluster.name, j.scheme.name, j.num_gpus, j.context)
 
 
-def rows(pairs: Iterable[tuple[Job, Result]]) -> list[Row]:
-    pairs = list(pairs)
+def rows(triples: Iterable[tuple[Job, Result | None, MemoryCheck | None]]) -> list[Row]:
+    triples = list(triples)
     tsp = {(j.model.name, j.cluster.name, j.num_gpus, j.context): r.ttft_s
-           for j, r in pairs if j.scheme.name == "tsp"}
-    return [Row(j, r, (tsp[k] / r.ttft_s) if (k := (j.model.name, j.cluster.name, j.num_gpus, j.context)) in tsp
-                else None) for j, r in pairs]
+           for j, r, _ in triples if j.scheme.name == "tsp" and r is not None}
+    return [Row(j, r, (tsp[k] / r.ttft_s) if r is not None and (k := (j.model.name, j.cluster.name, j.num_gpus,
+                                                                      j.context)) in tsp else None, m)
+            for j, r, m in triples]
 
 
 def _blocks(table: list[Row]) -> dict[tuple[str, str], list[Row]]:
     out: dict[tuple[str, str], list[Row]] = {}
     for row in table:
         out.setdefault((row.job.model.name, row.job.cluster.name), []).append(row)
+    return out
+
+
+def columns(table: list[list[str]], left: int = 1, gap: int = 2, groups: list[str] | None = None,
+            per_group: int = 1) -> list[str]:
+    """Rows of cells as aligned lines: each column as wide as its widest cell, the first ``left``
+    columns left-aligned, the rest right-aligned. With ``groups``, the columns after the first
+    ``left`` come in groups of ``per_group`` (one space apart, ``gap`` + 1 between groups) under a
+    line of group names."""
+    ncols = max(map(len, table))
+    table = [row + [""] * (ncols - len(row)) for row in table]
+    widths = [max(len(row[i]) for row in table) for i in range(ncols)]
+    if groups:  # a group is at least as wide as its name
+        for g, name in enumerate(groups):
+            span = slice(left + g * per_group, left + (g + 1) * per_group)
+            short = len(name) - (sum(widths[span]) + per_group - 1)
+            if short > 0:
+                widths[span.start] += short
+
+    def sep(i: int) -> str:
+        if i == 0:
+            return ""
+        if groups and i > left and (i - left) % per_group:
+            return " "
+        return " " * (gap + (1 if groups and i >= left else 0))
+
+    def line(cells: list[str]) -> str:
+        return "".join(sep(i) + (c.ljust(w) if i < left else c.rjust(w))
+                       for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    out = [line(row) for row in table]
+    if groups:
+        top = ""
+        for g, name in enumerate(groups):
+            first = left + g * per_group
+            at = sum(len(sep(i)) + widths[i] for i in range(first)) + len(sep(first))
+            top = top.ljust(at) + name
+        out.insert(0, top)
     return out
 
 
@@ -51,12 +92,14 @@ def text(scenario, table: list[Row]) -> str:
     for (model, cluster), block in _blocks(table).items():
         lines += ["", f"== {model} on {cluster} ==", "TTFT in ms (speedup over tsp on as many GPUs)"]
         contexts = sorted({r.job.context for r in block})
-        lines.append(f"{'scheme':<14}{'GPUs':>5}" + "".join(f"{c:>17}" for c in contexts))
         by_line: dict[tuple[str, int], dict[int, Row]] = {}
         for r in block:
             by_line.setdefault((r.job.scheme.name, r.job.num_gpus), {})[r.job.context] = r
+        grid = [["scheme", "GPUs", *map(str, contexts)]]
         for (scheme, n), cells in sorted(by_line.items(), key=lambda kv: (kv[0][1], _order(s, kv[0][0]))):
-            lines.append(f"{scheme:<14}{n:>5}" + "".join(f"{_cell(cells.get(c)):>17}" for c in contexts))
+            grid.append([scheme, str(n), *(_cell(cells.get(c)) for c in contexts)])
+        lines += columns(grid)
+        lines += _memory_notes(block)
         lines += _detail(block)
     return "\n".join(line.rstrip() for line in lines) + "\n"
 
@@ -68,73 +111,101 @@ def _order(scenario, scheme: str) -> int:
 def _cell(row: Row | None) -> str:
     if row is None:
         return "-"
+    if row.result is None:
+        return "does not fit"
     ms = f"{row.result.ttft_s * 1e3:.2f}"
-    return ms + (f" ({row.speedup_vs_tsp:.2f}x)" if row.speedup_vs_tsp is not None else "        ")
+    return ms + (f" ({row.speedup_vs_tsp:.2f}x)" if row.speedup_vs_tsp is not None else " " * 8)
+
+
+def _memory_notes(block: list[Row]) -> list[str]:
+    """A line for the configurations that do not fit, with the largest of them explained."""
+    out = [r for r in block if r.result is None]
+    if not out:
+        return []
+    worst = max(out, key=lambda r: r.memory.need_bytes / r.memory.capacity_bytes)
+    return [f"does not fit the GPU's memory: {len(out)} configuration{'s' * (len(out) > 1)}; e.g. "
+            f"{worst.job.scheme.name} on {worst.job.num_gpus} GPU{'s' * (worst.job.num_gpus > 1)} at "
+            f"C={worst.job.context}: {worst.memory.reason()}"]
 
 
 def _detail(block: list[Row]) -> list[str]:
+    block = [r for r in block if r.result is not None]
+    if not block:
+        return []
     n = max(r.job.num_gpus for r in block)
     c = max(r.job.context for r in block if r.job.num_gpus == n)
     chosen = [r for r in block if r.job.num_gpus == n and r.job.context == c]
-    head = f"{'':<12}" + "".join(f"{r.job.scheme.name:>26}" for r in chosen)
-    out = ["", f"On {n} GPUs at C={c}, per rank: chunk tokens, busy/idle ms, sent/received MB", head]
+    reordered = any(r.result.gpus != tuple(range(n)) for r in chosen)  # not rank r on GPU r: show the GPU
+    sub = ["gpu"] * reordered + ["tokens", "busy", "idle", "sent", "recv"]
+    grid = [["", *(name for _ in chosen for name in sub)]]
     for k in range(n):
         cells = []
         for r in chosen:
             x = r.result.ranks[k]
-            cells.append(f"{r.result.chunks[k]:>6} {x.busy_s * 1e3:.1f}/{x.idle_s * 1e3:.1f} "
-                         f"{x.bytes_sent / MB:.0f}/{x.bytes_received / MB:.0f}")
-        out.append(f"{'rank ' + str(k):<12}" + "".join(f"{cell:>26}" for cell in cells))
-    if any(r.result.gpus != tuple(range(n)) for r in chosen):  # an order other than rank r on GPU r
-        out.append(f"{'GPUs':<12}" + "".join(f"{' '.join(map(str, r.result.gpus)):>26}" for r in chosen))
-    out += [f"On {n} GPUs at C={c}, MB carried per directed link", head]
-    links = sorted({link for r in chosen for link in r.result.link_bytes}, key=str)
-    for a, b in links:
-        out.append(f"{f'{a}->{b}':<12}" + "".join(f"{r.result.link_bytes.get((a, b), 0) / MB:>26.0f}" for r in chosen))
+            cells += [str(r.result.gpus[k])] * reordered + [
+                str(r.result.chunks[k]), f"{x.busy_s * 1e3:.1f}", f"{x.idle_s * 1e3:.1f}",
+                f"{x.bytes_sent / MB:.0f}", f"{x.bytes_received / MB:.0f}"]
+        grid.append([f"rank {k}", *cells])
+    out = ["", f"On {n} GPUs at C={c}, per rank: {'cluster GPU, ' * reordered}chunk tokens, busy and idle ms, "
+           "sent and received MB"]
+    out += columns(grid, groups=[r.job.scheme.name for r in chosen], per_group=len(sub))
+    links = sorted({link for r in chosen for link in r.result.link_bytes}, key=_link_order)
+    grid = [["", *(r.job.scheme.name for r in chosen)]]
+    grid += [[f"{a}->{b}", *(f"{r.result.link_bytes.get((a, b), 0) / MB:.0f}" for r in chosen)] for a, b in links]
+    out += [f"On {n} GPUs at C={c}, MB carried per directed link", *columns(grid)]
     return out
+
+
+def _link_order(link) -> tuple:
+    """GPUs in numeric order, then switches by name: 0->1, 2->10, 7->network, network->0."""
+    return tuple((1, n) if isinstance(n, str) else (0, n) for n in link)
 
 
 # ----- files -----------------------------------------------------------------------------------------
 def _record(row: Row) -> dict:
-    j, r = row.job, row.result
+    j, r, m = row.job, row.result, row.memory
+    memory = None if m is None else {"fits": m.fits, "need_bytes": m.need_bytes, "capacity_bytes": m.capacity_bytes,
+                                     "worst_rank": m.worst_rank}
+    if r is None:  # does not fit: no time
+        return {"model": j.model.name, "cluster": j.cluster.name, "scheme": j.scheme.name, "gpus": j.num_gpus,
+                "context": j.context, "ttft_s": None, "speedup_vs_tsp": None, "fits": False, "memory": memory,
+                "makespan_s": None, "chunks": [], "order": [], "ranks": [], "links": []}
     return {"model": j.model.name, "cluster": j.cluster.name, "scheme": j.scheme.name, "gpus": j.num_gpus,
-            "context": j.context, "ttft_s": r.ttft_s, "speedup_vs_tsp": row.speedup_vs_tsp,
+            "context": j.context, "ttft_s": r.ttft_s, "speedup_vs_tsp": row.speedup_vs_tsp, "fits": True,
+            "memory": memory,
             "makespan_s": r.makespan_s, "chunks": list(r.chunks), "order": list(r.gpus),
             "ranks": [{"rank": x.rank, "busy_s": x.busy_s, "idle_s": x.idle_s, "bytes_sent": x.bytes_sent,
                        "bytes_received": x.bytes_received} for x in r.ranks],
             "links": [{"src": a, "dst": b, "bytes": v}
-                      for (a, b), v in sorted(r.link_bytes.items(), key=str)]}
+                      for (a, b), v in sorted(r.link_bytes.items(), key=lambda kv: _link_order(kv[0]))]}
 
 
-def write_files(scenario, table: list[Row], out_dir: str) -> list[str]:
-    """report.json, ttft.csv, ranks.csv, links.csv into ``out_dir``; returns the paths written."""
+def write_files(scenario, table: list[Row], stage) -> None:
+    """report.json, ttft.csv, ranks.csv, links.csv, each to ``stage.path(name)`` (``outputs.Staged``:
+    renamed into the output folder together once all are written)."""
     records = [_record(row) for row in table]
     keys = ("model", "cluster", "scheme", "gpus", "context")
-    paths = []
 
     def write_csv(name: str, header: list[str], lines: Iterable[list]) -> None:
-        path = os.path.join(out_dir, name)
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        with open(stage.path(name), "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
             w.writerow(header)
             w.writerows(lines)
-        paths.append(path)
 
-    write_csv("ttft.csv", [*keys, "ttft_s", "speedup_vs_tsp", "chunks"],
-              ([*(d[k] for k in keys), repr(d["ttft_s"]), "" if d["speedup_vs_tsp"] is None
-                else repr(d["speedup_vs_tsp"]), " ".join(map(str, d["chunks"]))] for d in records))
+    write_csv("ttft.csv", [*keys, "ttft_s", "speedup_vs_tsp", "chunks", "fits", "memory_need_bytes"],
+              ([*(d[k] for k in keys), "" if d["ttft_s"] is None else repr(d["ttft_s"]),
+                "" if d["speedup_vs_tsp"] is None else repr(d["speedup_vs_tsp"]), " ".join(map(str, d["chunks"])),
+                "yes" if d["fits"] else "no", "" if d["memory"] is None else repr(d["memory"]["need_bytes"])]
+               for d in records))
     write_csv("ranks.csv", [*keys, "rank", "busy_s", "idle_s", "bytes_sent", "bytes_received"],
               ([*(d[k] for k in keys), x["rank"], repr(x["busy_s"]), repr(x["idle_s"]), repr(x["bytes_sent"]),
                 repr(x["bytes_received"])] for d in records for x in d["ranks"]))
     write_csv("links.csv", [*keys, "src", "dst", "bytes"],
               ([*(d[k] for k in keys), x["src"], x["dst"], repr(x["bytes"])] for d in records for x in d["links"]))
-    path = os.path.join(out_dir, "report.json")
-    with open(path, "w", encoding="utf-8") as f:
+    with open(stage.path("report.json"), "w", encoding="utf-8") as f:
         json.dump({"scenario": scenario.name, "gpu": scenario.gpu.name, "dtype": scenario.dtype,
                    "results": records}, f, indent=1)
         f.write("\n")
-    paths.append(path)
-    return paths
 
 
 def run(scenario, progress: bool = True) -> list[Row]:
@@ -145,4 +216,25 @@ def run(scenario, progress: bool = True) -> list[Row]:
 
     jobs = list(scenario.jobs())
     bar = tqdm(jobs, desc=scenario.name, unit="sim", delay=1.0, disable=None if progress else True, leave=False)
-    return rows((job, simulate(job)) for job in bar)
+    return rows(_run_one(job) for job in bar)
+
+
+def _run_one(job: Job) -> tuple[Job, Result | None, MemoryCheck | None]:
+    """Simulate a job that fits its GPUs' memory: checked first with its scheme's own partition (the
+    even one for a searched or predicted one, so a hopeless job costs no search), then with the
+    partition it ran."""
+    from .partition import even
+    from .simulate import simulate
+
+    capacity = job.gpu.memory_bytes
+    if capacity is None:
+        return job, simulate(job), None
+    kind = job.scheme.kind
+    first = job.scheme.chunks(job.context, job.num_gpus) if job.scheme.partitioner == "even" or \
+        job.scheme.pinned_gpus is not None else even(job.context, job.num_gpus)
+    pre = memory.check(job.model, job.dtype, kind, first, capacity)
+    if not pre.fits:
+        return job, None, pre
+    result = simulate(job)
+    after = memory.check(job.model, job.dtype, kind, result.chunks, capacity)
+    return job, result if after.fits else None, after

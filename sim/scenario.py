@@ -10,8 +10,8 @@ from typing import Any, Iterator
 
 import yaml
 
-from .cluster import BackgroundFlow, ClusterError, ClusterSpec, LinkSpec, duplex, mesh
-from .hardware import GPU_PRESETS, GpuSpec, HardwareError
+from .cluster import BackgroundFlow, ClusterError, ClusterSpec, LinkSpec, MeshLinks, duplex, mesh
+from .hardware import GPU_PRESETS, GpuSpec, HardwareError, memory_of_device
 from .model import DTYPE_BYTES, PRESETS, ModelSpec, ModelSpecError
 from .partition import ORDERS, PARTITIONERS, PartitionError, check, from_fractions, table
 from .profile import ProfileCost, ProfileError
@@ -66,6 +66,9 @@ def load(path: str | os.PathLike) -> Scenario:
             doc = yaml.safe_load(f)
     except OSError as e:
         raise ScenarioError(f"{path}: cannot read the scenario ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ScenarioError(f"{path}: not a UTF-8 text file (byte 0x{e.object[e.start]:02x} at offset "
+                            f"{e.start}); a scenario is YAML text") from None
     except yaml.YAMLError as e:
         raise ScenarioError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
     try:
@@ -82,7 +85,8 @@ def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scena
                    optional=("name", "description", "measured"))
     hw = _mapping(top["hardware"], "hardware",
                   optional=("gpu", "profile", "dtype", "peak_tflops", "hbm_gb_per_s", "matmul_efficiency",
-                            "attention_efficiency", "memory_efficiency", "launch_overhead_us"))
+                            "attention_efficiency", "memory_efficiency", "launch_overhead_us", "memory_gb",
+                            "check_memory"))
     _need("gpu" in hw or "profile" in hw, "hardware", "needs `gpu` (analytic costs) or `profile`", sorted(hw))
     dtype = hw.get("dtype", "fp16")
     _need(dtype in DTYPE_BYTES, "hardware.dtype", f"must be one of {sorted(DTYPE_BYTES)}", dtype)
@@ -110,13 +114,14 @@ def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scena
     labels = [s.name for s in schemes]
     for i, label in enumerate(labels):
         _need(labels.index(label) == i, f"workload.schemes[{i}]", "scheme names must be unique", label)
+    gpu = _memory(hw, _gpu(hw) if "gpu" in hw else _profile_gpu(profiles))
     _check_tables(schemes, lambda i: f"workload.schemes[{i}]", lambda scheme: [
-        Job(model=m, gpu=_gpu(hw) if "gpu" in hw else _profile_gpu(profiles), dtype=dtype, cluster=c,
-            scheme=scheme, context=max(contexts), num_gpus=n) for m in models for c in clusters for n in counts])
+        Job(model=m, gpu=gpu, dtype=dtype, cluster=c, scheme=scheme, context=max(contexts), num_gpus=n)
+        for m in models for c in clusters for n in counts])
     return Scenario(
         name=_str(top.get("name", default_name), "name"),
         description=_str(top["description"], "description") if "description" in top else "",
-        models=models, gpu=_gpu(hw) if "gpu" in hw else _profile_gpu(profiles), dtype=dtype, clusters=clusters,
+        models=models, gpu=gpu, dtype=dtype, clusters=clusters,
         contexts=contexts, gpu_counts=counts, schemes=schemes, profiles=profiles,
         measured=_measured(top["measured"], base_dir) if "measured" in top else None)
 
@@ -178,19 +183,38 @@ def _profiles(hw: dict, models: tuple[ModelSpec, ...], dtype: str,
 
 
 def _profile_gpu(profiles) -> GpuSpec:
-    """A stand-in GpuSpec that names the profiled device (the profile answers every cost question)."""
-    return GpuSpec(name=f"profile: {profiles[0][1].device}", peak_flops_per_s=1.0, hbm_bytes_per_s=1.0)
+    """A stand-in GpuSpec that names the profiled device (the profile answers every cost question) and
+    has its memory where the device is a known GPU."""
+    device = profiles[0][1].device
+    return GpuSpec(name=f"profile: {device}", peak_flops_per_s=1.0, hbm_bytes_per_s=1.0,
+                   memory_bytes=memory_of_device(device))
+
+
+def _memory(hw: dict, gpu: GpuSpec) -> GpuSpec:
+    """``hardware.memory_gb`` (the GPU's memory, 10^9 bytes) and ``hardware.check_memory`` (false: no
+    memory check)."""
+    check = hw.get("check_memory", True)
+    _need(isinstance(check, bool), "hardware.check_memory", "must be true or false", check)
+    if "memory_gb" in hw:
+        _need(check, "hardware.memory_gb", "has no use with check_memory: false", hw["memory_gb"])
+        return gpu.replace(memory_bytes=_number(hw["memory_gb"], "hardware.memory_gb") * GB)
+    return gpu if check else gpu.replace(memory_bytes=None)
 
 
 def _measured(value: Any, base_dir: str) -> MeasuredSpec:
-    d = _mapping(value, "measured", required=("results",), optional=("plot", "replays"))
+    """The ``measured`` section. Whether literal paths exist is checked where the files are read
+    (``MeasuredSpec.missing``): a measuring tool loads the scenario that names its output before
+    writing it."""
+    d = _mapping(value, "measured", required=("results",), optional=("replays",))
     results = d["results"]
     patterns = [results] if isinstance(results, str) else _list(results, "measured.results", empty=True)
+    at = "measured.results" if isinstance(results, str) else "measured.results[{}]"
+    replays = _list(d.get("replays", []), "measured.replays", empty=True)
     return MeasuredSpec(
-        patterns=tuple(scenario_path(_str(p, f"measured.results[{i}]"), base_dir) for i, p in enumerate(patterns)),
-        plot=scenario_path(_str(d["plot"], "measured.plot"), base_dir) if "plot" in d else None,
-        replays=tuple(scenario_path(_str(p, f"measured.replays[{i}]"), base_dir)
-                      for i, p in enumerate(_list(d.get("replays", []), "measured.replays", empty=True))))
+        patterns=tuple(scenario_path(_str(p, at.format(i)), base_dir) for i, p in enumerate(patterns)),
+        replays=tuple(scenario_path(_str(p, f"measured.replays[{i}]"), base_dir) for i, p in enumerate(replays)),
+        labels=tuple(at.format(i) for i in range(len(patterns))),
+        replay_labels=tuple(f"measured.replays[{i}]" for i in range(len(replays))))
 
 
 def _link_params(d: dict, at: str) -> tuple[float, float]:
@@ -211,6 +235,8 @@ def _cluster(value: Any, at: str) -> ClusterSpec:
         _need(key in own or key in ("name", "kind", "gpus", "background"), f"{at}.{key}",
               f"is not a field of a {kind} cluster", d[key])
     switches: list[str] = []
+    links: tuple[LinkSpec, ...] = ()
+    full_mesh = None
     if kind == "nonuniform":
         switches = [_str(s, f"{at}.switches[{i}]") for i, s in enumerate(_list(d.get("switches", []), f"{at}.switches", empty=True))]
         links = _nonuniform_links(d, at, n, switches)
@@ -218,12 +244,13 @@ def _cluster(value: Any, at: str) -> ClusterSpec:
         if kind == "uniform":
             _need("bandwidth_gb_per_s" in d, at, "a uniform cluster needs bandwidth_gb_per_s", None)
         bw, lat = _link_params({"bandwidth_gb_per_s": THROTTLED_GB_PER_S, **d}, at)
-        links = mesh(range(n), bw, lat)
+        full_mesh = MeshLinks(bandwidth_bytes_per_s=bw, latency_s=lat)
     nodes = set(range(n)) | set(switches)
     background = tuple(_background(b, f"{at}.background[{i}]", nodes)
                        for i, b in enumerate(_list(d.get("background", []), f"{at}.background", empty=True)))
     try:
-        return ClusterSpec(name=name, num_gpus=n, links=links, switches=tuple(switches), background=background)
+        return ClusterSpec(name=name, num_gpus=n, links=links, switches=tuple(switches), background=background,
+                           mesh=full_mesh)
     except ClusterError as e:
         raise ScenarioError(f"{at}: {e}") from None
 

@@ -34,14 +34,24 @@ class MeasuredError(ValueError):
 
 @dataclass(frozen=True)
 class MeasuredSpec:
-    """The scenario's ``measured:`` section: result file patterns and where to draw the plot."""
+    """The scenario's ``measured:`` section: result file patterns (globs or literal paths), with the
+    YAML path of each (``measured.results[0]``) for errors."""
 
     patterns: tuple[str, ...]
-    plot: str | None = None
     replays: tuple[str, ...] = ()  # per-rank replay results (reference.replay; sim/replay.py)
+    labels: tuple[str, ...] = ()
+    replay_labels: tuple[str, ...] = ()
 
     def files(self) -> list[str]:
         return sorted({p for pat in self.patterns for p in glob.glob(pat)})
+
+    def missing(self) -> list[tuple[str, str]]:
+        """(YAML path, file) of each literal path that names no file. A glob that matches nothing is
+        not missing: its measurements are pending."""
+        pairs = zip(self.labels or [f"measured.results[{i}]" for i in range(len(self.patterns))], self.patterns)
+        pairs = [*pairs, *zip(self.replay_labels or [f"measured.replays[{i}]" for i in range(len(self.replays))],
+                              self.replays)]
+        return [(at, p) for at, p in pairs if not glob.has_magic(p) and not os.path.isfile(p)]
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,8 @@ def compare(table: list[Row], measured: dict[tuple, Measured]) -> list[Compariso
     """The rows that have a measurement, paired with it (and re-simulated at each round's speed)."""
     out = []
     for row in table:
+        if row.result is None:  # does not fit: nothing simulated to compare
+            continue
         m = measured.get(job_key(row.job, row.result.chunks))
         if m is not None:
             factors = _speed_factors(row.job, m)

@@ -17,11 +17,11 @@ def doc(**cluster):
 def test_uniform_and_throttled():
     s = parse(doc(kind="uniform", bandwidth_gb_per_s=300, latency_us=5))
     (c,) = s.clusters
-    assert len(c.links) == 12 and set(c.links) == {LinkSpec(src=a, dst=b, bandwidth_bytes_per_s=300e9, latency_s=5e-6)
+    assert c.links == () and len(c.all_links()) == 12 and set(c.all_links()) == {LinkSpec(src=a, dst=b, bandwidth_bytes_per_s=300e9, latency_s=5e-6)
                                                  for a in range(4) for b in range(4) if a != b}
     assert (s.gpu.peak_flops_per_s, s.gpu.hbm_bytes_per_s, s.gpu.launch_overhead_s) == (500e12, 4.8e12, 0.0)
     t = parse(doc(kind="throttled")).clusters[0]
-    assert {(l.bandwidth_bytes_per_s, l.latency_s) for l in t.links} == {(10e9, 0.0)}
+    assert {(l.bandwidth_bytes_per_s, l.latency_s) for l in t.all_links()} == {(10e9, 0.0)}
     assert s.schemes == (BUILTIN["tsp"], BUILTIN["kvr-e"])
 
 
@@ -77,7 +77,7 @@ def test_a_model_from_a_hugging_face_config(tmp_path):
 
 
 def test_paths_in_a_scenario_are_relative_to_its_folder(tmp_path, monkeypatch):
-    """models, hardware.profile, measured.results and measured.plot resolve from the scenario's folder,
+    """models, hardware.profile, measured.results and measured.replays resolve from the scenario's folder,
     whatever the working directory."""
     import os
 
@@ -90,4 +90,4 @@ def test_paths_in_a_scenario_are_relative_to_its_folder(tmp_path, monkeypatch):
     assert dict(s.profiles)["cpu-llama-h512"].model.hidden_size == 512
     files = s.measured.files()
     assert files and all(f.startswith(os.path.join(root, "results", "cpu")) for f in files)
-    assert s.measured.plot == os.path.join(root, "results", "cpu", "validate-cpu.png")
+    assert s.measured.replays == (os.path.join(root, "results", "cpu", "replay", "*.json"),)

@@ -17,6 +17,7 @@ import platform
 import sys
 import time
 
+from ..outputs import OutputError, Staged, check_file_writable, check_writable
 from ..scenario import Scenario, ScenarioError, load
 from ..schemes import BUILTIN, SchemeSpec
 from ..simulate import Job, simulate
@@ -76,6 +77,7 @@ def cmd_search(args) -> None:
 
 def cmd_build_table(args) -> None:
     scenario = load(args.scenario)
+    check_file_writable(args.out, "--out")  # before the searches, which take minutes
     todo = jobs(scenario, args.gpus, args.contexts, args.order, args.model, args.cluster)
     doc = table.build(todo, progress=not args.no_progress, desc=f"kvr-s table {scenario.name}")
     doc["command"] = "python -m sim.partition build-table " + " ".join(args.argv)
@@ -171,11 +173,12 @@ def cmd_figures(args) -> None:
     from .figures import fractions_plot, landscape_plot
 
     scenario = load(args.scenario)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "partition_{}_" + scenario.name + ".png")
-    for path in (landscape_plot(scenario, args.context, stem.format("landscape")),
-                 fractions_plot(scenario, args.contexts, stem.format("fractions"),
-                                progress=not args.no_progress)):
+    check_writable(args.out, "--out")
+    stem = "partition_{}_" + scenario.name + ".png"
+    with Staged(args.out, "--out") as stage:
+        landscape_plot(scenario, args.context, stage.path(stem.format("landscape")))
+        fractions_plot(scenario, args.contexts, stage.path(stem.format("fractions")), progress=not args.no_progress)
+    for path in stage.finals:
         print(f"wrote {path}")
 
 
@@ -194,19 +197,20 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     q = sub.add_parser("search", help="one KVR-S search, step by step")
-    q.add_argument("scenario")
-    q.add_argument("--gpus", type=int, required=True)
-    q.add_argument("--context", type=int, required=True)
-    q.add_argument("--model", action="append", help="a model of the scenario (default: all)")
-    q.add_argument("--cluster", action="append", help="a cluster of the scenario (default: all)")
-    q.add_argument("--order", choices=("given", "auto"), default="given")
+    q.add_argument("scenario", help="scenario YAML (its models, hardware and clusters)")
+    q.add_argument("--gpus", type=int, required=True, help="GPU count P of the search")
+    q.add_argument("--context", type=int, required=True, help="context C in tokens")
+    q.add_argument("--model", action="append", help="a model of the scenario (default: all; repeatable)")
+    q.add_argument("--cluster", action="append", help="a cluster of the scenario (default: all; repeatable)")
+    q.add_argument("--order", choices=("given", "auto"), default="given",
+                   help="rank -> GPU order: given (rank r on GPU r, default) or auto (from the topology)")
     q = sub.add_parser("build-table", help="KVR-S at every model, cluster, P and C: a lookup table (JSON)")
     common(q)
     q.add_argument("--out", required=True, metavar="FILE", help="the table file to write")
     q.add_argument("--model", action="append", help="a model of the scenario (default: all)")
     q.add_argument("--cluster", action="append", help="a cluster of the scenario (default: all)")
     q = sub.add_parser("check-table", help="KVR-P from a table against KVR-S at held-out contexts")
-    q.add_argument("table")
+    q.add_argument("table", help="the KVR-P table JSON (build-table)")
     common(q)
     q.add_argument("--tolerance", type=float, default=2.0, help="percent (default 2): exit 1 above it")
     q = sub.add_parser("order", help="KVR-S with the given order against order: auto (default: largest context)")
@@ -215,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
     q = sub.add_parser("figures", help="the landscape (2 GPUs) and fractions (2/4/8 GPUs) PNGs")
     common(q, order=False)
     q.add_argument("--context", type=int, default=16384, help="context of the landscape (default 16384)")
-    q.add_argument("--out", required=True, metavar="DIR")
+    q.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs (created if missing)")
     return p
 
 
@@ -227,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         run = {"search": cmd_search, "build-table": cmd_build_table, "check-table": cmd_check_table,
                "order": cmd_order, "bench": cmd_bench, "figures": cmd_figures}[args.command]
         return run(args) or 0
-    except (ScenarioError, PartitionError) as e:
+    except (ScenarioError, PartitionError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

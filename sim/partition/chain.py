@@ -19,17 +19,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from ..cluster import routes
 from ..cost import causal_pairs, layer_extra_s
 
 
 def exact_for(job, gpus: Sequence[int]) -> bool:
     """Whether ``chain_ttft_s`` equals the simulator for this job's cluster under this rank -> GPU order."""
-    paths = routes(job.cluster)
     busy = {(bg.src, bg.dst) for bg in job.cluster.background}
     used: set = set()
     for a, b in zip(gpus, gpus[1:]):
-        links = set(paths[a, b])
+        links = set(job.cluster.route(a, b))
         if links & used or links & busy:
             return False
         used |= links
@@ -39,9 +37,7 @@ def exact_for(job, gpus: Sequence[int]) -> bool:
 def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
     """TTFT of kvr with ``chunks`` on GPUs ``gpus`` (rank order), by the recurrence of the docstring."""
     cost = job.cost()
-    paths = routes(job.cluster)
-    bandwidth = {(l.src, l.dst): l.bandwidth_bytes_per_s for l in job.cluster.links}
-    latency = {(l.src, l.dst): l.latency_s for l in job.cluster.links}
+    cluster = job.cluster
     kv = job.model.kv_bytes_per_token_per_layer(job.dtype)
     layers, last = job.model.num_layers, len(chunks) - 1
     arrive_prev: list[float] = []  # arrival times of the previous rank's messages, per layer
@@ -53,9 +49,9 @@ def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
                                                           cost.post_attention_s(c)]
         rest_s = sum(ops) + layer_extra_s(cost, qkv_s, *ops, tokens=c, past=r > 0)
         if r < last:
-            route = paths[gpus[r], gpus[r + 1]]
-            lat_s = sum(latency[link] for link in route)
-            flow_s = keys * kv / min(bandwidth[link] for link in route)
+            route = [cluster.link(*link) for link in cluster.route(gpus[r], gpus[r + 1])]
+            lat_s = sum(link.latency_s for link in route)
+            flow_s = keys * kv / min(link.bandwidth_bytes_per_s for link in route)
         t = cost.embed_s(c)
         arrive: list[float] = []
         sent = 0.0

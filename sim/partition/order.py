@@ -22,7 +22,7 @@ import itertools
 import math
 from typing import Callable, Sequence
 
-from ..cluster import ClusterSpec, routes
+from ..cluster import ClusterSpec
 
 EXACT_LIMIT = 200_000
 BEAM = 512
@@ -31,15 +31,20 @@ BEAM = 512
 def link_times(cluster: ClusterSpec) -> Callable[[int, int, float], float]:
     """``time(a, b, nbytes)``: seconds for ``nbytes`` from GPU a to GPU b on an otherwise idle network
     (with the background flows on)."""
-    bandwidth = {(l.src, l.dst): l.bandwidth_bytes_per_s for l in cluster.links}
-    latency = {(l.src, l.dst): l.latency_s for l in cluster.links}
-    busy = {}
+    busy: dict = {}
     for bg in cluster.background:
         busy[bg.src, bg.dst] = busy.get((bg.src, bg.dst), 0) + bg.flows
-    paths = routes(cluster)
-    cap = {pair: min(bandwidth[link] / (1 + busy.get(link, 0)) for link in path) for pair, path in paths.items()}
-    lat = {pair: sum(latency[link] for link in path) for pair, path in paths.items()}
-    return lambda a, b, nbytes: lat[a, b] + nbytes / cap[a, b]
+    pairs: dict[tuple[int, int], tuple[float, float]] = {}  # (latency, effective bandwidth), as asked
+
+    def time(a: int, b: int, nbytes: float) -> float:
+        if (a, b) not in pairs:
+            links = [(hop, cluster.link(*hop)) for hop in cluster.route(a, b)]
+            pairs[a, b] = (sum(l.latency_s for _, l in links),
+                           min(l.bandwidth_bytes_per_s / (1 + busy.get(hop, 0)) for hop, l in links))
+        lat, cap = pairs[a, b]
+        return lat + nbytes / cap
+
+    return time
 
 
 def _best(cluster: ClusterSpec, parts: int, message_bytes: Sequence[float], ring: bool) -> tuple[int, ...]:

@@ -21,6 +21,8 @@ import json
 import os
 from typing import Any, Iterable, Sequence
 
+from ..outputs import write_text
+
 from . import Plan, PartitionError, round_fractions
 
 SCHEMA = "kvr-partition-table/1"
@@ -65,10 +67,9 @@ def build(jobs: Iterable, progress: bool = True, desc: str = "kvr-s table") -> d
 
 
 def save(table: dict, path: str) -> None:
+    """Write the table atomically (a temporary file beside it, then a rename)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(table, f, indent=1)
-        f.write("\n")
+    write_text(path, json.dumps(table, indent=1) + "\n")
 
 
 # ----- loading ---------------------------------------------------------------------------------------
