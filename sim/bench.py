@@ -25,8 +25,8 @@ from .hardware import GpuSpec
 from .model import ModelSpec
 from .regen import SCENARIOS
 from .scenario import load
-from .schemes import BUILTIN
-from .simulate import Job, simulate
+from .job import BUILTIN, Job
+from .simulate import simulate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,10 @@ from typing import Callable
 
 from . import report
 from .outputs import OutputError, Staged, check_writable
-from .partition import plan
+from .job import Job
+from .partition.plan import plan
 from .scenario import Scenario, ScenarioError, load
-from .simulate import Job, simulate
+from .simulate import simulate
 
 
 class UsageError(ValueError):
@@ -101,7 +102,8 @@ def load_measured(scenario: Scenario, path: str):
     ``measured`` section)."""
     if scenario.measured is None:
         return None
-    from . import replay, validate
+    from .validation import measured as validate
+    from .validation import replay
 
     spec = scenario.measured
     for at, missing in spec.missing()[:1]:
@@ -113,7 +115,8 @@ def load_measured(scenario: Scenario, path: str):
 def compare_measured(scenario: Scenario, table, measured) -> list[tuple[str, Callable[[str], None]]]:
     """Print simulated against measured TTFT and MAPE (and the replays'); returns the plots to draw
     as (file name, draw(path))."""
-    from . import replay, validate
+    from .validation import measured as validate
+    from .validation import replay
 
     results, replays = measured
     for _, cost in scenario.profiles:  # count only the measured configurations' questions below

@@ -7,7 +7,8 @@ round figures, documented in docs/cost_model.md, to be replaced by a measured pr
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 
 
 class HardwareError(ValueError):
@@ -27,7 +28,7 @@ class GpuSpec:
     launch_overhead_s: float = 5e-6  # per kernel launch
     # Device memory; None: unknown, the memory check is skipped. Not in the repr, which fingerprints
     # the hardware a KVR-P table was searched for (sim/partition/table.py): memory changes no time.
-    memory_bytes: float | None = field(default=None, repr=False)
+    memory_bytes: float | None = dataclass_field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for field in ("peak_flops_per_s", "hbm_bytes_per_s"):

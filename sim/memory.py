@@ -3,13 +3,13 @@
 A rank holds, in the job's dtype (docs/cost_model.md, "Memory"):
 
 - the weights: every parameter (``ModelSpec.num_params``): TSP and KV-Runahead replicate the model;
-- its KV-cache: K and V of the tokens it keeps, in every layer (single: C; tsp rank r: [0, e_r);
-  kvr rank r: [0, S_r)), as the runtime's caches end (reference/kvcache.py). A single prefill's
+- its KV-cache: K and V of the tokens it keeps, in every layer (each scheme's ``kv_tokens``: single
+  C; tsp rank r [0, e_r); kvr rank r [0, S_r)), as the runtime's caches end. A single prefill's
   plain cache keeps the layer's V as a view into the fused QKV output, which holds Q and the
   unrotated K alive too: q + kv more elements per token and layer (the runtime's, measured: the
   peaks of docs/cost_model.md, "Memory", within 1-3%);
-- one layer's transient K/V buffer: tsp's gathered block (P x the largest chunk), kvr's received
-  cumulative K/V before its own are appended (S_{r-1} tokens);
+- one layer's transient K/V buffer (``kv_tokens`` too): tsp's gathered block (P x the largest
+  chunk), kvr's received cumulative K/V before its own are appended (S_{r-1} tokens);
 - the activations of one layer for its chunk of c tokens: the residual stream and its normed copy,
   the QKV projection, the attention output, the MLP's inner activations (gate and up, and their
   product; two for a GELU MLP), i.e. c x (3H + q + 2kv + n_inner I) elements, with flash attention
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .model import ModelSpec, dtype_bytes
+from .schemes import kv_tokens
 
 
 @dataclass(frozen=True)
@@ -60,18 +61,6 @@ class MemoryCheck:
         return (f"rank {self.worst_rank} needs {self.need_bytes / 1e9:.1f} GB (weights {m.weights / 1e9:.1f}, "
                 f"KV-cache {m.kv_cache / 1e9:.1f}, KV buffer {m.kv_transient / 1e9:.1f}, activations "
                 f"{m.activations / 1e9:.1f}) of the GPU's {self.capacity_bytes / 1e9:.1f} GB")
-
-
-def kv_tokens(kind: str, chunks: Sequence[int], r: int) -> tuple[int, int]:
-    """(tokens whose K/V rank r keeps in every layer, tokens of its one-layer transient K/V buffer)."""
-    end = sum(chunks[: r + 1])
-    if kind == "single":
-        return end, 0
-    if kind == "tsp":
-        return end, len(chunks) * max(chunks)
-    if kind == "kvr":
-        return end, end - chunks[r]
-    raise ValueError(f"no memory model for scheme kind {kind!r}")
 
 
 def activation_elements(model: ModelSpec, tokens: int) -> int:

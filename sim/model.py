@@ -1,6 +1,6 @@
 """ModelSpec: the architecture shapes of a causal decoder LLM, torch-free.
 
-Both halves of the project read it: the simulator's cost model (``sim/cost.py``) and the PyTorch
+Both halves of the project read it: the simulator's cost model (``sim/cost/``) and the PyTorch
 runtime (``reference/``) that builds the same architecture. It comes from a preset name or from a
 Hugging Face ``config.json`` (Llama: ``LlamaForCausalLM``; Falcon: ``FalconForCausalLM``, both the
 Falcon-7B layout and the Falcon-40B ``new_decoder_architecture`` layout).

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from .simulate import Result  # noqa: E402
+from .engine import Result  # noqa: E402
 
 OP_COLOURS = {"embed": "#7f7f7f", "qkv": "#1f77b4", "kv-pad": "#17becf", "kv-cat": "#bcbd22",
               "attention": "#d62728", "mlp": "#2ca02c",

@@ -1,7 +1,7 @@
 """``python -m sim.regen``: rewrite every ``scenarios/expected/NAME.txt`` from ``scenarios/NAME.yaml``.
 
 The expected report is exactly what ``python -m sim scenarios/NAME.yaml`` prints on stdout;
-``tests/test_sim_golden.py`` compares the two. Run this after a deliberate change of the model.
+``tests/sim/test_sim_golden.py`` compares the two. Run this after a deliberate change of the model.
 """
 from __future__ import annotations
 

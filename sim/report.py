@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from . import memory
+from .engine import Result
+from .job import Job
 from .memory import MemoryCheck
-from .simulate import Job, Result
+from .partition import even
+from .partition.plan import fixed_chunks
+from .simulate import simulate
 
 MB = 1e6
 
@@ -208,11 +212,9 @@ def write_files(scenario, table: list[Row], stage) -> None:
         f.write("\n")
 
 
-def run(scenario, progress: bool = True) -> list[Row]:
+def run(scenario, *, progress: bool = True) -> list[Row]:
     """Simulate every job of the scenario's sweep; a progress bar (stderr) appears after a second."""
     from tqdm import tqdm
-
-    from .simulate import simulate
 
     jobs = list(scenario.jobs())
     bar = tqdm(jobs, desc=scenario.name, unit="sim", delay=1.0, disable=None if progress else True, leave=False)
@@ -223,14 +225,11 @@ def _run_one(job: Job) -> tuple[Job, Result | None, MemoryCheck | None]:
     """Simulate a job that fits its GPUs' memory: checked first with its scheme's own partition (the
     even one for a searched or predicted one, so a hopeless job costs no search), then with the
     partition it ran."""
-    from .partition import even
-    from .simulate import simulate
-
     capacity = job.gpu.memory_bytes
     if capacity is None:
         return job, simulate(job), None
     kind = job.scheme.kind
-    first = job.scheme.chunks(job.context, job.num_gpus) if job.scheme.partitioner == "even" or \
+    first = fixed_chunks(job.scheme, job.context, job.num_gpus) if job.scheme.partitioner == "even" or \
         job.scheme.pinned_gpus is not None else even(job.context, job.num_gpus)
     pre = memory.check(job.model, job.dtype, kind, first, capacity)
     if not pre.fits:

@@ -3,7 +3,7 @@
 """
 from __future__ import annotations
 
-import math
+import glob
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -11,13 +11,13 @@ from typing import Any, Iterator
 import yaml
 
 from .cluster import BackgroundFlow, ClusterError, ClusterSpec, LinkSpec, MeshLinks, duplex, mesh
+from .cost.profiled import ProfileCost, ProfileError
 from .hardware import GPU_PRESETS, GpuSpec, HardwareError, memory_of_device
+from .job import ATTENTION, BUILTIN, ORDERS, PARTITIONERS, SCHEME_KINDS, Job, SchemeSpec
 from .model import DTYPE_BYTES, PRESETS, ModelSpec, ModelSpecError
-from .partition import ORDERS, PARTITIONERS, PartitionError, check, from_fractions, table
-from .profile import ProfileCost, ProfileError
-from .schemes import ATTENTION, BUILTIN, KINDS, SchemeSpec
-from .simulate import Job
-from .validate import MeasuredSpec
+from .partition import PartitionError, check, from_fractions
+from .partition import table
+from .yaml_fields import ScenarioError, integer, listed, mapping, need, number, text
 
 GB = 1e9  # bytes: bandwidths are given in GB/s (10^9 bytes per second)
 US_PER_S = 1e6  # times are given in microseconds; value / 1e6 is exact for round values
@@ -25,8 +25,26 @@ THROTTLED_GB_PER_S = 10.0
 NODES_SWITCH = "network"  # the switch that joins the nodes of a `nodes:` cluster
 
 
-class ScenarioError(ValueError):
-    """Bad scenario input: ``<file>: <yaml path>: <rule>, got <value>``."""
+@dataclass(frozen=True)
+class MeasuredSpec:
+    """The scenario's ``measured:`` section: result file patterns (globs or literal paths), with the
+    YAML path of each (``measured.results[0]``) for errors."""
+
+    patterns: tuple[str, ...]
+    replays: tuple[str, ...] = ()  # per-rank replay results (reference.measure.replay; sim/validation/replay.py)
+    labels: tuple[str, ...] = ()
+    replay_labels: tuple[str, ...] = ()
+
+    def files(self) -> list[str]:
+        return sorted({p for pat in self.patterns for p in glob.glob(pat)})
+
+    def missing(self) -> list[tuple[str, str]]:
+        """(YAML path, file) of each literal path that names no file. A glob that matches nothing is
+        not missing: its measurements are pending."""
+        pairs = zip(self.labels or [f"measured.results[{i}]" for i in range(len(self.patterns))], self.patterns)
+        pairs = [*pairs, *zip(self.replay_labels or [f"measured.replays[{i}]" for i in range(len(self.replays))],
+                              self.replays)]
+        return [(at, p) for at, p in pairs if not glob.has_magic(p) and not os.path.isfile(p)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,46 +99,46 @@ def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scena
     """Validate a parsed YAML document (``ScenarioError`` messages start at the YAML path); relative
     paths in it (model config.json files, profiles, kvr-p tables, measured results and their plot) are
     relative to ``base_dir`` (the scenario file's folder)."""
-    top = _mapping(doc, "(top level)", required=("models", "hardware", "clusters", "workload"),
+    top = mapping(doc, "(top level)", required=("models", "hardware", "clusters", "workload"),
                    optional=("name", "description", "measured"))
-    hw = _mapping(top["hardware"], "hardware",
+    hw = mapping(top["hardware"], "hardware",
                   optional=("gpu", "profile", "dtype", "peak_tflops", "hbm_gb_per_s", "matmul_efficiency",
                             "attention_efficiency", "memory_efficiency", "launch_overhead_us", "memory_gb",
                             "check_memory"))
-    _need("gpu" in hw or "profile" in hw, "hardware", "needs `gpu` (analytic costs) or `profile`", sorted(hw))
+    need("gpu" in hw or "profile" in hw, "hardware", "needs `gpu` (analytic costs) or `profile`", sorted(hw))
     dtype = hw.get("dtype", "fp16")
-    _need(dtype in DTYPE_BYTES, "hardware.dtype", f"must be one of {sorted(DTYPE_BYTES)}", dtype)
-    models = tuple(_model(m, f"models[{i}]", base_dir) for i, m in enumerate(_list(top["models"], "models")))
+    need(dtype in DTYPE_BYTES, "hardware.dtype", f"must be one of {sorted(DTYPE_BYTES)}", dtype)
+    models = tuple(_model(m, f"models[{i}]", base_dir) for i, m in enumerate(listed(top["models"], "models")))
     profiles = _profiles(hw, models, dtype, base_dir)
-    clusters = tuple(_cluster(c, f"clusters[{i}]") for i, c in enumerate(_list(top["clusters"], "clusters")))
+    clusters = tuple(_cluster(c, f"clusters[{i}]") for i, c in enumerate(listed(top["clusters"], "clusters")))
     names = [c.name for c in clusters]
     for i, name in enumerate(names):
-        _need(names.index(name) == i, f"clusters[{i}].name", "must be unique", name)
-    wl = _mapping(top["workload"], "workload", required=("contexts", "gpus", "schemes"))
-    contexts = tuple(_int(c, f"workload.contexts[{i}]") for i, c in enumerate(_list(wl["contexts"], "workload.contexts")))
-    counts = tuple(_int(n, f"workload.gpus[{i}]") for i, n in enumerate(_list(wl["gpus"], "workload.gpus")))
+        need(names.index(name) == i, f"clusters[{i}].name", "must be unique", name)
+    wl = mapping(top["workload"], "workload", required=("contexts", "gpus", "schemes"))
+    contexts = tuple(integer(c, f"workload.contexts[{i}]") for i, c in enumerate(listed(wl["contexts"], "workload.contexts")))
+    counts = tuple(integer(n, f"workload.gpus[{i}]") for i, n in enumerate(listed(wl["gpus"], "workload.gpus")))
     for name, values in (("contexts", contexts), ("gpus", counts)):
         for i, v in enumerate(values):
-            _need(values.index(v) == i, f"workload.{name}[{i}]", "must not repeat an earlier value", v)
+            need(values.index(v) == i, f"workload.{name}[{i}]", "must not repeat an earlier value", v)
     for i, n in enumerate(counts):
         for cluster in clusters:
-            _need(n <= cluster.num_gpus, f"workload.gpus[{i}]",
+            need(n <= cluster.num_gpus, f"workload.gpus[{i}]",
                   f"must not exceed the {cluster.num_gpus} GPUs of cluster {cluster.name!r}", n)
     for i, c in enumerate(contexts):
-        _need(c >= max(counts), f"workload.contexts[{i}]",
+        need(c >= max(counts), f"workload.contexts[{i}]",
               f"must be at least the largest GPU count ({max(counts)}) so no chunk is empty", c)
     schemes = tuple(_scheme(s, f"workload.schemes[{i}]", contexts, counts, base_dir)
-                    for i, s in enumerate(_list(wl["schemes"], "workload.schemes")))
+                    for i, s in enumerate(listed(wl["schemes"], "workload.schemes")))
     labels = [s.name for s in schemes]
     for i, label in enumerate(labels):
-        _need(labels.index(label) == i, f"workload.schemes[{i}]", "scheme names must be unique", label)
+        need(labels.index(label) == i, f"workload.schemes[{i}]", "scheme names must be unique", label)
     gpu = _memory(hw, _gpu(hw) if "gpu" in hw else _profile_gpu(profiles))
     _check_tables(schemes, lambda i: f"workload.schemes[{i}]", lambda scheme: [
         Job(model=m, gpu=gpu, dtype=dtype, cluster=c, scheme=scheme, context=max(contexts), num_gpus=n)
         for m in models for c in clusters for n in counts])
     return Scenario(
-        name=_str(top.get("name", default_name), "name"),
-        description=_str(top["description"], "description") if "description" in top else "",
+        name=text(top.get("name", default_name), "name"),
+        description=text(top["description"], "description") if "description" in top else "",
         models=models, gpu=gpu, dtype=dtype, clusters=clusters,
         contexts=contexts, gpu_counts=counts, schemes=schemes, profiles=profiles,
         measured=_measured(top["measured"], base_dir) if "measured" in top else None)
@@ -133,7 +151,7 @@ def scenario_path(value: str, base_dir: str) -> str:
 
 
 def _model(value: Any, at: str, base_dir: str) -> ModelSpec:
-    name = _str(value, at)
+    name = text(value, at)
     try:
         return ModelSpec.resolve(name if name in PRESETS else scenario_path(name, base_dir))
     except ModelSpecError as e:
@@ -141,8 +159,8 @@ def _model(value: Any, at: str, base_dir: str) -> ModelSpec:
 
 
 def _gpu(hw: dict) -> GpuSpec:
-    name = _str(hw["gpu"], "hardware.gpu")
-    _need(name in GPU_PRESETS, "hardware.gpu", f"must be one of {list(GPU_PRESETS)}", name)
+    name = text(hw["gpu"], "hardware.gpu")
+    need(name in GPU_PRESETS, "hardware.gpu", f"must be one of {list(GPU_PRESETS)}", name)
     scale = {"peak_tflops": ("peak_flops_per_s", 1e12), "hbm_gb_per_s": ("hbm_bytes_per_s", GB),
              "launch_overhead_us": ("launch_overhead_s", 1 / US_PER_S), "matmul_efficiency": ("matmul_efficiency", 1),
              "attention_efficiency": ("attention_efficiency", 1), "memory_efficiency": ("memory_efficiency", 1)}
@@ -150,7 +168,7 @@ def _gpu(hw: dict) -> GpuSpec:
     for key, (field, unit) in scale.items():
         if key in hw:
             low = 0 if key == "launch_overhead_us" else None
-            value = _number(hw[key], f"hardware.{key}", minimum=low)
+            value = number(hw[key], f"hardware.{key}", minimum=low)
             changes[field] = value / US_PER_S if key == "launch_overhead_us" else value * unit
     try:
         return GPU_PRESETS[name].replace(**changes)
@@ -164,20 +182,20 @@ def _profiles(hw: dict, models: tuple[ModelSpec, ...], dtype: str,
     if "profile" not in hw:
         return ()
     value = hw["profile"]
-    paths = [value] if isinstance(value, str) else _list(value, "hardware.profile")
+    paths = [value] if isinstance(value, str) else listed(value, "hardware.profile")
     costs = []
     for i, p in enumerate(paths):
         at = "hardware.profile" if isinstance(value, str) else f"hardware.profile[{i}]"
         try:
-            cost = ProfileCost.load(scenario_path(_str(p, at), base_dir))
+            cost = ProfileCost.load(scenario_path(text(p, at), base_dir))
             costs.append((cost, cost.model))
         except (ProfileError, ModelSpecError, KeyError) as e:
             raise ScenarioError(f"{at}: must be a profile JSON (python -m reference.profile), got {p!r} ({e})") from None
-        _need(cost.dtype == dtype, f"{at}", f"was measured in {cost.dtype}, but hardware.dtype is {dtype}", p)
+        need(cost.dtype == dtype, f"{at}", f"was measured in {cost.dtype}, but hardware.dtype is {dtype}", p)
     out = []
     for i, model in enumerate(models):
         fits = [c for c, m in costs if m.replace(name=model.name) == model]
-        _need(bool(fits), f"models[{i}]", "has no profile of its shapes in hardware.profile", model.name)
+        need(bool(fits), f"models[{i}]", "has no profile of its shapes in hardware.profile", model.name)
         out.append((model.name, fits[0]))
     return tuple(out)
 
@@ -194,10 +212,10 @@ def _memory(hw: dict, gpu: GpuSpec) -> GpuSpec:
     """``hardware.memory_gb`` (the GPU's memory, 10^9 bytes) and ``hardware.check_memory`` (false: no
     memory check)."""
     check = hw.get("check_memory", True)
-    _need(isinstance(check, bool), "hardware.check_memory", "must be true or false", check)
+    need(isinstance(check, bool), "hardware.check_memory", "must be true or false", check)
     if "memory_gb" in hw:
-        _need(check, "hardware.memory_gb", "has no use with check_memory: false", hw["memory_gb"])
-        return gpu.replace(memory_bytes=_number(hw["memory_gb"], "hardware.memory_gb") * GB)
+        need(check, "hardware.memory_gb", "has no use with check_memory: false", hw["memory_gb"])
+        return gpu.replace(memory_bytes=number(hw["memory_gb"], "hardware.memory_gb") * GB)
     return gpu if check else gpu.replace(memory_bytes=None)
 
 
@@ -205,49 +223,49 @@ def _measured(value: Any, base_dir: str) -> MeasuredSpec:
     """The ``measured`` section. Whether literal paths exist is checked where the files are read
     (``MeasuredSpec.missing``): a measuring tool loads the scenario that names its output before
     writing it."""
-    d = _mapping(value, "measured", required=("results",), optional=("replays",))
+    d = mapping(value, "measured", required=("results",), optional=("replays",))
     results = d["results"]
-    patterns = [results] if isinstance(results, str) else _list(results, "measured.results", empty=True)
+    patterns = [results] if isinstance(results, str) else listed(results, "measured.results", empty=True)
     at = "measured.results" if isinstance(results, str) else "measured.results[{}]"
-    replays = _list(d.get("replays", []), "measured.replays", empty=True)
+    replays = listed(d.get("replays", []), "measured.replays", empty=True)
     return MeasuredSpec(
-        patterns=tuple(scenario_path(_str(p, at.format(i)), base_dir) for i, p in enumerate(patterns)),
-        replays=tuple(scenario_path(_str(p, f"measured.replays[{i}]"), base_dir) for i, p in enumerate(replays)),
+        patterns=tuple(scenario_path(text(p, at.format(i)), base_dir) for i, p in enumerate(patterns)),
+        replays=tuple(scenario_path(text(p, f"measured.replays[{i}]"), base_dir) for i, p in enumerate(replays)),
         labels=tuple(at.format(i) for i in range(len(patterns))),
         replay_labels=tuple(f"measured.replays[{i}]" for i in range(len(replays))))
 
 
 def _link_params(d: dict, at: str) -> tuple[float, float]:
-    return (_number(d["bandwidth_gb_per_s"], f"{at}.bandwidth_gb_per_s") * GB,
-            _number(d.get("latency_us", 0.0), f"{at}.latency_us", minimum=0) / US_PER_S)
+    return (number(d["bandwidth_gb_per_s"], f"{at}.bandwidth_gb_per_s") * GB,
+            number(d.get("latency_us", 0.0), f"{at}.latency_us", minimum=0) / US_PER_S)
 
 
 def _cluster(value: Any, at: str) -> ClusterSpec:
-    d = _mapping(value, at, required=("name", "kind", "gpus"),
+    d = mapping(value, at, required=("name", "kind", "gpus"),
                  optional=("bandwidth_gb_per_s", "latency_us", "switches", "links", "nodes", "background"))
     kind = d["kind"]
-    _need(kind in ("uniform", "throttled", "nonuniform"), f"{at}.kind",
+    need(kind in ("uniform", "throttled", "nonuniform"), f"{at}.kind",
           "must be 'uniform', 'throttled' or 'nonuniform'", kind)
-    name, n = _str(d["name"], f"{at}.name"), _int(d["gpus"], f"{at}.gpus")
+    name, n = text(d["name"], f"{at}.name"), integer(d["gpus"], f"{at}.gpus")
     own = {"uniform": ("bandwidth_gb_per_s", "latency_us"), "throttled": ("bandwidth_gb_per_s", "latency_us"),
            "nonuniform": ("switches", "links", "nodes")}[kind]
     for key in d:
-        _need(key in own or key in ("name", "kind", "gpus", "background"), f"{at}.{key}",
+        need(key in own or key in ("name", "kind", "gpus", "background"), f"{at}.{key}",
               f"is not a field of a {kind} cluster", d[key])
     switches: list[str] = []
     links: tuple[LinkSpec, ...] = ()
     full_mesh = None
     if kind == "nonuniform":
-        switches = [_str(s, f"{at}.switches[{i}]") for i, s in enumerate(_list(d.get("switches", []), f"{at}.switches", empty=True))]
+        switches = [text(s, f"{at}.switches[{i}]") for i, s in enumerate(listed(d.get("switches", []), f"{at}.switches", empty=True))]
         links = _nonuniform_links(d, at, n, switches)
     else:
         if kind == "uniform":
-            _need("bandwidth_gb_per_s" in d, at, "a uniform cluster needs bandwidth_gb_per_s", None)
+            need("bandwidth_gb_per_s" in d, at, "a uniform cluster needs bandwidth_gb_per_s", None)
         bw, lat = _link_params({"bandwidth_gb_per_s": THROTTLED_GB_PER_S, **d}, at)
         full_mesh = MeshLinks(bandwidth_bytes_per_s=bw, latency_s=lat)
     nodes = set(range(n)) | set(switches)
     background = tuple(_background(b, f"{at}.background[{i}]", nodes)
-                       for i, b in enumerate(_list(d.get("background", []), f"{at}.background", empty=True)))
+                       for i, b in enumerate(listed(d.get("background", []), f"{at}.background", empty=True)))
     try:
         return ClusterSpec(name=name, num_gpus=n, links=links, switches=tuple(switches), background=background,
                            mesh=full_mesh)
@@ -258,14 +276,14 @@ def _cluster(value: Any, at: str) -> ClusterSpec:
 def _nonuniform_links(d: dict, at: str, n: int, switches: list[str]) -> tuple[LinkSpec, ...]:
     links: list[LinkSpec] = []
     if "nodes" in d:
-        nd = _mapping(d["nodes"], f"{at}.nodes", required=("gpus_per_node", "intra", "inter"))
-        k = _int(nd["gpus_per_node"], f"{at}.nodes.gpus_per_node")
-        _need(n % k == 0, f"{at}.nodes.gpus_per_node", f"must divide gpus={n}", k)
-        _need(NODES_SWITCH not in switches, f"{at}.switches", f"must not name {NODES_SWITCH!r} "
+        nd = mapping(d["nodes"], f"{at}.nodes", required=("gpus_per_node", "intra", "inter"))
+        k = integer(nd["gpus_per_node"], f"{at}.nodes.gpus_per_node")
+        need(n % k == 0, f"{at}.nodes.gpus_per_node", f"must divide gpus={n}", k)
+        need(NODES_SWITCH not in switches, f"{at}.switches", f"must not name {NODES_SWITCH!r} "
               "(the switch that `nodes` adds)", switches)
-        intra = _link_params(_mapping(nd["intra"], f"{at}.nodes.intra", required=("bandwidth_gb_per_s",),
+        intra = _link_params(mapping(nd["intra"], f"{at}.nodes.intra", required=("bandwidth_gb_per_s",),
                                       optional=("latency_us",)), f"{at}.nodes.intra")
-        inter = _link_params(_mapping(nd["inter"], f"{at}.nodes.inter", required=("bandwidth_gb_per_s",),
+        inter = _link_params(mapping(nd["inter"], f"{at}.nodes.inter", required=("bandwidth_gb_per_s",),
                                       optional=("latency_us",)), f"{at}.nodes.inter")
         for first in range(0, n, k):
             links += mesh(range(first, first + k), *intra)
@@ -273,82 +291,82 @@ def _nonuniform_links(d: dict, at: str, n: int, switches: list[str]) -> tuple[Li
             links += duplex(g, NODES_SWITCH, *inter)
         switches.append(NODES_SWITCH)
     endpoints = set(range(n)) | set(switches)
-    for i, value in enumerate(_list(d.get("links", []), f"{at}.links", empty=True)):
+    for i, value in enumerate(listed(d.get("links", []), f"{at}.links", empty=True)):
         li = f"{at}.links[{i}]"
-        ld = _mapping(value, li, required=("bandwidth_gb_per_s",), optional=("ends", "mesh", "directed", "latency_us"))
-        _need(("ends" in ld) != ("mesh" in ld), li, "needs exactly one of `ends: [a, b]` and `mesh: [...]`",
+        ld = mapping(value, li, required=("bandwidth_gb_per_s",), optional=("ends", "mesh", "directed", "latency_us"))
+        need(("ends" in ld) != ("mesh" in ld), li, "needs exactly one of `ends: [a, b]` and `mesh: [...]`",
               sorted(ld))
         params = _link_params(ld, li)
         key = "ends" if "ends" in ld else "mesh"
-        ends = [_endpoint(e, f"{li}.{key}[{j}]", endpoints) for j, e in enumerate(_list(ld[key], f"{li}.{key}"))]
+        ends = [_endpoint(e, f"{li}.{key}[{j}]", endpoints) for j, e in enumerate(listed(ld[key], f"{li}.{key}"))]
         if key == "ends":
-            _need(len(ends) == 2, f"{li}.ends", "must name two endpoints", ld["ends"])
+            need(len(ends) == 2, f"{li}.ends", "must name two endpoints", ld["ends"])
             directed = ld.get("directed", False)
-            _need(isinstance(directed, bool), f"{li}.directed", "must be true or false", directed)
+            need(isinstance(directed, bool), f"{li}.directed", "must be true or false", directed)
             links += ((LinkSpec(src=ends[0], dst=ends[1], bandwidth_bytes_per_s=params[0], latency_s=params[1]),)
                       if directed else duplex(ends[0], ends[1], *params))
         else:
-            _need("directed" not in ld, f"{li}.directed", "applies to `ends` only", ld.get("directed"))
+            need("directed" not in ld, f"{li}.directed", "applies to `ends` only", ld.get("directed"))
             links += mesh(ends, *params)
-    _need(bool(links), at, "a nonuniform cluster needs `links` or `nodes`", None)
+    need(bool(links), at, "a nonuniform cluster needs `links` or `nodes`", None)
     # A later entry for the same directed link replaces an earlier one: "a mesh, then a few slow links".
     return tuple({(link.src, link.dst): link for link in links}.values())
 
 
 def _endpoint(value: Any, at: str, endpoints: set) -> int | str:
-    _need(not isinstance(value, bool) and value in endpoints, at,
+    need(not isinstance(value, bool) and value in endpoints, at,
           f"must be a GPU index 0..{max(e for e in endpoints if isinstance(e, int))} or a listed switch", value)
     return value
 
 
 def _background(value: Any, at: str, endpoints: set) -> BackgroundFlow:
-    d = _mapping(value, at, required=("link",), optional=("flows", "start_us", "on_us", "off_us"))
-    link = _list(d["link"], f"{at}.link")
-    _need(len(link) == 2, f"{at}.link", "must be [from, to]", d["link"])
+    d = mapping(value, at, required=("link",), optional=("flows", "start_us", "on_us", "off_us"))
+    link = listed(d["link"], f"{at}.link")
+    need(len(link) == 2, f"{at}.link", "must be [from, to]", d["link"])
     src, dst = (_endpoint(e, f"{at}.link[{j}]", endpoints) for j, e in enumerate(link))
-    _need(("on_us" in d) == ("off_us" in d), at, "on_us and off_us go together", sorted(d))
-    on_s = _number(d["on_us"], f"{at}.on_us") / US_PER_S if "on_us" in d else None
-    off_s = _number(d["off_us"], f"{at}.off_us") / US_PER_S if "off_us" in d else None
-    return BackgroundFlow(src=src, dst=dst, flows=_int(d.get("flows", 1), f"{at}.flows"),
-                          start_s=_number(d.get("start_us", 0), f"{at}.start_us", minimum=0) / US_PER_S,
+    need(("on_us" in d) == ("off_us" in d), at, "on_us and off_us go together", sorted(d))
+    on_s = number(d["on_us"], f"{at}.on_us") / US_PER_S if "on_us" in d else None
+    off_s = number(d["off_us"], f"{at}.off_us") / US_PER_S if "off_us" in d else None
+    return BackgroundFlow(src=src, dst=dst, flows=integer(d.get("flows", 1), f"{at}.flows"),
+                          start_s=number(d.get("start_us", 0), f"{at}.start_us", minimum=0) / US_PER_S,
                           on_s=on_s, off_s=off_s)
 
 
 def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, ...], base_dir: str = "") -> SchemeSpec:
     if isinstance(value, str):
-        _need(value in BUILTIN, at, f"must be one of {list(BUILTIN)} or a mapping", value)
+        need(value in BUILTIN, at, f"must be one of {list(BUILTIN)} or a mapping", value)
         return BUILTIN[value]
-    d = _mapping(value, at, required=("name", "kind"),
+    d = mapping(value, at, required=("name", "kind"),
                  optional=("partition", "partitioner", "attention", "order", "table", "table_contexts"))
-    name, kind = _str(d["name"], f"{at}.name"), d["kind"]
-    _need(kind in KINDS, f"{at}.kind", f"must be one of {list(KINDS)}", kind)
+    name, kind = text(d["name"], f"{at}.name"), d["kind"]
+    need(kind in SCHEME_KINDS, f"{at}.kind", f"must be one of {list(SCHEME_KINDS)}", kind)
     if "attention" in d:
-        _need(kind == "tsp", f"{at}.attention", "applies to kind tsp only", d["attention"])
-        _need(d["attention"] in ATTENTION, f"{at}.attention", f"must be one of {list(ATTENTION)}", d["attention"])
+        need(kind == "tsp", f"{at}.attention", "applies to kind tsp only", d["attention"])
+        need(d["attention"] in ATTENTION, f"{at}.attention", f"must be one of {list(ATTENTION)}", d["attention"])
     for key in ("partition", "partitioner"):
         if key in d:
-            _need(kind == "kvr", f"{at}.{key}", "applies to kind kvr only", d[key])
-    _need(not ("partition" in d and "partitioner" in d), at, "give `partition` or `partitioner`, not both",
+            need(kind == "kvr", f"{at}.{key}", "applies to kind kvr only", d[key])
+    need(not ("partition" in d and "partitioner" in d), at, "give `partition` or `partitioner`, not both",
           sorted(d))
     if "partitioner" in d:
-        _need(d["partitioner"] in PARTITIONERS, f"{at}.partitioner", f"must be one of {list(PARTITIONERS)}",
+        need(d["partitioner"] in PARTITIONERS, f"{at}.partitioner", f"must be one of {list(PARTITIONERS)}",
               d["partitioner"])
     fractions, tokens = None, ()
     if "partition" in d:
         fractions, tokens = _partition(d["partition"], f"{at}.partition", contexts, counts)
     if "order" in d:
-        _need(kind in ("kvr", "tsp"), f"{at}.order", "applies to kinds kvr and tsp only", d["order"])
-        _need(d["order"] in ORDERS, f"{at}.order", f"must be one of {list(ORDERS)}", d["order"])
+        need(kind in ("kvr", "tsp"), f"{at}.order", "applies to kinds kvr and tsp only", d["order"])
+        need(d["order"] in ORDERS, f"{at}.order", f"must be one of {list(ORDERS)}", d["order"])
     for key in ("table", "table_contexts"):
-        _need(key not in d or d.get("partitioner") == "kvr-p", f"{at}.{key}", "applies to partitioner kvr-p only",
+        need(key not in d or d.get("partitioner") == "kvr-p", f"{at}.{key}", "applies to partitioner kvr-p only",
               d.get(key))
-    _need(not ("table" in d and "table_contexts" in d), at, "give `table` or `table_contexts`, not both", sorted(d))
-    table_contexts = tuple(_int(c, f"{at}.table_contexts[{j}]") for j, c in
-                           enumerate(_list(d["table_contexts"], f"{at}.table_contexts"))) if "table_contexts" in d \
+    need(not ("table" in d and "table_contexts" in d), at, "give `table` or `table_contexts`, not both", sorted(d))
+    table_contexts = tuple(integer(c, f"{at}.table_contexts[{j}]") for j, c in
+                           enumerate(listed(d["table_contexts"], f"{at}.table_contexts"))) if "table_contexts" in d \
         else _powers_of_two(min(contexts), max(contexts))
     return SchemeSpec(name=name, kind=kind, partitioner=d.get("partitioner", "even"), fractions=fractions,
                       tokens=tokens, attention=d.get("attention", "causal"), order=d.get("order", "given"),
-                      table=scenario_path(_str(d["table"], f"{at}.table"), base_dir) if "table" in d else None,
+                      table=scenario_path(text(d["table"], f"{at}.table"), base_dir) if "table" in d else None,
                       table_contexts=table_contexts if d.get("partitioner") == "kvr-p" and "table" not in d else ())
 
 
@@ -375,24 +393,24 @@ def _partition(value: Any, at: str, contexts, counts):
     if isinstance(value, dict):
         tokens = []
         for ctx, chunks in value.items():
-            c = _int(ctx, f"{at} key")
-            _need(c in contexts, f"{at}.{ctx}", f"must be one of workload.contexts {list(contexts)}", c)
-            chunks = tuple(_int(x, f"{at}.{ctx}[{j}]", minimum=0) for j, x in enumerate(_list(chunks, f"{at}.{ctx}")))
+            c = integer(ctx, f"{at} key")
+            need(c in contexts, f"{at}.{ctx}", f"must be one of workload.contexts {list(contexts)}", c)
+            chunks = tuple(integer(x, f"{at}.{ctx}[{j}]", minimum=0) for j, x in enumerate(listed(chunks, f"{at}.{ctx}")))
             try:
                 check(c, chunks)
             except PartitionError as e:
                 raise ScenarioError(f"{at}.{ctx}: chunks must be >= 1 and sum to the context, got {list(chunks)} "
                                     f"({e})") from None
             tokens.append((c, chunks))
-        _need(bool(tokens), at, "must not be empty", value)
+        need(bool(tokens), at, "must not be empty", value)
         sizes = {len(t[1]) for t in tokens}
-        _need(len(sizes) == 1, at, "every context's partition must have the same number of chunks", value)
-        _need(sizes <= set(counts), at, f"must have as many chunks as a GPU count in workload.gpus {list(counts)}",
+        need(len(sizes) == 1, at, "every context's partition must have the same number of chunks", value)
+        need(sizes <= set(counts), at, f"must have as many chunks as a GPU count in workload.gpus {list(counts)}",
               value)
         return None, tuple(tokens)
-    fractions = tuple(_number(x, f"{at}[{j}]") for j, x in enumerate(_list(value, at)))
-    _need(abs(sum(fractions) - 1) <= 1e-6, at, "fractions must sum to 1", list(fractions))
-    _need(len(fractions) in counts, at, f"must have as many fractions as a GPU count in workload.gpus {list(counts)}",
+    fractions = tuple(number(x, f"{at}[{j}]") for j, x in enumerate(listed(value, at)))
+    need(abs(sum(fractions) - 1) <= 1e-6, at, "fractions must sum to 1", list(fractions))
+    need(len(fractions) in counts, at, f"must have as many fractions as a GPU count in workload.gpus {list(counts)}",
           list(fractions))
     for c in contexts:
         try:
@@ -401,46 +419,3 @@ def _partition(value: Any, at: str, contexts, counts):
             raise ScenarioError(f"{at}: every chunk must get >= 1 token at every context, got {list(fractions)} "
                                 f"at context {c} ({e})") from None
     return fractions, ()
-
-
-# ----- typed readers: each names the YAML path, the rule and the value ----------------------------------
-def _need(ok: bool, at: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise ScenarioError(f"{at}: {rule}, got {value!r}")
-
-
-def _mapping(value: Any, at: str, required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict:
-    _need(isinstance(value, dict), at, "must be a mapping", value)
-    for key in value:
-        _need(key in required or key in optional, f"{at}.{key}" if at != "(top level)" else str(key),
-              f"unknown key (known: {', '.join(required + optional)})", value[key])
-    for key in required:
-        _need(key in value, at, f"missing required key {key!r}", sorted(value, key=str))
-    return value
-
-
-def _list(value: Any, at: str, empty: bool = False) -> list:
-    _need(isinstance(value, list), at, "must be a list", value)
-    _need(empty or bool(value), at, "must not be empty", value)
-    return value
-
-
-def _str(value: Any, at: str) -> str:
-    _need(isinstance(value, str) and bool(value), at, "must be a non-empty string", value)
-    return value
-
-
-def _int(value: Any, at: str, minimum: int = 1) -> int:
-    _need(isinstance(value, int) and not isinstance(value, bool), at, "must be an integer", value)
-    _need(value >= minimum, at, f"must be >= {minimum}", value)
-    return value
-
-
-def _number(value: Any, at: str, minimum: float | None = None) -> float:
-    _need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), at,
-          "must be a finite number", value)
-    if minimum is None:
-        _need(value > 0, at, "must be > 0", value)
-    else:
-        _need(value >= minimum, at, f"must be >= {minimum}", value)
-    return float(value)

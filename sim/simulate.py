@@ -1,159 +1,17 @@
-"""One simulation: a model prefilling one context on P GPUs of a cluster under one scheme.
+"""``simulate(job)``: the planner's plan run by the engine, ``run(job, plan(job))``.
 
-``simulate(job)`` builds a SimPy environment with a ``Sim`` (GPUs as ``simpy.Resource(capacity=1)``,
-the shared links of ``network.py``, message events between ranks), starts one process per rank from
-the scheme's module, runs it, and returns a ``Result``: TTFT, per-rank busy time and traffic, bytes per
-link and the timeline. Rank r runs on GPU ``gpu_order[r]`` of the cluster (default GPU r); the chunks
-and the order come from ``partition.plan(job)`` (searched or predicted partitions are resolved there).
+The one place that joins the two (``sim/partition/plan.py`` decides the chunks and the rank -> GPU
+order; ``sim/engine`` runs them): the reports, the CLI and the tests call this.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import NamedTuple
-
-import simpy
-
-from . import collectives
-from .cluster import ClusterSpec, Link
-from .cost import AnalyticCost, CostModel
-from .hardware import GpuSpec
-from .model import ModelSpec
-from .network import Network
-from .schemes import SchemeSpec, rank_process
-
-
-@dataclass(frozen=True, kw_only=True)
-class Job:
-    model: ModelSpec
-    gpu: GpuSpec
-    dtype: str
-    cluster: ClusterSpec
-    scheme: SchemeSpec
-    context: int
-    num_gpus: int  # 1 for `single`
-    cost_model: CostModel | None = field(default=None, compare=False)  # a measured profile (sim/profile.py)
-    gpu_order: tuple[int, ...] | None = None  # cluster GPU of each rank; None: the scheme's order
-
-    def cost(self) -> CostModel:
-        return self.cost_model if self.cost_model is not None else AnalyticCost(self.model, self.gpu, self.dtype)
-
-
-class Segment(NamedTuple):
-    """A bar on the timeline: a compute op on a rank, or a transfer from ``rank`` to ``peer``.
-    (A named tuple rather than a frozen dataclass: thousands are made per simulation.)"""
-
-    rank: int
-    kind: str  # "compute" | "transfer"
-    op: str  # compute: embed, qkv, attention, mlp, head; transfer: send, all-gather
-    start_s: float
-    end_s: float
-    layer: int | None = None
-    peer: int | None = None
-    nbytes: float = 0.0
-
-
-@dataclass(frozen=True)
-class RankStats:
-    rank: int
-    busy_s: float  # compute time
-    idle_s: float  # makespan_s - busy_s
-    bytes_sent: float
-    bytes_received: float
-
-
-@dataclass(frozen=True)
-class Result:
-    ttft_s: float  # when the last rank finishes the LM head
-    makespan_s: float  # when every rank has finished (>= ttft_s)
-    chunks: tuple[int, ...]
-    gpus: tuple[int, ...]  # the cluster GPU of each rank
-    ranks: tuple[RankStats, ...]
-    link_bytes: dict[Link, float] = field(repr=False)
-    segments: tuple[Segment, ...] = field(repr=False)
-
-
-class Sim:
-    """What a scheme's rank process can do: compute, send, receive, all-gather."""
-
-    def __init__(self, job: Job, num_ranks: int, cost: CostModel | None = None,
-                 gpus: tuple[int, ...] | None = None):
-        self.gpu_of = gpus or tuple(range(num_ranks))  # rank -> cluster GPU: transfers join the ranks' GPUs
-        self.env = simpy.Environment()
-        self.cost = cost if cost is not None else job.cost()
-        self.num_layers = job.model.num_layers
-        self.kv_bytes_per_token = job.model.kv_bytes_per_token_per_layer(job.dtype)
-        self.network = Network(self.env, job.cluster)
-        self.gpus = [simpy.Resource(self.env, capacity=1) for _ in range(num_ranks)]
-        self.busy_s = [0.0] * num_ranks
-        self.sent = [0.0] * num_ranks
-        self.received = [0.0] * num_ranks
-        self.segments: list[Segment] = []
-        self.ttft_s: float | None = None
-        self._messages: dict[tuple, simpy.Event] = {}
-        self._channels: dict[tuple[int, int], simpy.Resource] = {}
-        self._gathers: dict[int, collectives.RingAllGather] = {}
-
-    def hold_gpu(self, rank: int, body):
-        """Process body: the rank's process holds its GPU's compute stream for its whole life, so a
-        second process placed on the same GPU would queue behind it; ``body`` is the scheme's generator."""
-        with self.gpus[rank].request() as turn:
-            yield turn
-            yield from body
-
-    def compute(self, rank: int, layer: int | None, *ops: tuple[str, float]):
-        """Process body: run ``ops`` (name, seconds) one after another on the rank's GPU (one timeout)."""
-        start_s = self.env.now
-        yield self.env.timeout(sum(seconds for _, seconds in ops))
-        for op, seconds in ops:
-            self.busy_s[rank] += seconds
-            self.segments.append(Segment(rank, "compute", op, start_s, start_s + seconds, layer))
-            start_s += seconds
-
-    def send(self, src: int, dst: int, nbytes: float, tag: int) -> None:
-        """Start an asynchronous point-to-point send; the caller does not wait for it."""
-        self.env.process(collectives.send(self, src, dst, nbytes, tag))
-
-    def message(self, src: int, dst: int, tag: int) -> simpy.Event:
-        """The event of the message ``tag`` from ``src`` arriving at ``dst``."""
-        key = (src, dst, tag)
-        if key not in self._messages:
-            self._messages[key] = self.env.event()
-        return self._messages[key]
-
-    def channel(self, src: int, dst: int) -> simpy.Resource:
-        if (src, dst) not in self._channels:
-            self._channels[src, dst] = simpy.Resource(self.env, capacity=1)
-        return self._channels[src, dst]
-
-    def all_gather(self, tag: int, chunk_bytes: float) -> simpy.Event:
-        """Enter the all-gather ``tag`` (shared by all ranks); the event fires when it completes."""
-        if tag not in self._gathers:
-            self._gathers[tag] = collectives.RingAllGather(self, len(self.gpus), chunk_bytes, tag)
-        return self._gathers[tag].join()
-
-    def record_transfer(self, op: str, src: int, dst: int, nbytes: float, start_s: float, end_s: float,
-                        layer: int) -> None:
-        self.sent[src] += nbytes
-        self.received[dst] += nbytes
-        self.segments.append(Segment(src, "transfer", op, start_s, end_s, layer, dst, nbytes))
-
-    def first_token(self) -> None:
-        self.ttft_s = self.env.now
+from .cost import CostModel
+from .engine import Result, Sim, run
+from .job import Job
+from .partition.plan import plan
 
 
 def simulate(job: Job, cost: CostModel | None = None, sim_class: type[Sim] | None = None) -> Result:
-    """Run one job; ``cost`` replaces the job's cost model (a measured profile, a test stub);
-    ``sim_class`` replaces ``Sim`` (``sim.validate`` uses one whose ranks share a CPU)."""
-    from .partition import plan
-
-    chunks, gpus = plan(job)
-    sim = (sim_class or Sim)(job, len(chunks), cost, gpus)
-    procs = [sim.env.process(sim.hold_gpu(r, rank_process(job.scheme, sim, r, chunks)))
-             for r in range(len(chunks))]
-    sim.env.run(until=sim.env.all_of(procs))
-    assert sim.ttft_s is not None
-    makespan_s = sim.env.now
-    ranks = tuple(RankStats(r, sim.busy_s[r], makespan_s - sim.busy_s[r], sim.sent[r], sim.received[r])
-                  for r in range(len(chunks)))
-    return Result(ttft_s=sim.ttft_s, makespan_s=makespan_s, chunks=tuple(chunks), gpus=gpus, ranks=ranks,
-                  link_bytes=dict(sim.network.bytes_carried), segments=tuple(sim.segments))
+    """Plan ``job`` and run it; ``cost`` replaces the job's cost model (a measured profile, a test
+    stub), ``sim_class`` the engine's ``Sim`` (``engine/cpu_cluster.py``)."""
+    return run(job, plan(job), cost=cost, sim_class=sim_class)

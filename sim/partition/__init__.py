@@ -1,16 +1,16 @@
 """Context partitions: how many tokens each rank holds (a chunk per rank, contiguous, earlier first),
-and on which GPU each rank runs.
+and on which GPU each rank runs. This module is the pure part (no SimPy), shared with the runtime:
+the even split, fractions to tokens, the checks, and ``Plan``.
 
-- ``even`` (KVR-E, and TSP's split): a partitioner of (context, parts) alone, in ``PARTITIONERS``.
-- ``kvr-s`` (searched, ``search.py``) and ``kvr-p`` (predicted from a lookup table, ``table.py``)
-  depend on the whole job (model, hardware, cluster, P, C): ``plan(job)`` resolves them.
-- ``order.py``: the chain order (rank -> GPU) chosen from the topology (``order: auto``).
+- ``plan.py``: ``plan(job)``, the planner: a scheme's own partition, or ``kvr-s`` (searched,
+  ``search.py``) and ``kvr-p`` (predicted from a lookup table, ``table.py``), which depend on the
+  whole job (model, hardware, cluster, P, C); and the rank -> GPU order (``order.py``).
 - ``python -m sim.partition``: build tables, check them, benchmark the search, draw the figures.
 Reference: shared/docs/kv-runahead.md, "Context-level load balancing"; docs/partitioning.md.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 
 class PartitionError(ValueError):
@@ -65,24 +65,8 @@ def check(context: int, chunks: Sequence[int]) -> None:
         raise PartitionError(f"partition {list(chunks)} sums to {sum(chunks)}, not the context {context}")
 
 
-PARTITIONERS: dict[str, Callable[[int, int], list[int]] | None] = {"even": even, "kvr-s": None, "kvr-p": None}
-"""Partitioner names a scenario may give. ``None``: the partition depends on the whole job (model,
-hardware, cluster), so ``plan(job)`` resolves it, not ``SchemeSpec.chunks``."""
-JOB_PARTITIONERS = tuple(name for name, f in PARTITIONERS.items() if f is None)
-ORDERS = ("given", "auto")
-
-
 class Plan(NamedTuple):
     """What a job runs: tokens per rank, and the cluster GPU of each rank."""
 
     chunks: tuple[int, ...]
     gpus: tuple[int, ...]
-
-
-def plan(job) -> Plan:
-    """The chunks and rank -> GPU mapping of a ``sim.simulate.Job``: the scheme's own partition, or
-    ``kvr-s``/``kvr-p`` resolved for the job; ``job.gpu_order`` if set, else the scheme's ``order``
-    (``given``: rank r on GPU r; ``auto``: ``order.chain_order``). Searched plans are cached."""
-    from .search import plan_job  # the search imports the simulator, which imports this module
-
-    return plan_job(job)

@@ -17,13 +17,13 @@ import platform
 import sys
 import time
 
+from ..job import Job, SchemeSpec
 from ..outputs import OutputError, Staged, check_file_writable, check_writable
-from ..scenario import Scenario, ScenarioError, load
-from ..schemes import BUILTIN, SchemeSpec
-from ..simulate import Job, simulate
 from ..regen import SCENARIOS
+from ..scenario import Scenario, ScenarioError, load
 from . import PartitionError, chain, table
 from .search import SIMULATOR_BUDGET, grid_search, search_job, simulator_oracle, start_chunks
+from .sweep import jobs, with_scheme as _with
 
 
 def _ints(text: str) -> list[int]:
@@ -34,30 +34,6 @@ def _ints(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"must be integers >= 1, got {text!r}")
     return values
-
-
-def jobs(scenario: Scenario, gpus, contexts, order: str = "given", models=None, clusters=None) -> list[Job]:
-    """KVR-S jobs for every model, cluster, GPU count and context asked (default: the scenario's)."""
-    scheme = SchemeSpec(name="kvr-s", kind="kvr", partitioner="kvr-s", order=order)
-    profiles = dict(scenario.profiles)
-    out = []
-    for model in scenario.models:
-        for cluster in scenario.clusters:
-            if (models and model.name not in models) or (clusters and cluster.name not in clusters):
-                continue
-            for n in gpus or scenario.gpu_counts:
-                for c in contexts or scenario.contexts:
-                    if n > cluster.num_gpus or n > c:
-                        raise PartitionError(f"{n} GPUs and {c} tokens do not fit cluster {cluster.name!r}")
-                    out.append(Job(model=model, gpu=scenario.gpu, dtype=scenario.dtype, cluster=cluster, scheme=scheme,
-                                   context=c, num_gpus=n, cost_model=profiles.get(model.name)))
-    if not out:
-        raise PartitionError(f"no model or cluster of the scenario matches {models or ''} {clusters or ''}")
-    return out
-
-
-def _with(job: Job, scheme: str) -> float:
-    return simulate(dataclasses.replace(job, scheme=BUILTIN[scheme], gpu_order=None)).ttft_s
 
 
 def cmd_search(args) -> None:

@@ -11,7 +11,7 @@ at 0 with their embedding):
     t[r]         = ready[r][l] + (kv-cat + attention + mlp)
 
 and TTFT is the last rank's t after its LM head. It costs ~0.3 ms instead of ~30 ms for 8 GPUs, 32
-layers, so the search can score thousands of candidates. ``tests/test_partition_properties.py`` checks
+layers, so the search can score thousands of candidates. ``tests/sim/test_partition_properties.py`` checks
 that it equals ``simulate`` (relative difference <= 1e-9) on random models, clusters, partitions and
 orders; the search's answer is still judged by the simulator (``search.search_job``).
 """

@@ -8,7 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..scenario import Scenario  # noqa: E402
-from .search import grid_search, simulator_oracle, start_chunks  # noqa: E402
+from .search import grid_search, search_job, simulator_oracle, start_chunks  # noqa: E402
+from .sweep import jobs  # noqa: E402
 
 LANDSCAPE_POINTS = 95
 
@@ -16,7 +17,6 @@ LANDSCAPE_POINTS = 95
 def landscape_plot(scenario: Scenario, context: int, path: str) -> str:
     """Per model and cluster of the scenario: simulated TTFT of kvr on 2 GPUs against rank 0's share of
     the context, with the points the search scored and the one it chose."""
-    from .__main__ import jobs
 
     todo = jobs(scenario, [2], [context])
     fig, axes = plt.subplots(1, len(todo), figsize=(4.2 * len(todo), 3.6), squeeze=False)
@@ -54,13 +54,11 @@ def landscape_plot(scenario: Scenario, context: int, path: str) -> str:
     return path
 
 
-def fractions_plot(scenario: Scenario, contexts, path: str, progress: bool = True) -> str:
+def fractions_plot(scenario: Scenario, contexts, path: str, *, progress: bool = True) -> str:
     """Per model (rows) and P = 2, 4, 8 (columns): each rank's searched fraction of C against C, on the
     scenario's first cluster."""
     from tqdm import tqdm
 
-    from .__main__ import jobs
-    from .search import search_job
 
     contexts = contexts or [1024, 1536, 2048, 3072, 4096, 6144, 8192, 12288, 16384]
     counts = [n for n in (2, 4, 8) if n <= scenario.clusters[0].num_gpus]

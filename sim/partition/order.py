@@ -23,6 +23,7 @@ import math
 from typing import Callable, Sequence
 
 from ..cluster import ClusterSpec
+from . import PartitionError
 
 EXACT_LIMIT = 200_000
 BEAM = 512
@@ -79,3 +80,21 @@ def chain_order(cluster: ClusterSpec, chunks: Sequence[int], kv_bytes_per_token:
 def ring_order(cluster: ClusterSpec, parts: int, chunk_bytes: float) -> tuple[int, ...]:
     """The GPU of each tsp rank: the ring (rank order, closed) whose slowest hop is fastest."""
     return _best(cluster, parts, [chunk_bytes] * parts, ring=True)
+
+
+def order_for(job, chunks: Sequence[int]) -> tuple[int, ...]:
+    """The cluster GPU of each rank of ``job`` with these chunks: ``job.gpu_order`` where pinned (it
+    must be distinct GPUs of the cluster), else rank r on GPU r (``order: given``), else the chain's or
+    the ring's best order (``order: auto``)."""
+    if job.gpu_order is not None:
+        gpus = tuple(job.gpu_order)
+        if len(gpus) != len(chunks) or len(set(gpus)) != len(gpus) or not set(gpus) <= set(range(job.cluster.num_gpus)):
+            raise PartitionError(f"gpu_order {list(gpus)} must be {len(chunks)} distinct GPUs of cluster "
+                                 f"{job.cluster.name!r} (0..{job.cluster.num_gpus - 1})")
+        return gpus
+    if job.scheme.order != "auto" or len(chunks) == 1:
+        return tuple(range(len(chunks)))
+    kv = job.model.kv_bytes_per_token_per_layer(job.dtype)
+    if job.scheme.kind == "tsp":
+        return ring_order(job.cluster, len(chunks), max(chunks) * kv)
+    return chain_order(job.cluster, chunks, kv)

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from . import Plan, PartitionError, even
 
-KINDS = ("even", "searched", "predicted")
+PARTITION_KINDS = ("even", "searched", "predicted")
 
 
 def job_for(model: str, dtype: str, context: int, world_size: int, scenario_path: str,
             cluster: str | None = None, order: str = "given"):
     """A simulator job of the runtime's model and dtype on the scenario's hardware and cluster (its first
     one unless ``cluster`` names another); ``PartitionError`` for a bad scenario or name."""
+    # Imported here: the runtime's launcher asks for even partitions without paying for the simulator.
+    from ..job import Job, SchemeSpec
     from ..model import ModelSpec, ModelSpecError
     from ..scenario import ScenarioError, load
-    from ..schemes import SchemeSpec
-    from ..simulate import Job
 
     try:
         scenario = load(scenario_path)
@@ -45,8 +45,8 @@ def resolve_partition(kind: str, context: int, world_size: int, *, model: str | 
     """``even``: KVR-E. ``searched``: KVR-S on the simulator (needs ``model`` and ``scenario``).
     ``predicted``: KVR-P from the lookup table ``table`` (needs ``model`` and ``scenario``: the table's
     key is the model, the scenario's hardware and cluster, ``dtype`` and ``world_size``)."""
-    if kind not in KINDS:
-        raise PartitionError(f"partition kind must be one of {list(KINDS)}, got {kind!r}")
+    if kind not in PARTITION_KINDS:
+        raise PartitionError(f"partition kind must be one of {list(PARTITION_KINDS)}, got {kind!r}")
     if world_size > context:
         raise PartitionError(f"{world_size} ranks for {context} tokens: every rank needs at least one token")
     if kind == "even":

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from ..cost import CostModel, causal_pairs, layer_extra_s
-from . import JOB_PARTITIONERS, PartitionError, Plan, chain, even, round_fractions
-from .order import chain_order, ring_order
+from ..engine import run
+from ..job import BUILTIN
+from . import Plan, chain, even, round_fractions
+from .order import order_for
 
 Oracle = Callable[[tuple[int, ...]], float]
 
@@ -159,17 +161,16 @@ def grid_search(context: int, parts: int, oracle: Oracle, start: Sequence[int] |
                         steps=tuple(steps), evaluations=len(scores))
 
 
-# ----- the simulator as oracle, and plans of jobs -----------------------------------------------------
+# ----- the simulator as oracle --------------------------------------------------------------------
 def simulator_oracle(job, gpus: Sequence[int] | None = None) -> Oracle:
-    """Chunks -> simulated TTFT of ``job`` (its model, hardware, cluster, context, P) under kvr with
-    those chunks, rank r on GPU ``gpus[r]`` (default: GPU r)."""
-    from ..schemes import SchemeSpec
-    from ..simulate import simulate
+    """Chunks -> simulated TTFT of ``job`` (its model, hardware, cluster, context) under kvr with those
+    chunks, rank r on GPU ``gpus[r]`` (default: GPU r): the engine run with that plan."""
+    kvr = job.scheme if job.scheme.kind == "kvr" else BUILTIN["kvr-e"]
+    as_kvr = dataclasses.replace(job, scheme=kvr)
 
     def ttft_s(chunks: tuple[int, ...]) -> float:
-        scheme = SchemeSpec(name=job.scheme.name, kind="kvr", tokens=((job.context, tuple(chunks)),))
         order = tuple(gpus) if gpus is not None else tuple(range(len(chunks)))
-        return simulate(dataclasses.replace(job, scheme=scheme, num_gpus=len(chunks), gpu_order=order)).ttft_s
+        return run(dataclasses.replace(as_kvr, num_gpus=len(chunks)), Plan(tuple(chunks), order)).ttft_s
 
     return ttft_s
 
@@ -189,7 +190,7 @@ def search_job(job, oracle: Oracle | None = None) -> tuple[SearchResult, tuple[i
     ``SIMULATOR_BUDGET`` of them. Either way SimPy judges the end: the best candidate and the even
     partition are simulated and the faster is the answer, with its simulated TTFT."""
     start = start_chunks(job)
-    gpus = _order(job, start)
+    gpus = order_for(job, start)
     simulated = simulator_oracle(job, gpus)
     if oracle is not None:
         return grid_search(job.context, job.num_gpus, oracle, start), gpus
@@ -199,47 +200,3 @@ def search_job(job, oracle: Oracle | None = None) -> tuple[SearchResult, tuple[i
         result = grid_search(job.context, job.num_gpus, simulated, start, budget=SIMULATOR_BUDGET)
     judged = min((simulated(c), c) for c in {result.chunks, tuple(even(job.context, job.num_gpus))})
     return dataclasses.replace(result, chunks=judged[1], ttft_s=judged[0]), gpus
-
-
-def _order(job, chunks: Sequence[int]) -> tuple[int, ...]:
-    if job.gpu_order is not None:
-        gpus = tuple(job.gpu_order)
-        if len(gpus) != len(chunks) or len(set(gpus)) != len(gpus) or not set(gpus) <= set(range(job.cluster.num_gpus)):
-            raise PartitionError(f"gpu_order {list(gpus)} must be {len(chunks)} distinct GPUs of cluster "
-                                 f"{job.cluster.name!r} (0..{job.cluster.num_gpus - 1})")
-        return gpus
-    if getattr(job.scheme, "order", "given") != "auto" or len(chunks) == 1:
-        return tuple(range(len(chunks)))
-    kv = job.model.kv_bytes_per_token_per_layer(job.dtype)
-    if job.scheme.kind == "tsp":
-        return ring_order(job.cluster, len(chunks), max(chunks) * kv)
-    return chain_order(job.cluster, chunks, kv)
-
-
-def plan_job(job) -> Plan:
-    """``sim.partition.plan``: fixed partitions at once, searched and predicted ones cached."""
-    scheme = job.scheme
-    if scheme.kind == "kvr" and scheme.partitioner in JOB_PARTITIONERS and scheme.pinned_gpus is None:
-        return _cached_plan(job)
-    chunks = scheme.chunks(job.context, job.num_gpus)
-    assert chunks is not None, f"{scheme.name} has no partition for {job.num_gpus} GPUs, C={job.context}"
-    return Plan(tuple(chunks), _order(job, chunks))
-
-
-_PLANS: dict = {}
-
-
-def _cached_plan(job) -> Plan:
-    # A job's cost_model is left out of its hash and equality, so it is part of the key here (the
-    # value keeps it alive, so its id is not reused).
-    key = (job, id(job.cost_model))
-    if key not in _PLANS:
-        if job.scheme.partitioner == "kvr-s":
-            result, gpus = search_job(job)
-            plan = Plan(result.chunks, gpus)
-        else:
-            from .table import predict_job
-
-            plan = predict_job(job)
-        _PLANS[key] = (plan, job.cost_model)
-    return _PLANS[key][0]

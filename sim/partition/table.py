@@ -23,7 +23,10 @@ from typing import Any, Iterable, Sequence
 
 from ..outputs import write_text
 
-from . import Plan, PartitionError, round_fractions
+from ..engine import run
+from ..job import BUILTIN
+from . import Plan, PartitionError, even, round_fractions
+from .search import search_job
 
 SCHEMA = "kvr-partition-table/1"
 ENTRY_KEYS = ("model", "gpu", "dtype", "hardware_digest", "cluster", "cluster_digest", "order_mode", "gpus",
@@ -46,18 +49,15 @@ def job_key(job) -> dict:
 # ----- building --------------------------------------------------------------------------------------
 def entry(job) -> dict:
     """Search ``job`` (a kvr-s job) and return its table entry."""
-    from ..schemes import BUILTIN
-    from ..simulate import simulate
-    from .search import search_job
-
     result, gpus = search_job(job)
-    even_ttft_s = simulate(dataclasses.replace(job, scheme=BUILTIN["kvr-e"], gpu_order=None)).ttft_s
+    even_plan = Plan(tuple(even(job.context, job.num_gpus)), tuple(range(job.num_gpus)))
+    even_ttft_s = run(dataclasses.replace(job, scheme=BUILTIN["kvr-e"], gpu_order=None), even_plan).ttft_s
     return {**job_key(job), "context": job.context, "fractions": [c / job.context for c in result.chunks],
             "chunks": list(result.chunks), "order": list(gpus), "ttft_s": result.ttft_s,
             "kvr_e_ttft_s": even_ttft_s, "evaluations": result.evaluations}
 
 
-def build(jobs: Iterable, progress: bool = True, desc: str = "kvr-s table") -> dict:
+def build(jobs: Iterable, *, progress: bool = True, desc: str = "kvr-s table") -> dict:
     """A table (the JSON document) of the searched partitions of ``jobs``, with a progress bar."""
     from tqdm import tqdm
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..cost import causal_pairs, layer_extras
 
 
-def rank(sim, r: int, chunks: list[int]):
+def rank(sim, r: int, chunks: list[int], scheme):
     """Rank r holds tokens [S_{r-1}, S_r). Per layer: QKV of its chunk; wait for rank r-1's K, V of
     tokens [0, S_{r-1}); send K, V of [0, S_r) to rank r+1 without waiting; attend its c_r queries to
     S_r keys (causal, bottom right), after appending its own K, V to the received ones (a copy of S_r
@@ -29,3 +29,9 @@ def rank(sim, r: int, chunks: list[int]):
     if r == last:
         yield from sim.compute(r, None, ("head", cost.head_s()))
         sim.first_token()
+
+
+def kv_tokens(chunks: list[int], r: int) -> tuple[int, int]:
+    """K/V of [0, S_r) kept; the received [0, S_{r-1}) is the one-layer buffer."""
+    end = sum(chunks[: r + 1])
+    return end, end - chunks[r]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..cost import causal_pairs, layer_extras
 
 
-def rank(sim, r: int, chunks: list[int]):
+def rank(sim, r: int, chunks: list[int], scheme):
     """The only rank: embed, then per layer QKV, causal attention of C queries to C keys, MLP; then
     the LM head on the last token."""
     (context,) = chunks
@@ -18,3 +18,8 @@ def rank(sim, r: int, chunks: list[int]):
         yield from sim.compute(r, layer, ("attention", attention_s), ("mlp", mlp_s), *host)
     yield from sim.compute(r, None, ("head", cost.head_s()))
     sim.first_token()
+
+
+def kv_tokens(chunks: list[int], r: int) -> tuple[int, int]:
+    """The whole context's K/V kept; no transient buffer."""
+    return sum(chunks), 0

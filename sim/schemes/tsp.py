@@ -6,12 +6,13 @@ from __future__ import annotations
 from ..cost import causal_pairs, layer_extras
 
 
-def rank(sim, r: int, chunks: list[int], attention: str = "causal"):
+def rank(sim, r: int, chunks: list[int], scheme):
     """Rank r holds tokens [s_r, e_r). Per layer: QKV of its chunk; all-gather K, V (every chunk padded
     to the largest, a copy on the ranks with a shorter chunk); concatenate the gathered keys [0, e_r) (a
     copy, as the runtime's torch.cat); attend its c_r queries to them causally (``causal``, as the
     runtime does) or to all C keys as a dense block (``masked``); MLP. The last rank then runs the LM
     head."""
+    attention = scheme.attention
     last = len(chunks) - 1
     c, end, context = chunks[r], sum(chunks[: r + 1]), sum(chunks)
     keys, pairs = (end, causal_pairs(c, end)) if attention == "causal" else (context, c * context)
@@ -30,3 +31,8 @@ def rank(sim, r: int, chunks: list[int], attention: str = "causal"):
     if r == last:
         yield from sim.compute(r, None, ("head", cost.head_s()))
         sim.first_token()
+
+
+def kv_tokens(chunks: list[int], r: int) -> tuple[int, int]:
+    """K/V of [0, e_r) kept; the gathered block (P x the largest chunk) is the one-layer buffer."""
+    return sum(chunks[: r + 1]), len(chunks) * max(chunks)

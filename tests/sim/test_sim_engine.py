@@ -6,9 +6,12 @@ import simpy
 from sim.cluster import BackgroundFlow, ClusterSpec, LinkSpec, duplex
 from sim.hardware import GpuSpec
 from sim.model import ModelSpec
-from sim.network import Network
-from sim.schemes import BUILTIN, SchemeSpec
-from sim.simulate import Job, Segment, Sim, simulate
+from sim.engine.network import Network
+from sim.job import BUILTIN, SchemeSpec
+from sim.cost import CostModel
+from sim.engine import Segment, Sim
+from sim.job import Job
+from sim.simulate import simulate
 
 GB = 1e9
 
@@ -110,7 +113,7 @@ def test_ring_all_gather_step_waits_for_its_slowest_transfer():
     assert sim.env.now == pytest.approx(2 * 1.0)  # two steps, each as slow as the 1 GB/s link
 
 
-class StubCost:
+class StubCost(CostModel):
     """Round numbers: embed 1 s, QKV = tokens s, KV copy = tokens / 10 s, attention = pairs s,
     MLP = tokens s, head 0.5 s."""
 

@@ -4,7 +4,8 @@ import yaml
 
 from sim.cluster import BackgroundFlow, LinkSpec
 from sim.scenario import NODES_SWITCH, ScenarioError, load, parse
-from sim.schemes import BUILTIN, SchemeSpec
+from sim.job import BUILTIN, SchemeSpec
+from sim.partition.plan import plan
 
 
 def doc(**cluster):
@@ -53,7 +54,7 @@ def test_explicit_partitions():
     assert s.schemes == (SchemeSpec(name="f", kind="kvr", fractions=(0.6, 0.4)),
                          SchemeSpec(name="t", kind="kvr", tokens=((100, (40, 30, 20, 10)),)),
                          SchemeSpec(name="m", kind="tsp", attention="masked"))
-    assert [(j.scheme.name, j.num_gpus, j.scheme.chunks(j.context, j.num_gpus)) for j in s.jobs()] == [
+    assert [(j.scheme.name, j.num_gpus, list(plan(j).chunks)) for j in s.jobs()] == [
         ("f", 2, [60, 40]), ("t", 4, [40, 30, 20, 10]), ("m", 2, [50, 50]), ("m", 4, [25, 25, 25, 25])]
 
 
@@ -81,7 +82,7 @@ def test_paths_in_a_scenario_are_relative_to_its_folder(tmp_path, monkeypatch):
     whatever the working directory."""
     import os
 
-    scenario = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    scenario = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                             "scenarios", "validate-cpu.yaml")
     monkeypatch.chdir(tmp_path)
     s = load(scenario)

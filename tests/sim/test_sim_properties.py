@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.hardware import GpuSpec
-from sim.schemes import BUILTIN, SchemeSpec
-from sim.simulate import Job, simulate
+from sim.job import BUILTIN, SchemeSpec
+from sim.job import Job
+from sim.simulate import simulate
 from strategies import mesh_clusters, partitions, sim_models
 
 A100 = GpuSpec.preset("a100-80gb-sxm")

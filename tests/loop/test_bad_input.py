@@ -20,8 +20,7 @@ import pytest
 import yaml
 
 from sim.cli import main
-from test_ref_cli import LAUNCH, TORCHRUN, run
-from test_sim_cli import GOOD, ROOT, edit, run_cli
+from clitools import GOOD, LAUNCH, ROOT, TORCHRUN, edit, run, run_cli
 
 
 def one_error_line(proc) -> str:

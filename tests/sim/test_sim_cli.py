@@ -1,6 +1,5 @@
 """The command line: a good run writes the report files, plots and timelines, the same twice; the
 docs show the real help; the simulator runs without torch. Bad input: test_bad_input.py."""
-import copy
 import json
 import os
 import subprocess
@@ -9,37 +8,7 @@ import sys
 import yaml
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-GOOD = {
-    "name": "small",
-    "models": ["tiny-llama", "tiny-falcon"],
-    "hardware": {"gpu": "h100-sxm", "dtype": "bf16"},
-    "clusters": [
-        {"name": "fast", "kind": "uniform", "gpus": 4, "bandwidth_gb_per_s": 300, "latency_us": 5},
-        {"name": "split", "kind": "nonuniform", "gpus": 4, "switches": ["sw"],
-         "links": [{"mesh": [0, 1], "bandwidth_gb_per_s": 300}, {"mesh": [2, 3], "bandwidth_gb_per_s": 300},
-                   {"ends": [1, "sw"], "bandwidth_gb_per_s": 10, "latency_us": 20},
-                   {"ends": [2, "sw"], "bandwidth_gb_per_s": 10, "latency_us": 20}],
-         "background": [{"link": [1, "sw"], "on_us": 30, "off_us": 70}]},
-    ],
-    "workload": {"contexts": [64, 256], "gpus": [2, 4],
-                 "schemes": ["single", "tsp", "kvr-e", {"name": "kvr-4", "kind": "kvr",
-                                                       "partition": {256: [90, 70, 56, 40]}}]},
-}
-
-
-def run_cli(tmp_path, doc, *args):
-    path = tmp_path / "s.yaml"
-    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
-    return subprocess.run([sys.executable, "-m", "sim", str(path), "--no-progress", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-
-
-def edit(change):
-    doc = copy.deepcopy(GOOD)
-    change(doc)
-    return doc
+from clitools import ROOT, edit, run_cli
 
 
 def test_a_run_writes_every_output_and_is_deterministic(tmp_path):

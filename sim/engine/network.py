@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 
 import simpy
 
-from .cluster import ClusterSpec, Link
+from ..cluster import ClusterSpec, Link
 
 _DONE_REL = 1e-12  # a flow due within this fraction of the clock has finished (float rounding)
 
@@ -89,7 +89,7 @@ class Network:
     def route_latency_s(self, src: int, dst: int) -> float:
         return self._pair(src, dst)[1]
 
-    def transfer(self, moves: list[tuple[int, int, float]], latency: bool = True):
+    def transfer(self, moves: list[tuple[int, int, float]], *, latency: bool = True):
         """Process body: transfers that start now, each ``(src GPU, dst GPU, bytes)``; each waits its own
         route latency (unless ``latency`` is false: the rest of a message already under way), then flows.
         Returns each one's end time, in order (the process ends with the last)."""

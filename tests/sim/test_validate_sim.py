@@ -9,15 +9,18 @@ from sim.cluster import ClusterSpec
 from sim.hardware import GpuSpec
 from sim.model import ModelSpec
 from sim.report import rows
-from sim.schemes import BUILTIN
-from sim.simulate import Job, simulate
-from sim.validate import compare, cpu_cluster_sim, load_measured, mape
+from sim.job import BUILTIN
+from sim.job import Job
+from sim.simulate import simulate
+from sim.cost import CostModel
+from sim.engine.cpu_cluster import cpu_cluster_sim
+from sim.validation.measured import compare, load_measured, mape
 
 SPEC = ModelSpec.preset("tiny-llama").replace(num_layers=3)
 
 
 @dataclass(frozen=True)
-class Stub:
+class Stub(CostModel):
     """pre_attention and post_attention take fixed seconds; everything else is free."""
     pre: float = 0.0
     post: float = 0.0
@@ -86,7 +89,7 @@ def test_a_gloo_send_holds_its_rank_until_the_socket_buffer_holds_the_rest(monke
     """A gloo send returns once all but the socket buffer's bytes are delivered: with a buffer of a
     quarter chunk, rank 1's send over the 2 s link returns 1.5 s after it starts, and rank 1 leaves
     the all-gather then, not when its own (instant) receive is done."""
-    import sim.validate
+    import sim.engine.cpu_cluster
     from sim.cluster import LinkSpec
 
     chunk = 32 * SPEC.kv_bytes_per_token_per_layer("fp32")
@@ -94,11 +97,11 @@ def test_a_gloo_send_holds_its_rank_until_the_socket_buffer_holds_the_rest(monke
              LinkSpec(src=1, dst=0, bandwidth_bytes_per_s=chunk / 2, latency_s=0.0))
     j = job("tsp", Stub(post=1.0))
     j = Job(**{**j.__dict__, "cluster": ClusterSpec(name="n", num_gpus=2, links=links)})
-    monkeypatch.setattr(sim.validate, "SOCKET_BUFFER_BYTES", chunk / 4)
+    monkeypatch.setattr(sim.engine.cpu_cluster, "SOCKET_BUFFER_BYTES", chunk / 4)
     # Rank 1 leaves the gathers at 1.5, 4.5, 7.5 (each starts when rank 0 enters: 0, 3, 6) and
     # computes a second after each: 8.5; with the whole chunk buffered it was 7.0 (test above).
     assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(8.5)
-    monkeypatch.setattr(sim.validate, "SOCKET_BUFFER_BYTES", 2 * chunk)
+    monkeypatch.setattr(sim.engine.cpu_cluster, "SOCKET_BUFFER_BYTES", 2 * chunk)
     assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(7.0)
 
 

@@ -1,4 +1,4 @@
-"""A cost model from a measured profile (``python -m reference.profile``): the ``CostModel`` protocol
+"""A cost model from a measured profile (``python -m reference.measure.profile``): the ``CostModel`` questions
 answered by interpolating measured medians. Pure functions of the profile; no SimPy, no torch.
 
 - Linear parts (``embed``, ``pre_attention``, ``post_attention``, ``kv_copy``) are piecewise linear in
@@ -17,8 +17,8 @@ the profile its median ``speed_probe_s``. Each point is brought to that referenc
 times slower (a measured run's probe over the profile's); docs/validation.md, "Machine speed".
 
 Every question that falls outside the grid is counted in ``extrapolated`` (component -> count), which
-the validation report prints. ``held_out_errors`` predicts the grid points the profile flagged as held
-out from a model built without them.
+the validation report prints. ``sim/validation/held_out.py`` predicts the grid points the profile
+flagged as held out from a model built without them.
 
 Profile schema: docs/validation.md. Reference: Vidur (Agrawal et al., MLSys 2024), which interpolates
 profiled operator times the same way.
@@ -31,12 +31,12 @@ import json
 import math
 import os
 import statistics
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .model import ModelSpec
+from ..model import ModelSpec
+from . import CostModel, layer_extra_s
 
 LINEAR_PARTS = ("embed", "pre_attention", "post_attention", "kv_copy")
 
@@ -66,7 +66,7 @@ def _clamped(xs: list[float], x: float) -> tuple[int, float, bool]:
 
 
 @dataclass(frozen=True, eq=False)
-class ProfileCost:
+class ProfileCost(CostModel):
     """The CostModel protocol (sim/cost.py) from a profile dict, fitted on the grid points that are not
     held out (those only test it)."""
 
@@ -272,8 +272,6 @@ class ProfileCost:
     def layer_s(self, tokens: int, keys: int) -> float:
         """One decoder layer as the simulator runs it: its parts (the cache's copy where it has a past)
         padded to the host floor."""
-        from .cost import layer_extra_s
-
         past = keys > tokens
         parts = (self.pre_attention_s(tokens) + self.attention_s(tokens, keys, 0) + self.post_attention_s(tokens)
                  + (self.kv_copy_s(keys) if past else 0.0))
@@ -282,73 +280,3 @@ class ProfileCost:
     def forward_s(self, tokens: int, keys: int) -> float:
         """A whole forward of a chunk (the ``forward`` points: embedding and every layer, no head)."""
         return self.embed_s(tokens) + self.model.num_layers * self.layer_s(tokens, keys)
-
-
-def held_out_errors(profile: Mapping[str, Any]) -> list[tuple[str, str, float, float]]:
-    """(component, point, measured s, predicted s) for every held-out grid point (the model never
-    fits them); and the whole-layer checks against the sum of the parts."""
-    # Each point is compared at the profile's reference speed; the parts and layers with the model as
-    # fitted on the parts (they are timed alike), the whole forwards also with the forward calibration.
-    fit = ProfileCost(profile, calibrated=False)
-    out = []
-    comps = profile["components"]
-    for name in LINEAR_PARTS:
-        for e in comps[name]:
-            if e.get("held_out"):
-                out.append((name, f"t={e['tokens']}", fit.seconds(e), getattr(fit, f"{name}_s")(e["tokens"])))
-    for e in comps["attention"]:
-        if e.get("held_out"):
-            out.append(("attention", f"c={e['queries']} k={e['keys']}", fit.seconds(e),
-                        fit.attention_s(e["queries"], e["keys"], 0)))
-    for e in comps.get("layer", []):
-        out.append(("layer (parts, floor)", f"t={e['tokens']} k={e['keys']}", fit.seconds(e),
-                    fit.layer_s(e["tokens"], e["keys"])))
-    calibrated = ProfileCost(profile)
-    for e in comps.get("forward", []) if profile.get("device_type") == "cuda" else []:
-        if e.get("held_out"):
-            point = f"t={e['tokens']} k={e['keys']}"
-            out.append(("forward, calibrated", point, fit.seconds(e), calibrated.forward_s(e["tokens"], e["keys"])))
-            out.append(("forward, uncalibrated", point, fit.seconds(e), fit.forward_s(e["tokens"], e["keys"])))
-    return out
-
-
-def held_out_report(path: str) -> str:
-    """The text ``python -m sim.profile PROFILE`` prints."""
-    cost = ProfileCost.load(path)
-    p = cost.profile
-    lines = [f"profile {path}: {p['model']['name']} {p['dtype']} on {p['device']}, torch {p['torch_version']}, "
-             f"{p['timestamp_utc']}, {p['repeat']} samples a point (median)",
-             f"{'component':<22}{'point':<18}{'measured ms':>12}{'predicted ms':>14}{'error':>9}"]
-    errors = {}
-    for name, point, measured, predicted in held_out_errors(p):
-        err = (predicted - measured) / measured
-        errors.setdefault(name, []).append(abs(err))
-        lines.append(f"{name:<22}{point:<18}{measured * 1e3:>12.3f}{predicted * 1e3:>14.3f}{err * 100:>8.1f}%")
-    for name, errs in errors.items():
-        lines.append(f"mean absolute error, {name}: {100 * sum(errs) / len(errs):.1f}% over {len(errs)} points")
-    for e in p["components"].get("forward", []):
-        if not e.get("held_out"):
-            lines.append(f"forward factor at t={e['tokens']}: {cost.forward_factor(e['tokens']):.3f}")
-    for e in p["components"].get("forward", []):
-        if e.get("host_s") is not None:
-            lines.append(f"host floor per layer, t={e['tokens']} k={e['keys']}: {e['host_s'] * 1e3:.3f} ms")
-    return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m sim.profile PROFILE.json...``: how well each profile predicts its held-out points."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: python -m sim.profile PROFILE.json [...]\n\n" + (main.__doc__ or ""))
-        return 0 if argv else 2
-    try:
-        for path in argv:
-            sys.stdout.write(held_out_report(path))
-    except (ProfileError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -18,8 +18,9 @@ import glob
 import json
 from dataclasses import dataclass
 
-from .schemes import SchemeSpec
-from .simulate import Job, simulate
+from ..job import Job, SchemeSpec
+from ..partition.plan import plan
+from ..simulate import simulate
 
 
 class ReplayError(ValueError):
@@ -47,8 +48,6 @@ class ReplayRow:
 def replay_jobs(scenario) -> list[tuple[Job, tuple[int, ...]]]:
     """The scenario's distinct ``tsp``/``kvr`` jobs as (job, chunks); a job per (model, scheme, P, C,
     partition): clusters change the compute of no rank, only a searched partition (``kvr-s``)."""
-    from .partition import plan
-
     seen, out = set(), []
     for job in scenario.jobs():
         if job.scheme.kind not in ("tsp", "kvr"):
@@ -111,7 +110,7 @@ def compare(scenario, entries: list[dict]) -> list[ReplayRow]:
     return rows
 
 
-def mape(rows: list[ReplayRow], unadjusted: bool = False) -> float:
+def mape(rows: list[ReplayRow], *, unadjusted: bool = False) -> float:
     """Mean absolute error; ``unadjusted``: of the simulation without the host probe, where there is one."""
     sim = lambda r: r.unadjusted_s if unadjusted and r.unadjusted_s is not None else r.simulated_s  # noqa: E731
     return sum(abs(sim(r) - r.measured_s) / r.measured_s for r in rows) / len(rows)
@@ -148,7 +147,7 @@ def text(rows: list[ReplayRow]) -> str:
 def plot(rows: list[ReplayRow], title: str, path: str) -> None:
     """Each replayed rank's simulated against measured compute (log axes), one marker per scheme, one
     colour per model."""
-    from .validate import scatter_plot
+    from .plots import scatter_plot
 
     points = [(r.scheme, r.model, r.measured_s * 1e3, r.simulated_s * 1e3) for r in rows]
     scatter_plot(points, f"{title} per-rank replays: MAPE {mape(rows) * 100:.1f}% over {len(rows)} ranks",
@@ -156,19 +155,19 @@ def plot(rows: list[ReplayRow], title: str, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sim.replay SCENARIO.yaml RESULTS.json...``: the per-rank table and MAPE."""
+    """``python -m sim.validation.replay SCENARIO.yaml RESULTS.json...``: the per-rank table and MAPE."""
     import sys
 
-    from .scenario import load as load_scenario
+    from ..scenario import load as load_scenario
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) < 2:
-        print("usage: python -m sim.replay SCENARIO.yaml RESULTS.json...", file=sys.stderr)
+        print("usage: python -m sim.validation.replay SCENARIO.yaml RESULTS.json...", file=sys.stderr)
         return 2
     try:
         print(text(compare(load_scenario(argv[0]), load(argv[1:]))))
     except ValueError as e:
-        print(f"sim.replay: error: {e}", file=sys.stderr)
+        print(f"sim.validation.replay: error: {e}", file=sys.stderr)
         return 2
     return 0
 

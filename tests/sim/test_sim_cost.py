@@ -2,12 +2,14 @@
 import pytest
 
 from sim.cluster import ClusterSpec
-from sim.cost import AnalyticCost, causal_pairs, gemm_s, memory_op_s, roofline_s
+from sim.cost import causal_pairs
+from sim.cost.analytic import AnalyticCost, gemm_s, memory_op_s, roofline_s
 from sim.hardware import GPU_PRESETS, GpuSpec, HardwareError
 from sim.model import ModelSpec
 from sim.partition import PartitionError, even, from_fractions
-from sim.schemes import BUILTIN, SchemeSpec
-from sim.simulate import Job, simulate
+from sim.job import BUILTIN, SchemeSpec
+from sim.job import Job
+from sim.simulate import simulate
 
 A100 = GpuSpec.preset("a100-80gb-sxm")
 

@@ -1,27 +1,20 @@
-"""The cost model: how long each operation of a prefill takes on one GPU. Pure functions, no SimPy.
+"""The analytic cost model: how long each operation of a prefill takes on one GPU. Pure functions.
 
 Every op takes ``max(FLOPs / (peak * eff_op), bytes / (HBM * eff_mem)) + launch overhead`` (a roofline
 with a fixed launch cost). Formulas are written out in docs/cost_model.md. References: the roofline
 model (Williams et al., 2009); FlashAttention's FLOP count (4 * pairs * heads * head_dim); Vidur's
 split of "what happens" (the schemes) from "how long it takes" (this module).
 
-The schemes ask a ``CostModel`` for four per-rank quantities and two one-off ones; ``AnalyticCost``
-answers from shapes and a ``GpuSpec``. A measured profile can later answer the same questions.
+``AnalyticCost`` answers the ``CostModel`` questions (``sim/cost/__init__.py``) from shapes and a
+``GpuSpec``; ``sim/cost/profiled.py`` answers them from a measured profile.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
-from .hardware import GpuSpec
-from .model import ModelSpec, dtype_bytes
-
-
-def causal_pairs(queries: int, keys: int) -> float:
-    """Query-key pairs computed when ``queries`` queries (the last ones) attend to ``keys`` keys with a
-    causal mask aligned at the bottom right: q * (k - q) + q * (q + 1) / 2."""
-    assert 1 <= queries <= keys, (queries, keys)
-    return queries * (keys - queries) + queries * (queries + 1) / 2
+from ..hardware import GpuSpec
+from ..model import ModelSpec, dtype_bytes
+from . import CostModel
 
 
 def roofline_s(gpu: GpuSpec, flops: float, nbytes: float, efficiency: float, launches: int = 1) -> float:
@@ -49,47 +42,8 @@ def attention_s(gpu: GpuSpec, spec: ModelSpec, queries: int, keys: int, pairs: f
     return roofline_s(gpu, flops, nbytes, gpu.attention_efficiency)
 
 
-class CostModel(Protocol):
-    """What the schemes ask. Times in seconds; ``tokens`` is a rank's chunk length."""
-
-    def embed_s(self, tokens: int) -> float: ...
-    def pre_attention_s(self, tokens: int) -> float: ...
-    def kv_copy_s(self, tokens: int) -> float: ...
-    def attention_s(self, queries: int, keys: int, pairs: float) -> float: ...
-    def post_attention_s(self, tokens: int) -> float: ...
-    def head_s(self) -> float: ...
-    # Optional: layer_floor_s(tokens, past: bool) -> float, the least time one decoder layer of a
-    # ``tokens``-token chunk takes however little it computes (a GPU whose host cannot issue kernels
-    # faster); 0 when absent. Optional: forward_factor(tokens) -> float, how much longer a layer takes
-    # inside a whole forward than that; 1 when absent. See ``layer_extras``.
-
-
-def layer_extras(cost: "CostModel", *layer_parts_s: float, tokens: float,
-                 past: bool = False) -> list[tuple[str, float]]:
-    """The ("host", s) and ("calibration", s) pieces a layer of a ``tokens``-token chunk adds to its
-    parts, where not zero; a scheme appends them to the layer's compute.
-
-    Host wait: where the parts sum to less than the cost model's per-layer floor
-    (``layer_floor_s(tokens, past)``: the host's time to issue one layer, with or without a past to
-    attend to), the layer waits for the host. A GPU runs small chunks at the rate its host issues
-    their work, which the separately timed parts do not show (docs/validation.md, "Host-bound layers").
-    Calibration: a layer inside a whole forward takes ``forward_factor(tokens)`` times that
-    (docs/validation.md, "Forward calibration")."""
-    parts = sum(layer_parts_s)
-    floor = getattr(cost, "layer_floor_s", None)
-    factor = getattr(cost, "forward_factor", None)
-    wait = max(0.0, (floor(tokens, past) if floor else 0.0) - parts)
-    calibration = (parts + wait) * ((factor(tokens) if factor else 1.0) - 1.0)
-    return [(op, s) for op, s in (("host", wait), ("calibration", calibration)) if s != 0.0]
-
-
-def layer_extra_s(cost: "CostModel", *layer_parts_s: float, tokens: float, past: bool = False) -> float:
-    """Seconds a layer adds to its parts: the ``layer_extras`` pieces, summed."""
-    return sum(s for _, s in layer_extras(cost, *layer_parts_s, tokens=tokens, past=past))
-
-
 @dataclass(frozen=True)
-class AnalyticCost:
+class AnalyticCost(CostModel):
     """The roofline cost model of one decoder layer and the head, from shapes and a GPU."""
 
     spec: ModelSpec

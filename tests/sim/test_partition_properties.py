@@ -8,12 +8,14 @@ from hypothesis import strategies as st
 from sim.cluster import BackgroundFlow, ClusterSpec
 from sim.hardware import GpuSpec
 from sim.model import ModelSpec
-from sim.partition import even, plan, round_fractions
+from sim.partition import even, round_fractions
+from sim.partition.plan import plan
 from sim.partition.chain import chain_ttft_s, exact_for
 from sim.partition.search import balanced, layer_compute_s, search_job, simulator_oracle
 from sim.partition.table import interpolate, predict
-from sim.schemes import BUILTIN, SchemeSpec
-from sim.simulate import Job, simulate
+from sim.job import BUILTIN, SchemeSpec
+from sim.job import Job
+from sim.simulate import simulate
 from strategies import mesh_clusters, partitions, sim_models
 
 A100 = GpuSpec.preset("a100-80gb-sxm")

@@ -15,7 +15,7 @@ import yaml
 from reference.netcluster import namespaces_available
 from sim.cli import main as sim_main
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def loop(tmp_path_factory):
     d = tmp_path_factory.mktemp("loop")
     shaped, _ = namespaces_available()
     profile = d / "tiny.json"
-    subprocess.run([sys.executable, "-m", "reference.profile", "--model", "tiny-llama", "--grid", "small",
+    subprocess.run([sys.executable, "-m", "reference.measure.profile", "--model", "tiny-llama", "--grid", "small",
                     "--repeat", "3", "--warmup", "1", "--out", str(profile)], check=True, cwd=REPO,
                    capture_output=True, timeout=120)
     scenario = {
@@ -37,7 +37,7 @@ def loop(tmp_path_factory):
     }
     path = d / "loop.yaml"
     path.write_text(yaml.safe_dump(scenario))
-    run = subprocess.run([sys.executable, "-m", "reference.validate_cluster", str(path), "--out-dir",
+    run = subprocess.run([sys.executable, "-m", "reference.measure.cluster", str(path), "--out-dir",
                           str(d / "results"), "--rounds", "1", "--warmup", "1", "--repeat", "2"],
                          cwd=REPO, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-2000:]

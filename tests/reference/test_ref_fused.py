@@ -1,6 +1,6 @@
 """The CUDA-only fused (torch.compile) paths trace as one graph and compute what the eager code does.
 
-On GPUs ``reference.layers.cuda_fused`` compiles these functions; CI has no GPU, so this compiles the
+On GPUs ``reference.cuda_fused`` compiles these functions; CI has no GPU, so this compiles the
 same functions for the CPU, which proves they trace with ``fullgraph=True`` and dynamic shapes, and
 compares them with the eager result.
 """
@@ -15,7 +15,8 @@ def test_fused_functions_trace_and_match_eager():
         x = torch.randn(1, t, 64)
         w = torch.randn(64)
         q = torch.randn(1, 4, t, 16)
-        cos, sin = rotary_cos_sin(5, t, 16, 10000.0, torch.float32, torch.device("cpu"))
+        cos, sin = rotary_cos_sin(5, t, head_dim=16, theta=10000.0, dtype=torch.float32,
+                                  device=torch.device("cpu"))
         for fn, args in ((rms_norm, (x, w, 1e-5)), (silu_mul, (x, x.flip(-1))),
                          (apply_rotary, (q, cos, sin))):
             eager = fn.__wrapped__
@@ -29,7 +30,7 @@ def test_attention_merge_traces_and_matches_attention_over_all_keys():
     union of their keys."""
     import math
 
-    from reference.fast_attention import merge_partials
+    from reference.chunk_attention import merge_partials
 
     g = torch.Generator().manual_seed(0)
     q, k, v = torch.randn(1, 2, 5, 8, generator=g), torch.randn(1, 2, 9, 8, generator=g), torch.randn(1, 2, 9, 8, generator=g)

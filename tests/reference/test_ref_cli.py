@@ -8,28 +8,17 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
-for _k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-    ENV.pop(_k, None)
-LAUNCH = [sys.executable, "-m", "reference.launch"]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-
+from clitools import ENV, LAUNCH, ROOT, TORCHRUN, run
 
 RESULT_FIELDS = {
     "schema_version", "model", "model_arg", "model_source", "scheme", "partition", "world_size", "context",
     "dtype", "backend", "device", "torch_version", "nccl_version", "link", "seed", "input_ids_file", "warmup",
     "repeat", "ttft_s", "ttft_median_s", "first_token_id", "generated_ids", "layer_times_s", "host",
     "timestamp_utc"}
-
-
-def run(cmd, env=None, timeout=120):
-    return subprocess.run(cmd, cwd=ROOT, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=timeout)
 
 
 def test_kvr_run_over_torchrun_writes_results(tmp_path):

@@ -5,7 +5,7 @@ prefilling the whole prompt.
 Tolerance: max absolute difference <= 1e-5 in fp32 (observed ~3e-7: only the floating-point order of
 the chunked matrix products differs).
 
-Two paths run the same scheme code (reference.testing.run_example): real torch.distributed gloo
+Two paths run the same scheme code (refsupport.run_example): real torch.distributed gloo
 processes (a pool of 4 started once for this module, subgroups for world sizes 1..3), and threads of
 this process joined by an in-process transport, which affords more examples. The parallel side runs
 with or without fused GEMMs (``fuse_()``, as the launcher times it); the single side is unfused.
@@ -19,8 +19,8 @@ from hypothesis import given, settings
 
 from reference.checkpoint import random_model
 from reference.schemes import prefill
-from reference.testing import GlooPool, run_example
 from reference.transport import run_in_threads
+from refsupport import GlooPool, run_example
 from sim.model import ModelSpec
 from strategies import prefill_examples
 

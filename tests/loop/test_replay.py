@@ -1,12 +1,13 @@
-"""Per-rank replays (reference/replay.py) and their comparison with the simulator (sim/replay.py):
-a tiny model at a tiny context runs every rank, and every rank gets a finite error."""
+"""Per-rank replays (reference/measure/replay.py) and their comparison with the simulator
+(sim/validation/replay.py): a tiny model at a tiny context runs every rank, and every rank gets a
+finite error."""
 import json
 import math
 
 import pytest
 
-from reference.replay import main as replay_main
-from sim import replay
+from reference.measure.replay import main as replay_main
+from sim.validation import replay
 from sim.scenario import load
 
 SCENARIO = """\

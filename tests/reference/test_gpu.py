@@ -3,14 +3,14 @@
 - ``chunk_attention`` (cuDNN with the log-sum-exp merge, or flash/SDPA) against an fp32 reference, for
   MHA, GQA and MQA, square and chunk-with-past shapes, and that the cuDNN path really is taken;
 - the torch.compile-fused norm, rotary and SiLU*up against their eager code on CUDA tensors;
-- CUDA graphs of the layers' halves (``reference.graphs``) against the eager forward: the same logits
-  and KV-cache, no cache aliasing the graphs' buffers, recapture when weights move, the shape cache's
-  bound, and kvr/tsp with some ranks graphed and some eager;
+- CUDA graphs of the layers' halves (``reference.cuda_graphs``) against the eager forward: the same
+  logits and KV-cache, no cache aliasing the graphs' buffers, recapture when weights move, the shape
+  cache's bound, and kvr/tsp with some ranks graphed and some eager;
 - the KV-Runahead chain and TSP on CUDA (ranks are threads of this process on one GPU, joined by the
   in-process transport) against a single-process prefill on CUDA: fp32 to 1e-4, and bf16 with fused
   GEMMs and compiled kernels to a bf16 tolerance;
 - our models against transformers on CUDA in bf16;
-- the CUDA paths of ``reference.bench``, ``reference.profile`` and ``reference.replay`` end to end on a
+- the CUDA paths of ``reference.measure.bench``, ``.profile`` and ``.replay`` end to end on a
   tiny model.
 """
 from __future__ import annotations
@@ -42,14 +42,14 @@ def _reference_attention(q, k, v):
 @pytest.mark.parametrize("c, n", [(128, 128), (64, 320), (1, 97), (200, 1000), (333, 333), (600, 1500),
                                   (1024, 1536)])
 def test_chunk_attention_matches_fp32_reference(dtype, heads, c, n):
-    from reference import fast_attention
+    import reference.chunk_attention as ca
 
     nh, nkv = heads
     g = torch.Generator(device="cuda").manual_seed(c * 1000 + n)
     q = torch.randn(1, nh, c, 128, device="cuda", dtype=dtype, generator=g)
     k = torch.randn(1, nkv, n, 128, device="cuda", dtype=dtype, generator=g)
     v = torch.randn(1, nkv, n, 128, device="cuda", dtype=dtype, generator=g)
-    got = fast_attention.chunk_attention(q, k, v)
+    got = ca.chunk_attention(q, k, v)
     assert got.shape == q.shape and got.dtype == dtype
     torch.testing.assert_close(got.float(), _reference_attention(q, k, v), atol=2e-2, rtol=2e-2)
 
@@ -58,21 +58,21 @@ def test_chunk_attention_takes_the_cudnn_path_in_bf16(monkeypatch):
     """The speed claim rests on cuDNN: a refused shape would fall back silently, so check it is used:
     one call without a past, two (the split) for a chunk of more than FLASH_MAX_CHUNK with a past, none
     (one flash call) for a smaller chunk with a past."""
-    from reference import fast_attention
+    import reference.chunk_attention as ca
 
     if not torch.backends.cudnn.is_available():
         pytest.skip("no cuDNN")
     calls = []
-    real = fast_attention._cudnn
-    monkeypatch.setattr(fast_attention, "_cudnn", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    small, big = fast_attention.FLASH_MAX_CHUNK, fast_attention.FLASH_MAX_CHUNK + 128
+    real = ca._cudnn
+    monkeypatch.setattr(ca, "_cudnn", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    small, big = ca.FLASH_MAX_CHUNK, ca.FLASH_MAX_CHUNK + 128
     for c, n, expected in [(big, big, 1), (big, big + 512, 2), (small, small + 512, 0)]:
         calls.clear()
         q = torch.randn(1, 32, c, 128, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(1, 1, n, 128, device="cuda", dtype=torch.bfloat16)
-        fast_attention.chunk_attention(q, k, k)
+        ca.chunk_attention(q, k, k)
         assert len(calls) == expected, (c, n, len(calls))
-    assert fast_attention._use_cudnn(q), "cuDNN attention was refused for a head dim of 128 in bf16"
+    assert ca._use_cudnn(q), "cuDNN attention was refused for a head dim of 128 in bf16"
 
 
 def test_compiled_elementwise_kernels_match_eager_on_cuda():
@@ -83,14 +83,15 @@ def test_compiled_elementwise_kernels_match_eager_on_cuda():
         x = torch.randn(1, t, 256, device="cuda", dtype=torch.bfloat16)
         w = torch.randn(256, device="cuda", dtype=torch.bfloat16)
         q = torch.randn(1, 4, t, 64, device="cuda", dtype=torch.bfloat16)
-        cos, sin = rotary_cos_sin(9, t, 64, 10000.0, torch.bfloat16, torch.device("cuda"))
+        cos, sin = rotary_cos_sin(9, t, head_dim=64, theta=10000.0, dtype=torch.bfloat16,
+                                  device=torch.device("cuda"))
         for fn, args in ((rms_norm, (x, w, 1e-5)), (silu_mul, (x, x.flip(-1))), (apply_rotary, (q, cos, sin))):
             torch.testing.assert_close(fn(*args).float(), fn.__wrapped__(*args).float(), atol=2e-2, rtol=2e-2)
 
 
 def _same_as_single(task: dict, tol: float) -> None:
-    from reference.testing import run_example
     from reference.transport import run_in_threads
+    from refsupport import run_example
 
     # The single-process reference first: it also compiles the fused kernels before threads use them.
     want = run_example({**task, "scheme": "single", "chunks": [len(task["ids"])], "fuse": False}, None)
@@ -138,8 +139,8 @@ def test_cuda_graphs_match_the_eager_forward(name, dtype, monkeypatch):
 
 def test_cuda_graph_caches_own_their_memory_and_weights_are_tracked():
     from reference.checkpoint import random_model
+    from reference.cuda_graphs import KEEP
     from reference.schemes.single import prefill
-    from reference.graphs import KEEP
     from sim.model import ModelSpec
 
     spec = ModelSpec.preset("tiny-llama-gqa").replace(head_dim=64)
@@ -204,7 +205,7 @@ def test_models_match_transformers_on_cuda_bf16(tmp_path, name):
     """A transformers model saved with save_pretrained, loaded by our checkpoint loader onto the GPU in
     bf16 and fused: the same last-position logits as transformers' own bf16 forward on the GPU."""
     transformers = pytest.importorskip("transformers")
-    from reference.bench import hf_config
+    from reference.measure.bench import hf_config
     from reference.checkpoint import load_checkpoint
     from reference.schemes.single import prefill
     from sim.model import ModelSpec
@@ -223,9 +224,9 @@ def test_models_match_transformers_on_cuda_bf16(tmp_path, name):
 
 
 def test_bench_profile_and_replay_run_on_cuda(tmp_path):
-    from reference.bench import main as bench_main
-    from reference.profile import main as profile_main
-    from reference.replay import main as replay_main
+    from reference.measure.bench import main as bench_main
+    from reference.measure.profile import main as profile_main
+    from reference.measure.replay import main as replay_main
 
     out = tmp_path / "bench.json"
     assert bench_main(["--models", "tiny-llama-gqa,tiny-falcon", "--dtypes", "bf16", "--contexts", "256,512",

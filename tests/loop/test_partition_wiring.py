@@ -129,9 +129,8 @@ def test_timeline_of_a_predicted_partition_needs_its_table_entry(capsys):
 def test_a_bad_gpu_order_is_refused():
     import dataclasses
 
-    from sim.partition import plan
-    from sim.schemes import BUILTIN
-    from sim.simulate import Job
+    from sim.job import BUILTIN, Job
+    from sim.partition.plan import plan
 
     s = parse(doc(["kvr-e"]))
     job = Job(model=s.models[0], gpu=s.gpu, dtype="fp16", cluster=s.clusters[0], scheme=BUILTIN["kvr-e"], context=100,
@@ -146,8 +145,8 @@ def test_tsp_ring_follows_the_gpu_order():
 
     from sim.cluster import ClusterSpec, LinkSpec
     from sim.model import ModelSpec
-    from sim.schemes import BUILTIN
-    from sim.simulate import Job, simulate
+    from sim.job import BUILTIN, Job
+    from sim.simulate import simulate
 
     links = tuple(LinkSpec(src=a, dst=b, bandwidth_bytes_per_s=1e9 if {a, b} == {1, 2} else 1e11, latency_s=0.0)
                   for a in range(4) for b in range(4) if a != b)

@@ -15,11 +15,10 @@ import time
 import pytest
 
 from reference.netcluster import (LinkSpec, NetClusterError, NoiseFlow, ShapedCluster, cleanup_stale,
-                                  from_cluster_spec,
-                                  link_matrix, namespaces_available, our_namespaces, parse_bandwidth,
-                                  parse_duration, scale_links)
-from reference.netcluster_cli import main as cli_main
-from reference.netcluster_probe import format_probe, probe, socket_held_bytes
+                                  from_cluster_spec, link_matrix, namespaces_available, our_namespaces,
+                                  parse_bandwidth, parse_duration, scale_links)
+from reference.netcluster.__main__ import main as cli_main
+from reference.netcluster.probe import format_probe, probe, socket_held_bytes
 
 _OK, _WHY = namespaces_available()
 needs_netns = pytest.mark.skipif(not _OK, reason=f"network namespaces unavailable: {_WHY}")

@@ -1,0 +1,56 @@
+"""The planner: what a job runs, its chunks and the cluster GPU of each rank (a ``Plan``).
+
+- A scheme's own partition: ``single`` the whole context; ``tsp`` and ``kvr-e`` the even split;
+  an explicit ``kvr`` partition its fractions or tokens.
+- ``kvr-s``: searched for the job (``search.py``); ``kvr-p``: predicted from a lookup table
+  (``table.py``). Both are cached per job and cost model.
+- The order: ``order.order_for`` (pinned, given, or chosen from the topology).
+
+The planner asks the engine for TTFTs of candidate plans (``search.simulator_oracle``); the engine
+never asks the planner. ``sim.simulate.simulate(job)`` is ``run(job, plan(job))``.
+"""
+from __future__ import annotations
+
+from ..job import JOB_PARTITIONERS
+from . import Plan, even, from_fractions
+from .order import order_for
+from .search import search_job
+from .table import predict_job
+
+
+def plan(job) -> Plan:
+    """The chunks and rank -> GPU mapping of ``job`` (a ``sim.job.Job``)."""
+    scheme = job.scheme
+    if scheme.kind == "kvr" and scheme.partitioner in JOB_PARTITIONERS and scheme.pinned_gpus is None:
+        return _cached_plan(job)
+    chunks = fixed_chunks(scheme, job.context, job.num_gpus)
+    return Plan(tuple(chunks), order_for(job, chunks))
+
+
+def fixed_chunks(scheme, context: int, num_gpus: int) -> list[int]:
+    """Tokens per rank of a scheme whose partition does not depend on the job's hardware."""
+    if scheme.kind == "single":
+        return [context]
+    assert scheme.runs_at(context, num_gpus), f"{scheme.name} has no partition for {num_gpus} GPUs, C={context}"
+    if scheme.fractions is not None:
+        return from_fractions(context, scheme.fractions)
+    if scheme.tokens:
+        return list(dict(scheme.tokens)[context])
+    return even(context, num_gpus)
+
+
+_PLANS: dict = {}
+
+
+def _cached_plan(job) -> Plan:
+    # A job's cost_model is left out of its hash and equality, so it is part of the key here (the
+    # value keeps it alive, so its id is not reused).
+    key = (job, id(job.cost_model))
+    if key not in _PLANS:
+        if job.scheme.partitioner == "kvr-s":
+            result, gpus = search_job(job)
+            planned = Plan(result.chunks, gpus)
+        else:
+            planned = predict_job(job)
+        _PLANS[key] = (planned, job.cost_model)
+    return _PLANS[key][0]
