@@ -150,7 +150,7 @@ def load_checkpoint(folder: str, spec: ModelSpec | None = None, device: torch.de
         if not os.path.exists(path):
             raise CheckpointError(f"{folder}: shard {os.path.basename(path)} is missing")
         try:
-            _load_file(path, folder, spec, params, table, filled, device)
+            _load_file(path, folder=folder, spec=spec, params=params, table=table, filled=filled, device=device)
         except SafetensorError as e:  # a damaged or truncated file: one line, not the library's traceback
             raise CheckpointError(f"{path}: not a readable safetensors file ({' '.join(str(e).split())})") from None
     reverse = {ours: hf for hf, ours in table.items()}
@@ -163,7 +163,7 @@ def load_checkpoint(folder: str, spec: ModelSpec | None = None, device: torch.de
     return model
 
 
-def _load_file(path: str, folder: str, spec: ModelSpec, params: dict, table: Mapping[str, str],
+def _load_file(path: str, *, folder: str, spec: ModelSpec, params: dict, table: Mapping[str, str],
                filled: dict[str, str], device) -> None:
     """Copy the tensors of one safetensors file into ``params``, checking each key and shape."""
     from safetensors import safe_open

@@ -3,10 +3,10 @@ forward pass (embedding, layers, final norm and LM head).
 
 A layer is ``pre`` (input norm(s), the QKV projection, rotary on Q and K), then the KV-cache hook
 (``cache.update``: where the parallel schemes communicate), then the attention, then ``post`` (output
-projection, MLP, residual adds). ``pre`` and ``post`` touch no cache and no other rank, so on CUDA they
-can be replayed as CUDA graphs (``reference/graphs.py``) while the cache hook and the attention, whose
-shapes depend on the past, run as they are. The split is also the simulator's: ``pre_attention``,
-``kv_copy``, ``attention``, ``post_attention`` (docs/cost_model.md).
+projection, MLP, residual adds). ``pre`` and ``post`` touch no cache and no other rank, so on CUDA
+they can be replayed as CUDA graphs (``reference/cuda_graphs.py``) while the cache hook and the
+attention, whose shapes depend on the past, run as they are. The split is also the simulator's:
+``pre_attention``, ``kv_copy``, ``attention``, ``post_attention`` (docs/cost_model.md).
 
 Shapes: B batch, T tokens of this call, S tokens in the cache after it, H hidden, nh query heads,
 nkv KV heads, hd head dim, V vocabulary.
@@ -58,14 +58,14 @@ class DecoderLM(nn.Module):
     def hidden(self, input_ids: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
         """input_ids (B, T) at positions start_pos .. start_pos + T - 1 -> last layer's output (B, T, H).
 
-        On CUDA, chunks of at most ``reference.graphs.max_tokens()`` tokens run every layer's ``pre``
-        and ``post`` as CUDA graphs (one launch each instead of a dozen kernels and the Python around
-        them); the results are the same as the eager path's."""
-        from reference.graphs import layer_graphs
+        On CUDA, chunks of at most ``reference.cuda_graphs.max_tokens()`` tokens run every layer's
+        ``pre`` and ``post`` as CUDA graphs (one launch each instead of a dozen kernels and the Python
+        around them); the results are the same as the eager path's."""
+        from reference.cuda_graphs import layer_graphs
 
         x = self.tok_embeddings(input_ids)                              # (B, T, H)
-        cos, sin = rotary_cos_sin(start_pos, input_ids.shape[1], self.spec.head_dim,
-                                  self.spec.rope_theta, x.dtype, x.device)
+        cos, sin = rotary_cos_sin(start_pos, input_ids.shape[1], head_dim=self.spec.head_dim,
+                                  theta=self.spec.rope_theta, dtype=x.dtype, device=x.device)
         graphs = layer_graphs(self, x, cos, sin)
         if graphs is not None:
             return graphs.run(x, cos, sin, cache)

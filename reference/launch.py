@@ -6,7 +6,7 @@
 Also runs without torchrun as one process (world size 1). Flags, the TTFT method and the results
 schema: docs/reference.md. Bad input is one line on stderr (rank 0) and exit code 2; a failed peer or
 collective is one line and exit code 1. This module checks the input without importing torch (which
-takes seconds), so user errors answer at once; ``reference/measure.py`` does the rest.
+takes seconds), so user errors answer at once; ``reference/timed_prefill.py`` does the rest.
 """
 from __future__ import annotations
 
@@ -103,7 +103,8 @@ def validate(args: argparse.Namespace, world: int) -> tuple[list[int], list[int]
         check_file_writable(args.out, "--out")
     spec = ModelSpec.resolve(args.model)
     ids = _prompt(args, spec)
-    return ids, parse_partition(_sim_partition(args, len(ids), world), args.scheme, len(ids), world)
+    text = _sim_partition(args, len(ids), world)
+    return ids, parse_partition(text, args.scheme, context=len(ids), world_size=world)
 
 
 def _sim_partition(args: argparse.Namespace, context: int, world: int) -> str:
@@ -161,10 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         ids, chunks = validate(args, world)
     except ValueError as e:
         return fail(str(e), 2)
-    from reference.measure import is_comm_failure, measure  # torch: only once the input is good
+    from reference.timed_prefill import is_comm_failure, measure  # torch: only once the input is good
 
     try:
-        results = measure(args, rank, world, local_rank, local_world, ids, chunks, say)
+        results = measure(args, rank=rank, world=world, local_rank=local_rank, local_world=local_world,
+                          ids=ids, chunks=chunks, say=say)
     except ValueError as e:  # a checkpoint that does not fit its config, a missing GPU
         return fail(str(e), 2)
     except RuntimeError as e:

@@ -2,7 +2,7 @@
 
 References: Hugging Face ``LlamaRMSNorm`` / ``LlamaRotaryEmbedding`` / ``rotate_half`` (the NeoX
 rotate-half convention that HF Llama and Falcon checkpoints are stored for); gpt-fast ``model.py``;
-``reference/fast_attention.py`` (the attention kernel choice).
+``reference/chunk_attention.py`` (the attention kernel choice).
 
 Shapes: B batch, T query tokens (this call), S key tokens (cache so far, T of them new),
 nh query heads, nkv KV heads, hd head dim, H hidden.
@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from reference.fast_attention import chunk_attention
-from reference.fusion import cuda_fused
+from reference.chunk_attention import chunk_attention
+from reference.cuda_fused import cuda_fused
 
 
 @cuda_fused
@@ -48,7 +48,7 @@ def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
     return RMSNorm(dim, eps) if kind == "rmsnorm" else nn.LayerNorm(dim, eps=eps)
 
 
-def rotary_cos_sin(start_pos: int, num_tokens: int, head_dim: int, theta: float,
+def rotary_cos_sin(start_pos: int, num_tokens: int, *, head_dim: int, theta: float,
                    dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape (T, hd) for absolute positions start_pos .. start_pos + T - 1.
 
@@ -79,7 +79,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     q (B, nh, T, hd); k, v (B, nkv, S, hd) with nkv dividing nh (query head h reads KV head
     h // (nh / nkv)). The queries are the last T of the S positions, so the causal mask is aligned at
     the bottom right: query t sees keys [0, S - T + t]. Grouped KV stay compact and no dense mask is
-    built; ``reference/fast_attention.py`` picks the kernel (SDPA with ``causal_lower_right`` and
+    built; ``reference/chunk_attention.py`` picks the kernel (SDPA with ``causal_lower_right`` and
     ``enable_gqa``, or cuDNN with an exact log-sum-exp merge on GPUs).
     """
     return chunk_attention(q, k, v)

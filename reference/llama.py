@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from reference.decoder import DecoderBlock, DecoderLM, merge_heads
-from reference.graphs import forget_graphs
+from reference.cuda_graphs import forget_graphs
 from reference.layers import RMSNorm, apply_rotary, silu_mul
 from sim.model import ModelSpec
 

@@ -1,52 +1,53 @@
 """Prefill schemes: how the ranks split one prompt and which KV-cache hooks join them.
 
-Every scheme module has ``prefill(model, input_ids, chunks, transport) -> Prefill``: all ranks pass
-the whole prompt (B, C) and the token counts of every rank's chunk; each rank runs its own chunk.
-Scheme semantics: docs/design.md.
+One module a scheme (``single.py``, ``kvr.py``, ``tsp.py``), each holding its cache hooks and
+``prefill(model, input_ids, chunks, transport) -> Prefill``: all ranks pass the whole prompt (B, C)
+and the token counts of every rank's chunk; each rank runs its own chunk. ``SCHEMES`` registers
+them: adding a scheme is one module and one line here. Scheme semantics: docs/design.md.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+import importlib
+from typing import TYPE_CHECKING, NamedTuple, Sequence
+
+from sim import partition
+from sim.partition import PartitionError
 
 if TYPE_CHECKING:  # torch stays unimported here, so the launcher checks its input before paying for it
     import torch
 
-    from reference.kvcache import KVCache
-
-SCHEME_NAMES = ("single", "kvr", "tsp")
+    from reference.schemes.base import Prefill
 
 
-class PartitionError(ValueError):
-    """A partition that does not fit the context or the world size."""
+class Scheme(NamedTuple):
+    """A registered scheme: the module holding its ``prefill``, and the partitions it runs."""
+
+    module: str
+    uneven: bool  # runs any partition; else only the even split
+    one_process: bool = False
 
 
-@dataclass
-class Prefill:
-    """What one rank holds after prefill: the last position's logits (B, V) of its chunk and its
-    KV-cache (ready to decode locally). On the rank of the last chunk the logits give the first token."""
+SCHEMES: dict[str, Scheme] = {
+    "single": Scheme("reference.schemes.single", uneven=False, one_process=True),
+    "kvr": Scheme("reference.schemes.kvr", uneven=True),
+    "tsp": Scheme("reference.schemes.tsp", uneven=False),
+}
+SCHEME_NAMES = tuple(SCHEMES)
 
-    logits: "torch.Tensor"
-    cache: "KVCache"
-
-
-def even_partition(context: int, world_size: int) -> list[int]:
-    """C tokens over P ranks as evenly as possible; the first C mod P ranks get one more
-    (``torch.tensor_split`` order)."""
-    if world_size > context:
-        raise PartitionError(f"{world_size} ranks for {context} tokens: every rank needs at least one token")
-    q, r = divmod(context, world_size)
-    return [q + 1 if i < r else q for i in range(world_size)]
+__all__ = ["SCHEMES", "SCHEME_NAMES", "PartitionError", "Scheme", "parse_partition", "prefill"]
 
 
-def parse_partition(text: str, scheme: str, context: int, world_size: int) -> list[int]:
+def parse_partition(text: str, scheme: str, *, context: int, world_size: int) -> list[int]:
     """`text` is "even" or comma-separated token counts, one a rank, summing to `context`.
-    TSP and single accept only the even split."""
-    if world_size > context:
-        raise PartitionError(f"{world_size} ranks for {context} tokens: every rank needs at least one token")
-    if scheme == "single" and world_size != 1:
-        raise PartitionError(f"scheme 'single' runs on one process; got world size {world_size}")
-    even = even_partition(context, world_size)
+    Schemes registered without ``uneven`` accept only the even split (``sim.partition.even``).
+    Errors name the flag: ``PartitionError`` with the runtime's wording."""
+    try:
+        even = partition.even(context, world_size)
+    except PartitionError:
+        raise PartitionError(f"{world_size} ranks for {context} tokens: every rank needs at least one "
+                             "token") from None
+    if SCHEMES[scheme].one_process and world_size != 1:
+        raise PartitionError(f"scheme {scheme!r} runs on one process; got world size {world_size}")
     if text.strip() == "even":
         return even
     try:
@@ -55,24 +56,18 @@ def parse_partition(text: str, scheme: str, context: int, world_size: int) -> li
         raise PartitionError(f"--partition {text!r} is not 'even' or a comma-separated list of integers") from None
     if len(chunks) != world_size:
         raise PartitionError(f"--partition {text!r} has {len(chunks)} chunks for world size {world_size}")
-    if any(c < 1 for c in chunks):
-        raise PartitionError(f"--partition {text!r}: every chunk needs at least one token")
-    if sum(chunks) != context:
-        raise PartitionError(f"--partition {text!r} sums to {sum(chunks)}, not the context {context}")
-    if scheme != "kvr" and chunks != even:
+    try:
+        partition.check(context, chunks)
+    except PartitionError:  # the simulator's check, said as the flag the user gave
+        if min(chunks) < 1:
+            raise PartitionError(f"--partition {text!r}: every chunk needs at least one token") from None
+        raise PartitionError(f"--partition {text!r} sums to {sum(chunks)}, not the context {context}") from None
+    if not SCHEMES[scheme].uneven and chunks != even:
         raise PartitionError(f"scheme {scheme!r} uses the even split {even}; got {chunks}")
     return chunks
 
 
-def chunk_bounds(chunks: Sequence[int], rank: int) -> tuple[int, int]:
-    """[start, end) token positions of `rank`'s chunk."""
-    start = sum(chunks[:rank])
-    return start, start + chunks[rank]
-
-
 def prefill(scheme: str, model: "torch.nn.Module", input_ids: "torch.Tensor", chunks: Sequence[int],
-            transport) -> Prefill:
-    """Run `scheme` ("single", "kvr", "tsp") on this rank."""
-    from reference.schemes import kvr, single, tsp
-
-    return {"single": single, "kvr": kvr, "tsp": tsp}[scheme].prefill(model, input_ids, chunks, transport)
+            transport) -> "Prefill":
+    """Run `scheme` (a name of ``SCHEMES``) on this rank."""
+    return importlib.import_module(SCHEMES[scheme].module).prefill(model, input_ids, chunks, transport)

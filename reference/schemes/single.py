@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 
 from reference.kvcache import KVCache
-from reference.schemes import Prefill
+from reference.schemes.base import Prefill
 
 
 @torch.no_grad()

@@ -89,8 +89,9 @@ CASES = [
      "workload.contexts[2]: must not repeat an earlier value, got 64"),
     ("unknown model", lambda d: d.update(models=["gpt-9"]), "models[0]: must be a model preset or a config.json"),
     ("unknown GPU", lambda d: d["hardware"].update(gpu="tpu"), "hardware.gpu: must be one of"),
-    ("unknown scheme", lambda d: d["workload"].update(schemes=["tsp", "ring"]),
-     "workload.schemes[1]: must be one of ['single', 'tsp', 'tsp-masked', 'kvr-e', 'kvr-s'] or a mapping, got 'ring'"),
+    ("unknown scheme", lambda d: d["workload"].update(schemes=["tsp", "warp"]),
+     "workload.schemes[1]: must be one of ['single', 'tsp', 'tsp-masked', 'kvr-e', 'kvr-s', 'ring', 'ring-zigzag', "
+     "'ulysses', 'tp', 'pipeline', 'pipeline-et'] or a mapping, got 'warp'"),
     ("missing key", lambda d: d.pop("workload"), "(top level): missing required key 'workload'"),
     ("bad link end", lambda d: d["clusters"][1]["links"][0].update(mesh=[0, 9]),
      "clusters[1].links[0].mesh[1]: must be a GPU index 0..3 or a listed switch, got 9"),

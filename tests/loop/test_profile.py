@@ -1,14 +1,15 @@
-"""The profile cost model (sim/profile.py) on synthetic profiles: exact at grid points, interpolation
-between them, extrapolation counted, machine-speed normalisation, held-out report; and scenarios that
-name a profile or measured results (sim/scenario.py)."""
+"""The profile cost model (sim/cost/profiled.py) on synthetic profiles: exact at grid points,
+interpolation between them, extrapolation counted, machine-speed normalisation, held-out report
+(sim/validation/held_out.py); and scenarios that name a profile or measured results (sim/scenario.py)."""
 import json
 
 import pytest
 import yaml
 
+from sim.cost.profiled import ProfileCost, ProfileError
 from sim.model import ModelSpec
-from sim.profile import ProfileCost, ProfileError, held_out_errors, main
 from sim.scenario import ScenarioError, load
+from sim.validation.held_out import held_out_errors, main
 
 SPEC = ModelSpec.preset("tiny-llama")
 
@@ -124,9 +125,9 @@ def test_gpu_profiles_floor_each_layer_at_the_host_rate_in_every_scheme():
     import dataclasses
 
     from sim.cluster import ClusterSpec
+    from sim.job import Job, SchemeSpec
     from sim.partition.chain import chain_ttft_s, exact_for
-    from sim.schemes import SchemeSpec
-    from sim.simulate import Job, simulate
+    from sim.simulate import simulate
 
     floor = 1e-3  # far above any layer's parts at these sizes (tens of microseconds)
     gpu = ProfileCost(_with_layers(synthetic(), "cuda", floor))
@@ -228,10 +229,10 @@ def test_floor_with_a_past_steps_at_the_flash_threshold_and_follows_the_host_pro
 
 
 def test_replays_with_a_host_probe_are_simulated_at_its_pace_and_reported_both_ways(tmp_path):
-    """``sim.replay``: a replayed rank with a ``host_probe_s`` is simulated with the profile's floor
+    """``sim.validation.replay``: a replayed rank with a ``host_probe_s`` is simulated with the profile's floor
     scaled to it (here: a host twice as slow doubles a host-bound rank), and the table and MAPE lines
     also give the simulation without the probe."""
-    from sim import replay
+    from sim.validation import replay
 
     doc = _with_layers(synthetic(), "cuda", 1e-3)
     doc["components"]["forward"] = [{"tokens": t, "keys": k, "held_out": False, "median_s": 1e-9, "host_s": 1e-3}
@@ -259,10 +260,10 @@ def test_calibrated_layers_agree_between_simpy_the_closed_form_chain_and_the_sol
     import dataclasses
 
     from sim.cluster import ClusterSpec
+    from sim.job import Job, SchemeSpec
     from sim.partition.chain import chain_ttft_s, exact_for
     from sim.partition.search import layer_compute_s
-    from sim.schemes import SchemeSpec
-    from sim.simulate import Job, simulate
+    from sim.simulate import simulate
 
     doc = _with_layers(synthetic(), "cuda", 1e-3)
     factors = {8: 1.5, 32: 1.1}

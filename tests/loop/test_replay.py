@@ -7,8 +7,8 @@ import math
 import pytest
 
 from reference.measure.replay import main as replay_main
-from sim.validation import replay
 from sim.scenario import load
+from sim.validation import replay
 
 SCENARIO = """\
 name: replay-tiny
@@ -49,8 +49,7 @@ def test_simulated_busy_time_is_compute_only():
     from sim.cluster import ClusterSpec
     from sim.hardware import GpuSpec
     from sim.model import ModelSpec
-    from sim.schemes import BUILTIN
-    from sim.simulate import Job
+    from sim.job import BUILTIN, Job
 
     spec = ModelSpec.preset("tiny-llama")
     slow = ClusterSpec.uniform("slow", 2, 1e3, 0.0)  # transfers take seconds: busy time must not see them

@@ -106,7 +106,7 @@ def test_a_non_uniform_matrix_gives_each_directed_pair_its_own_rate():
 def test_a_gloo_send_returns_while_its_socket_still_holds_part_of_the_message():
     """The probe's exchange on a fast and a slow direction: rank 1 receives fast, and its send over the
     10 MB/s direction returns before rank 0 has it all, with about the socket buffer still undelivered
-    (1.3-1.7 MB on the project's VM; sim.validate.SOCKET_BUFFER_BYTES)."""
+    (1.3-1.7 MB on the project's VM; sim.engine.cpu_cluster.SOCKET_BUFFER_BYTES)."""
     links = [[None, LinkSpec(bandwidth_bytes_per_s=100 * MB)], [LinkSpec(bandwidth_bytes_per_s=10 * MB), None]]
     with ShapedCluster(2, links) as c:
         report = probe(c, [4 << 20], repeats=2, timeout_s=60)

@@ -1,6 +1,6 @@
 """Competing traffic for ``reference.netcluster``: an iperf-like greedy TCP sender and a sink.
 
-``python -m reference.netcluster_noise sink PORT DURATION_S`` reads and discards until the sender closes
+``python -m reference.netcluster.noise sink PORT DURATION_S`` reads and discards until the sender closes
 or DURATION_S passes. ``... send HOST PORT DURATION_S START_S ON_S OFF_S`` connects and writes as fast as
 TCP allows while "on" (ON_S = 0 means always on), and stops by itself after DURATION_S. Both run inside
 the cluster's namespaces, so the flow crosses (and competes on) the shaped link src -> dst.
@@ -13,34 +13,31 @@ import subprocess
 import sys
 import time
 
+from reference.netcluster.net import REPO_ROOT, kill_group, noise_ports
+
 _CHUNK = b"\0" * 65536
 
 
 def start_noise(cluster, flows, *, max_duration_s: float) -> list[subprocess.Popen]:
     """Start every flow's sink (in dst's namespace) and sender (in src's); returns the processes."""
     procs = []
-    py = [sys.executable, "-m", "reference.netcluster_noise"]
-    from reference.netcluster import _REPO_ROOT  # noqa: PLC0415
-    from reference.netcluster_net import noise_ports  # noqa: PLC0415
-
-    env = {**os.environ, "PYTHONPATH": str(_REPO_ROOT)}
+    py = [sys.executable, "-m", "reference.netcluster.noise"]
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     for f, ports in zip(flows, noise_ports(flows)):
         duration = str(min(f.max_duration_s, max_duration_s))
         for port in ports:
-            procs.append(cluster.popen(f.dst, [*py, "sink", str(port), duration], env,
-                                       subprocess.DEVNULL, subprocess.DEVNULL))
+            procs.append(cluster.popen(f.dst, [*py, "sink", str(port), duration], env=env,
+                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             procs.append(cluster.popen(f.src, [*py, "send", cluster.addresses[f.dst], str(port), duration,
                                                str(f.start_s), str(f.on_s or 0), str(f.off_s or 0)],
-                                       env, subprocess.DEVNULL, subprocess.DEVNULL))
+                                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs
 
 
 def stop_noise(procs: list[subprocess.Popen]) -> None:
-    from reference.netcluster import _kill_group  # noqa: PLC0415
-
     for p in procs:
         if p.poll() is None:
-            _kill_group(p)
+            kill_group(p)
 
 
 def _sink(port: int, duration_s: float) -> None:
@@ -54,7 +51,7 @@ def _sink(port: int, duration_s: float) -> None:
                 pass
 
 
-def _send(host: str, port: int, duration_s: float, start_s: float, on_s: float, off_s: float) -> None:
+def _send(host: str, port: int, *, duration_s: float, start_s: float, on_s: float, off_s: float) -> None:
     t0 = time.monotonic()
     end = t0 + duration_s
     while True:  # the sink may not listen yet
@@ -90,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         if args[0] == "sink":
             _sink(int(args[1]), float(args[2]))
         else:
-            _send(args[1], int(args[2]), float(args[3]), float(args[4]), float(args[5]), float(args[6]))
+            _send(args[1], int(args[2]), duration_s=float(args[3]), start_s=float(args[4]), on_s=float(args[5]),
+                  off_s=float(args[6]))
     except OSError:
         return 1
     return 0

@@ -1,4 +1,4 @@
-"""Command line of ``reference.netcluster``.
+"""Command line of ``reference.netcluster``: run a command on a shaped cluster, probe its links, clean up.
 
     python -m reference.netcluster --world-size 2 --bandwidth 100MB/s --latency 1ms -- CMD ARGS...
     python -m reference.netcluster probe --world-size 3 --bandwidth "x,20MB/s,5MB/s;20MB/s,x,inf;5MB/s,inf,x"
@@ -14,8 +14,10 @@ import argparse
 import json
 import sys
 
-from reference.netcluster import (LinkSpec, NetClusterError, NoiseFlow, ShapedCluster, cleanup_stale,
-                                  parse_bandwidth, parse_duration)
+from reference.netcluster.cluster import ShapedCluster
+from reference.netcluster.links import LinkSpec, NetClusterError, NoiseFlow, parse_bandwidth, parse_duration
+from reference.netcluster.net import cleanup_stale
+from reference.netcluster.probe import format_probe, probe
 
 
 def _matrix(text: str, world_size: int, parse) -> list[list[float]]:
@@ -74,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
             raise NetClusterError("nothing to run: give -- CMD ARGS...")
         with _cluster(a) as cluster:
             if a.mode == "probe":
-                from reference.netcluster_probe import format_probe, probe  # noqa: PLC0415
-
                 sizes = [int(parse_bandwidth(s)) for s in a.sizes.split(",")]
                 report = probe(cluster, sizes, repeats=a.repeats, timeout_s=a.timeout)
                 print(format_probe(report))
@@ -95,3 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: timed out after {a.timeout} s; every rank was killed", file=sys.stderr)
         return 124
     return max((r.returncode for r in results), key=abs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

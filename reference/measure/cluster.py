@@ -2,28 +2,16 @@
 runs as P gloo processes of ``reference.launch`` in network namespaces whose links match the job's
 cluster (``reference.netcluster``), and each run's results JSON lands in ``--out-dir``.
 
-    python -m reference.validate_cluster scenarios/validate-cpu.yaml --out-dir results/cpu \\
+    python -m reference.measure.cluster scenarios/validate-cpu.yaml --out-dir results/cpu \\
         --rounds 3 --warmup 1 --repeat 3
 
-- The scenario's clusters are already at CPU scale (docs/validation.md says how they were scaled from
-  GPU links): pair (i, j) gets the simulator's route bandwidth (``netcluster.from_cluster_spec``) and
-  background flows become fair-share competing TCP flows. Latencies are not applied (this kernel has no
-  netem); a scenario for this machine puts the measured base latency of gloo in ``latency_us``.
-- Partitions are the simulator's: ``sim.partition.plan(job)`` (even for tsp and kvr-e; for kvr-s the
-  KVR-S grid search run on the simulator with the scenario's profile), passed as ``--partition``.
-- One torch thread per rank (``LOCAL_WORLD_SIZE`` = the machine's cores, so ``reference.measure``
-  gives each rank cores / that = 1 thread), as in the profile.
-- Rounds are interleaved (round 1 of every job, then round 2, ...), so slow drifts of the machine's
-  load spread over all configurations; ``sim.validate`` takes the median of the rounds.
-- The results' ``link`` field is ``cluster=NAME ...``: how the simulator matches them to its jobs.
-  The harness adds ``speed_probe_s``: [before, after], the machine-speed probe of ``reference.profile``
-  just before and after the launch, ``contended_probe_s``: the same probe run in P processes at
-  once, and ``workload_probe_s`` / ``contended_workload_probe_s``: a forward of the cluster's own model
-  in one process and in P at once (``workload_probe_s``), whose ratio is the slowdown of a rank's
-  compute while every rank computes (docs/validation.md, "Machine speed").
-- Every namespace, link and process is torn down after each cluster, also on failure or Ctrl-C
-  (``ShapedCluster``). Where namespaces are not permitted the ranks run on plain loopback and the
-  ``link`` field says ``loopback``.
+Pair (i, j) gets the simulator's route bandwidth (``netcluster.from_cluster_spec``), background flows
+become fair-share competing TCP flows, and the partitions are the simulator's
+(``sim.partition.plan.plan(job)``); one torch thread per rank; rounds are interleaved. The results'
+``link`` field (``cluster=NAME ...``) is how the simulator matches them to its jobs, and the harness
+adds the machine-speed and workload probes taken around each launch. Every namespace, link and
+process is torn down after each cluster, also on failure or Ctrl-C; where namespaces are not
+permitted the ranks run on plain loopback and ``link`` says so. docs/validation.md, section 4.
 """
 from __future__ import annotations
 
@@ -38,8 +26,8 @@ import sys
 import time
 
 from reference.launch import write_atomic
+from reference.measure.timing import make_timer, rank_run, speed_probe_s
 from reference.netcluster import LinkSpec, RankResult, ShapedCluster, from_cluster_spec
-from reference.profile import speed_probe_s
 
 
 class HarnessError(ValueError):
@@ -47,7 +35,7 @@ class HarnessError(ValueError):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reference.validate_cluster", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m reference.measure.cluster", description=__doc__.split("\n\n")[0])
     p.add_argument("scenario", help="scenario YAML (its clusters at CPU scale)")
     p.add_argument("--out-dir", required=True, help="folder for the results JSON files")
     p.add_argument("--rounds", type=int, default=3, help="launches of every job, interleaved (default 3)")
@@ -88,7 +76,7 @@ def _pool(ranks: int) -> concurrent.futures.ProcessPoolExecutor:
 
 def contended_probe_s(ranks: int) -> float:
     """The machine-speed probe run in ``ranks`` processes at once, mean: the speed of one rank's core
-    while every rank computes (on this machine two busy vCPUs sometimes run at half speed each)."""
+    while every rank computes (docs/validation.md, section 3)."""
     futures = [_pool(ranks).submit(speed_probe_s, 15) for _ in range(ranks)]
     return statistics.fmean(f.result() for f in futures)
 
@@ -100,21 +88,19 @@ def workload_probe_s(model_arg: str, dtype: str, tokens: int = 256, repeat: int 
     """Seconds of one forward of ``tokens`` tokens through the cluster's own model (seeded random
     weights, fused, every layer, no past) on one thread, median of ``repeat`` after one untimed: the
     ranks' own mix of work (GEMMs, attention, copies), not a GEMM alone. Run in one pool process and in
-    P at once, it says how much slower a rank computes while every rank does: the GEMM probe in P
-    processes slowed 2.0-2.15x in rounds where the two ranks' real work got 1.2-1.3 cores' worth
-    between them (docs/validation.md, section 3)."""
+    P at once, it says how much slower a rank computes while every rank does, which the GEMM probe
+    overstates (docs/validation.md, section 3)."""
     global _WORKLOAD
     import torch
 
     from reference.checkpoint import DTYPES, load_model
-    from reference.profile import make_timer
-    from reference.replay import rank_run
 
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
     if _WORKLOAD is None or _WORKLOAD[0] != (model_arg, dtype, tokens):
         spec, model, _ = load_model(model_arg, cpu, DTYPES[dtype], seed=0)
-        _WORKLOAD = ((model_arg, dtype, tokens), rank_run(model.fuse_(), spec, cpu, DTYPES[dtype], tokens, 0, False))
+        run = rank_run(model.fuse_(), spec, device=cpu, dtype=DTYPES[dtype], chunk=tokens, past=0, last=False)
+        _WORKLOAD = ((model_arg, dtype, tokens), run)
     with torch.no_grad():
         return statistics.median(make_timer(cpu, 1, repeat)(_WORKLOAD[1]))
 
@@ -127,9 +113,9 @@ def workload_probes_s(model_arg: str, dtype: str, ranks: int) -> tuple[float, fl
 
 
 def job_chunks(job) -> list[int]:
-    """The job's tokens per rank as the simulator plans them (``sim.partition.plan``: the even split,
-    an explicit partition, or the KVR-S search), rank r on GPU r."""
-    from sim.partition import plan
+    """The job's tokens per rank as the simulator plans them (``sim.partition.plan.plan``: the even
+    split, an explicit partition, or the KVR-S search), rank r on GPU r."""
+    from sim.partition.plan import plan
 
     p = plan(job)
     if tuple(p.gpus) != tuple(range(len(p.chunks))):
@@ -138,7 +124,7 @@ def job_chunks(job) -> list[int]:
     return list(p.chunks)
 
 
-def launch_argv(job, model_arg: str, dtype: str, args, out: str, link: str) -> list[str]:
+def launch_argv(job, *, model_arg: str, dtype: str, args, out: str, link: str) -> list[str]:
     chunks = job_chunks(job)
     return ["env", f"LOCAL_WORLD_SIZE={os.cpu_count() or 1}",  # -> 1 torch thread per rank
             sys.executable, "-m", "reference.launch", "--model", model_arg, "--scheme", job.scheme.kind,
@@ -172,21 +158,23 @@ def run(args: argparse.Namespace, say=print) -> list[str]:
             noise = [n for n in noise if n.src < width and n.dst < width]
             with ShapedCluster(width, matrix, noise=noise) as cluster:
                 for job in mine:
-                    written.append(_run_one(cluster, job, round_, model_args[job.model.name], dtype, args, say))
+                    written.append(_run_one(cluster, job, round_=round_, model_arg=model_args[job.model.name],
+                                            dtype=dtype, args=args, say=say))
     return written
 
 
-def _run_one(cluster: ShapedCluster, job, round_: int, model_arg: str, dtype: str, args, say) -> str:
+def _run_one(cluster: ShapedCluster, job, *, round_: int, model_arg: str, dtype: str, args, say) -> str:
     out = os.path.abspath(result_path(args.out_dir, job, round_))
     how = "shaped" if cluster.shaped else "loopback"
-    link = f"cluster={job.cluster.name} ({how}; reference.validate_cluster {os.path.basename(args.scenario)})"
-    argv = launch_argv(job, model_arg, dtype, args, out, link)
+    link = f"cluster={job.cluster.name} ({how}; reference.measure.cluster {os.path.basename(args.scenario)})"
+    argv = launch_argv(job, model_arg=model_arg, dtype=dtype, args=args, out=out, link=link)
     probe_before = speed_probe_s(), contended_probe_s(job.num_gpus), workload_probes_s(model_arg, dtype, job.num_gpus)
     t0 = time.monotonic()
     if job.num_gpus == 1:  # single: one plain process, no link involved
         env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "WORLD_SIZE", "RANK")}
         p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=args.timeout)
-        results = [RankResult(0, argv, p.returncode, p.stdout, p.stderr, False, time.monotonic() - t0)]
+        results = [RankResult(rank=0, args=argv, returncode=p.returncode, stdout=p.stdout, stderr=p.stderr,
+                              timed_out=False, wall_s=time.monotonic() - t0)]
     elif job.num_gpus < cluster.world_size:
         raise HarnessError(f"{job.scheme.name} on {job.num_gpus} of {cluster.world_size} ranks: run one GPU "
                            "count per cluster")
@@ -198,7 +186,7 @@ def _run_one(cluster: ShapedCluster, job, round_: int, model_arg: str, dtype: st
         raise RuntimeError(f"{job.cluster.name} {job.scheme.name} P={job.num_gpus} C={job.context} round "
                            f"{round_}: rank {r.rank} exited {r.returncode}{' (timed out)' if r.timed_out else ''}: "
                            f"{r.stderr.strip()[-800:]}")
-    # The machine's speed around the run (see reference.profile.speed_probe_s), for sim.validate.
+    # The machine's speed around the run (see timing.speed_probe_s), for the simulator's comparison.
     with open(out, encoding="utf-8") as f:
         results_doc = json.load(f)
     results_doc["speed_probe_s"] = [probe_before[0], speed_probe_s()]
@@ -216,9 +204,7 @@ def _model_args(scenario_path: str) -> dict[str, str]:
     """Model name -> the scenario's own model string (a preset or a config path for --model)."""
     import yaml
 
-    from sim.model import ModelSpec
-
-    from sim.model import PRESETS
+    from sim.model import PRESETS, ModelSpec
     from sim.scenario import scenario_path as relative
 
     with open(scenario_path, encoding="utf-8") as f:
@@ -235,10 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             raise HarnessError("need --rounds >= 1, --repeat >= 1, --warmup >= 0")
         files = run(args)
     except ValueError as e:
-        print(f"reference.validate_cluster: error: {e}", file=sys.stderr)
+        print(f"reference.measure.cluster: error: {e}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        print(f"reference.validate_cluster: error: {e}", file=sys.stderr)
+        print(f"reference.measure.cluster: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {len(files)} results files to {args.out_dir}")
     return 0

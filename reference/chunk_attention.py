@@ -8,17 +8,16 @@ bottom right: query ``i`` of the chunk sees keys ``0 .. k - c + i``.
 Shapes: q (B, nh, c, hd); k, v (B, nkv, k, hd) with nh a multiple of nkv (MHA, GQA, MQA). K and V are
 never expanded to nh heads and no dense mask is built.
 
-Paths, by device and dtype (see docs/benchmarks.md for measured TFLOP/s on the H100):
+Paths, by device and dtype (measured TFLOP/s and host times: docs/benchmarks.md):
 - CUDA, fp16/bf16, cuDNN available: cuDNN's fused attention (the fastest measured on Hopper).
   cuDNN through PyTorch only knows top-left causal alignment, so a chunk with a past is split in two:
   queries against the past (no mask) and queries against the chunk (square causal); the two partial
   results are merged exactly with their log-sum-exps (the same merge flash attention does between
   key blocks):  l = logaddexp(l1, l2);  o = o1 * exp(l1 - l) + o2 * exp(l2 - l).
 - CUDA, a chunk of at most ``FLASH_MAX_CHUNK`` (512) queries with a past: one flash call (below).
-  The split costs the host 0.2-0.5 ms to issue (two cuDNN calls and the merge) against 0.04-0.11 ms
-  for flash's one call, measured on the H100 machine's VM; such a layer's GPU work is about 0.5 ms,
-  so the layer runs at the host's pace, and flash's slower kernel (up to +0.05 ms) costs less than
-  the host time it saves (docs/benchmarks.md, "Attention with a past").
+  The split is three calls for the host to issue against flash's one; a small chunk's layer runs at
+  the host's pace, so there flash's slower kernel costs less than the host time it saves
+  (docs/benchmarks.md, "Attention with a past").
 - Otherwise: ``scaled_dot_product_attention`` with a bottom-right ``CausalBias`` and
   ``enable_gqa=True``, which PyTorch serves with flash attention on GPUs and exactly on CPUs.
 
@@ -31,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 
-from reference.fusion import cuda_fused
+from reference.cuda_fused import cuda_fused
 
 _CUDNN_OK: dict[tuple, bool] = {}
 FLASH_MAX_CHUNK = 512

@@ -1,19 +1,8 @@
-"""A real multi-process cluster on one machine: each rank in its own network namespace, every directed
-pair of ranks (i -> j) on its own shaped link, so gloo traffic between ranks really crosses the links.
+"""``ShapedCluster``: P ranks, each in its own network namespace, joined by shaped directed links.
 
-Topology: one hub namespace holds a Linux bridge; rank namespace r has one veth ``eth0`` with address
-10.213.0.(r+1)/24 whose peer ``r<r>`` sits on the bridge. Every veth is created inside a namespace we
-created, so the root namespace never sees our interfaces and deleting the namespaces removes them all.
-Shaping is applied at the sender: rank i's ``eth0`` has an ``htb`` root with one class per destination
-rank j (rate = link (i, j)'s bandwidth, a ``u32`` filter on the destination address), and under it a
-``netem`` delay of link (i, j)'s latency where the kernel has netem (see docs/netcluster.md for what
-happens without it). Unmatched traffic (ARP, links given an infinite bandwidth) bypasses shaping.
-
-Pieces: ``netcluster_links`` (LinkSpec, NoiseFlow, units, ``scale_links``), ``netcluster_net``
-(namespaces, tc commands, cleanup), ``netcluster_noise`` (competing flows), ``netcluster_probe`` (what
-the links deliver to gloo), ``netcluster_cli`` (``python -m reference.netcluster``).
-
-References: tc-htb(8), tc-netem(8), ip-netns(8); torch.distributed env:// initialisation.
+Set-up and tear-down of the namespaces, the bridge and every rank's qdiscs (the commands are
+``net.shaping_commands``), and ``run``: a command once per rank, concurrently, with the env://
+variables of torch.distributed and a timeout. Design: docs/netcluster.md.
 """
 from __future__ import annotations
 
@@ -28,19 +17,15 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Sequence
 
-from reference.netcluster_links import (LinksArg, LinkSpec, NetClusterError, NoiseFlow,  # noqa: F401
-                                        from_cluster_spec, link_matrix, parse_bandwidth, parse_duration,
-                                        scale_links)
-from reference.netcluster_net import (NAME_PREFIX, SUBNET_PREFIX, cleanup_stale, cmd,  # noqa: F401
-                                      delete_namespace, ip, namespaces_available, netem_available,
-                                      noise_ports, our_namespaces, shaping_commands)
+from reference.netcluster.links import LinksArg, NetClusterError, NoiseFlow, link_matrix
+from reference.netcluster.net import (NAME_PREFIX, REPO_ROOT, SUBNET_PREFIX, cleanup_stale, cmd, delete_namespace,
+                                      ip, kill_group, namespaces_available, netem_available, noise_ports,
+                                      shaping_commands)
 
 MASTER_PORT = 29500  # ports are per namespace, so parallel clusters cannot collide
 TCP_LIMIT_OUTPUT_BYTES = 65536  # per rank namespace; see _create
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 _seq = itertools.count()
 
 
@@ -147,7 +132,7 @@ class ShapedCluster:
             ip("-n", self.hub, "link", "set", f"r{r}", "master", "br0")
             ip("-n", self.hub, "link", "set", f"r{r}", "up")
             noise = [(f, p) for f, p in zip(self.noise, noise_ports(self.noise)) if f.src == r]
-            for argv in shaping_commands(ns, r, self.links[r], use_netem, noise):
+            for argv in shaping_commands(ns, r, self.links[r], use_netem=use_netem, noise=noise):
                 cmd(argv)
 
     def close(self) -> None:
@@ -172,7 +157,7 @@ class ShapedCluster:
     def _wrap(self, rank: int, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.namespaces[rank], *argv] if self.shaped else list(argv)
 
-    def popen(self, rank: int, argv: Sequence[str], env: dict[str, str], stdout, stderr) -> subprocess.Popen:
+    def popen(self, rank: int, argv: Sequence[str], *, env: dict[str, str], stdout, stderr) -> subprocess.Popen:
         """Start `argv` in rank `rank`'s namespace (own session, so a kill reaches its children)."""
         return subprocess.Popen(self._wrap(rank, argv), env=env, stdout=stdout, stderr=stderr,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=os.getcwd())
@@ -183,7 +168,9 @@ class ShapedCluster:
 
         Each rank gets the environment, `env`, the env:// variables, and the repository on PYTHONPATH.
         """
-        from reference.netcluster_noise import start_noise, stop_noise  # noqa: PLC0415
+        # Here, not at the top: ``python -m reference.netcluster.noise`` (the flows' own processes)
+        # imports this package first, which must not have imported the module it is about to run.
+        from reference.netcluster.noise import start_noise, stop_noise
 
         if not (self._created or self.fallback_reason):
             raise NetClusterError("ShapedCluster.run outside its with-block: enter the cluster first")
@@ -200,11 +187,11 @@ class ShapedCluster:
                 a = list(argv(r) if callable(argv) else argv)
                 full_env = {**os.environ, **(env or {}), **self.rank_env(r, port)}
                 full_env["PYTHONPATH"] = os.pathsep.join(
-                    p for p in [str(_REPO_ROOT), full_env.get("PYTHONPATH", "")] if p)
+                    p for p in [str(REPO_ROOT), full_env.get("PYTHONPATH", "")] if p)
                 out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
                 files.append((out, err))
                 argvs.append(a)
-                procs.append(self.popen(r, a, full_env, out, err))
+                procs.append(self.popen(r, a, env=full_env, stdout=out, stderr=err))
             deadline = start + timeout_s
             timed_out = False
             ends = [None] * len(procs)
@@ -220,7 +207,7 @@ class ShapedCluster:
             # Every rank that is still running (timeout, exception, interrupt) is killed with its children.
             for p in procs:
                 if p.poll() is None:
-                    _kill_group(p)
+                    kill_group(p)
             stop_noise(noise)
         results = []
         for r, p in enumerate(procs):
@@ -235,26 +222,7 @@ class ShapedCluster:
         return results
 
 
-def _kill_group(p: subprocess.Popen) -> None:
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    p.wait()
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m reference.netcluster``: see ``reference/netcluster_cli.py``."""
-    from reference.netcluster_cli import main as cli_main  # noqa: PLC0415
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

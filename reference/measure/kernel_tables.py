@@ -1,8 +1,8 @@
 """Kernel breakdown of one single-process prefill on CUDA: ``torch.profiler``'s table, by GPU time.
 
-    python -m reference.kernels [CONTEXT] [--models llama-2-7b,falcon-7b]
-    python -m reference.kernels --attention [--models ...]
-    python -m reference.kernels --kv-cat [--models ...]
+    python -m reference.measure.kernel_tables [CONTEXT] [--models llama-2-7b,falcon-7b]
+    python -m reference.measure.kernel_tables --attention [--models ...]
+    python -m reference.measure.kernel_tables --kv-cat [--models ...]
 
 Random weights at real shapes, bf16, fused as ``reference.launch`` runs them; two warm-up prefills,
 then one profiled. Used for the kernel shares in docs/benchmarks.md.
@@ -15,9 +15,9 @@ path (its GPU time). docs/benchmarks.md, "Attention with a past".
 
 ``--kv-cat``: one layer's K/V concatenation (a past of K and V plus a chunk's new ones, as a layer's
 ``pre`` leaves them: views into the fused QKV output), GPU time of CUDA graph replays and the bytes
-moved per second, per form: ``torch.cat`` of the stacked (2, B, nkv, S, hd) tensors (the kvr and tsp
-caches before 2026-12-01), ``torch.cat`` of K and V apart with the new part as a view (the plain cache
-before then), and ``reference.kvcache.cat_tokens`` (now). docs/benchmarks.md, "Concatenating K and V".
+moved per second, per form: ``torch.cat`` of the stacked (2, B, nkv, S, hd) tensors, ``torch.cat`` of
+K and V apart with the new part as a view, and ``reference.kvcache.cat_tokens`` (what the caches use).
+Which form the caches used when: docs/benchmarks.md, "Concatenating K and V".
 """
 from __future__ import annotations
 
@@ -33,14 +33,15 @@ def main(argv: list[str] | None = None) -> int:
     from reference.schemes.single import prefill
     from sim.model import ModelSpec
 
-    p = argparse.ArgumentParser(prog="python -m reference.kernels", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m reference.measure.kernel_tables",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("context", nargs="?", type=int, default=16384)
     p.add_argument("--models", default="llama-2-7b,falcon-7b")
     p.add_argument("--attention", action="store_true", help="host and GPU time of attention with a past, per path")
     p.add_argument("--kv-cat", action="store_true", help="GPU time of a layer's K/V concatenation, per form")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        print("reference.kernels: needs a CUDA device", file=sys.stderr)
+        print("reference.measure.kernel_tables: needs a CUDA device", file=sys.stderr)
         return 2
     if args.attention:
         return attention_paths(args.models.split(","))
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return kv_cat_forms(args.models.split(","))
     for name in args.models.split(","):
         spec = ModelSpec.resolve(name)
-        model = random_model(spec, 0, "cuda", torch.bfloat16).fuse_()
+        model = random_model(spec, seed=0, device="cuda", dtype=torch.bfloat16).fuse_()
         ids = torch.randint(0, spec.vocab_size, (1, args.context), device="cuda")
         for _ in range(2):
             prefill(model, ids)
@@ -70,7 +71,7 @@ def _host_and_event_ms(fn, n: int = 40) -> tuple[float, float]:
 
     import torch
 
-    from reference.profile import events_per_call_s
+    from reference.measure.timing import events_per_call_s
 
     for _ in range(3):
         fn()
@@ -91,8 +92,8 @@ def attention_paths(models: list[str]) -> int:
     import torch.nn.functional as F
     from torch.nn.attention.bias import causal_lower_right
 
-    from reference import fast_attention
-    from reference.graphs import capture
+    from reference.chunk_attention import _cudnn_chunk_attention
+    from reference.cuda_graphs import capture
     from sim.model import ModelSpec
 
     shapes = [(128, 640), (256, 1280), (512, 1536), (512, 4096), (128, 16256), (1024, 4096), (2048, 2048)]
@@ -107,10 +108,10 @@ def attention_paths(models: list[str]) -> int:
                 k = torch.randn(1, spec.num_kv_heads, n_keys, spec.head_dim, device="cuda", dtype=torch.bfloat16)
                 v = torch.randn_like(k)
                 gqa = spec.num_heads != spec.num_kv_heads
-                split = _host_and_event_ms(lambda: fast_attention._cudnn_chunk_attention(q, k, v))
+                split = _host_and_event_ms(lambda: _cudnn_chunk_attention(q, k, v))
                 flash = _host_and_event_ms(lambda: F.scaled_dot_product_attention(
                     q, k, v, attn_mask=causal_lower_right(c, n_keys), enable_gqa=gqa))
-                graph = capture(lambda: fast_attention._cudnn_chunk_attention(q, k, v), (), None)[0]
+                graph = capture(lambda: _cudnn_chunk_attention(q, k, v), (), None)[0]
                 gpu = _host_and_event_ms(graph.replay)[1]
                 print(f"{name:<12}{c:>6}{past:>7}  {split[0]:>12.3f} / {split[1]:<11.3f}  {flash[0]:>8.3f} / "
                       f"{flash[1]:<9.3f}  {gpu:>18.3f}", flush=True)
@@ -123,9 +124,9 @@ def kv_cat_forms(models: list[str]) -> int:
 
     import torch
 
-    from reference.graphs import capture
+    from reference.cuda_graphs import capture
     from reference.kvcache import cat_tokens
-    from reference.profile import make_timer
+    from reference.measure.timing import make_timer
     from sim.model import ModelSpec
 
     timer = make_timer(torch.device("cuda"), 3, 5, steady_s=5e-3)

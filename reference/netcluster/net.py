@@ -1,4 +1,5 @@
-"""Namespaces and tc for ``reference.netcluster``: availability, the shaping commands, cleanup.
+"""Namespaces, tc and processes for ``reference.netcluster``: availability, the shaping commands,
+killing what runs in the namespaces, cleanup.
 
 Names: ``ncl-<owner pid>-<seq>-hub`` and ``ncl-<owner pid>-<seq>-r<rank>``, so that leftovers of a run
 whose owner died can be found and deleted (``cleanup_stale``). References: tc-htb(8), tc-u32(8),
@@ -13,9 +14,10 @@ import shutil
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from reference.netcluster_links import LinkSpec, NetClusterError, NoiseFlow
+from reference.netcluster.links import LinkSpec, NetClusterError, NoiseFlow
 
 SUBNET_PREFIX = "10.213.0."  # exists only inside the namespaces we create
 NOISE_PORT_BASE = 41000  # competing flows listen on 41000, 41001, ... in their destination's namespace
@@ -23,6 +25,7 @@ NAME_PREFIX = "ncl-"
 _NAME_RE = re.compile(r"^ncl-(\d+)-(\d+)-(hub|r\d+)$")
 # A full 1500-byte-MTU TCP segment: 1448 payload bytes + 32 TCP (timestamps) + 20 IP + 14 Ethernet.
 WIRE_OVER_PAYLOAD = 1514 / 1448
+REPO_ROOT = Path(__file__).resolve().parents[2]  # on the PYTHONPATH of every process run in a namespace
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -99,6 +102,15 @@ def delete_namespace(ns: str) -> None:
     ip("netns", "del", ns, check=False)
 
 
+def kill_group(p: subprocess.Popen) -> None:
+    """Kill `p` and its children (it was started in a session of its own) and reap it."""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p.wait()
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -137,7 +149,7 @@ def noise_ports(flows: Sequence[NoiseFlow]) -> list[list[int]]:
     return ports
 
 
-def shaping_commands(ns: str, rank: int, row: Sequence[LinkSpec | None], use_netem: bool,
+def shaping_commands(ns: str, rank: int, row: Sequence[LinkSpec | None], *, use_netem: bool,
                      noise: Sequence[tuple[NoiseFlow, list[int]]] = ()) -> list[list[str]]:
     """The tc commands that shape rank `rank`'s outgoing links (row[j] is link rank -> j).
 

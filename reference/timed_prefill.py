@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from reference.checkpoint import DTYPES, load_model
-from reference.generate import greedy
+from reference.decode import greedy
 from reference.schemes import prefill
 from reference.transport import DistTransport
 
@@ -58,7 +58,7 @@ class _Solo:
     rank, world_size = 0, 1
 
 
-def measure(args: Namespace, rank: int, world: int, local_rank: int, local_world: int,
+def measure(args: Namespace, *, rank: int, world: int, local_rank: int, local_world: int,
             ids: list[int], chunks: list[int], say: Callable[[str], None]) -> dict[str, Any] | None:
     """Set up, warm up, time; the results dict on rank 0, None on the other ranks."""
     device = pick_device(args.device, local_rank, local_world)
@@ -76,14 +76,15 @@ def measure(args: Namespace, rank: int, world: int, local_rank: int, local_world
         dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout),
                                 device_id=device if cuda else None)
     try:
-        return _measure(args, rank, world, local_rank, ids, chunks, device, backend, say)
+        return _measure(args, rank=rank, world=world, local_rank=local_rank, ids=ids, chunks=chunks,
+                        device=device, backend=backend, say=say)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
 @torch.no_grad()
-def _measure(args, rank, world, local_rank, ids, chunks, device, backend, say):
+def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say):
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     spec, model, source = load_model(args.model, device, DTYPES[args.dtype], args.seed)

@@ -1,9 +1,9 @@
 """CUDA graphs of every decoder layer's ``pre`` and ``post`` halves, per chunk shape.
 
-Why: below about 2k tokens a 7B model's layer is host-bound. The GPU finishes a small chunk's kernels
-faster than Python issues them (about 1 ms a layer on the H100 machine's VM, whatever the chunk), and
-the host's speed varies from one run to the next (docs/validation.md, section 7). A captured graph is
-one launch, so a layer's host work shrinks to two graph launches, the cache hook and the attention.
+Why: below about 2k tokens a 7B model's layer is host-bound: the GPU finishes a small chunk's kernels
+faster than Python issues them (measured in docs/benchmarks.md, "CUDA graphs for small chunks", and
+docs/validation.md, section 7). A captured graph is one launch, so a layer's host work shrinks to two
+graph launches, the cache hook and the attention.
 
 What is captured, for one chunk shape (B, T) and dtype: each layer's ``pre`` (x, cos, sin -> q, k, v,
 extra) and ``post`` (x, attention output y, extra -> next x), chained in place: layer l+1's ``pre``
@@ -13,8 +13,8 @@ their shapes depend on the past, and the parallel schemes communicate in the hoo
 copy k and v before keeping or sending them; where a plain cache would keep them (its first update of
 a layer), ``run`` hands it copies, since the next replay overwrites the graphs' outputs.
 
-Memory: the graphs of one shape hold every layer's outputs (about five (B, T, H) activations a layer:
-1.5-3 GiB for a 7B model at 2048 tokens); those of the ``KEEP`` most recently used shapes are kept.
+Memory: the graphs of one shape hold every layer's outputs (about five (B, T, H) activations a layer,
+docs/benchmarks.md); those of the ``KEEP`` most recently used shapes are kept.
 Weights are read in place, so a model whose parameters are replaced (``fuse_``, ``.to``) recaptures.
 
 ``KVR_CUDA_GRAPHS``: the most tokens (B * T) a chunk may have to run as graphs (default 2048; 0 turns

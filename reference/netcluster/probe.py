@@ -29,7 +29,7 @@ def probe(cluster, sizes_bytes=(1 << 20, 4 << 20), *, repeats: int = 3,
     round_trip_s, send_s, achieved_bytes_per_s, ratio}], "all_gather": [{size_bytes, time_s}],
     "exchange": [{size_bytes, time_s}]}`` (times in seconds, the slowest rank's median).
     """
-    argv = [sys.executable, "-m", "reference.netcluster_probe", "--sizes", ",".join(map(str, sizes_bytes)),
+    argv = [sys.executable, "-m", "reference.netcluster.probe", "--sizes", ",".join(map(str, sizes_bytes)),
             "--repeats", str(repeats)]
     if pairs is not None:
         argv += ["--pairs", ",".join(f"{s}-{d}" for s, d in pairs)]
@@ -91,7 +91,7 @@ def socket_held_bytes(report: dict, size_bytes: int, rank_entry: dict) -> float 
     return max(0.0, size_bytes - rate * rank_entry["send_s"])
 
 
-def _rank_main(sizes: list[int], repeats: int, pairs: list[tuple[int, int]] | None, do_all_gather: bool) -> None:
+def _rank_main(sizes: list[int], *, repeats: int, pairs: list[tuple[int, int]] | None, do_all_gather: bool) -> None:
     import torch
     import torch.distributed as dist
     from datetime import timedelta
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-all-gather", action="store_true")
     a = ap.parse_args(argv)
     pairs = None if a.pairs is None else [tuple(map(int, p.split("-"))) for p in a.pairs.split(",")]
-    _rank_main([int(s) for s in a.sizes.split(",")], a.repeats, pairs, not a.no_all_gather)
+    _rank_main([int(s) for s in a.sizes.split(",")], repeats=a.repeats, pairs=pairs,
+               do_all_gather=not a.no_all_gather)
     return 0
 
 

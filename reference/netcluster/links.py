@@ -1,4 +1,4 @@
-"""Link and noise descriptions for ``reference.netcluster``: LinkSpec, NoiseFlow, units, scaling.
+"""Link and noise descriptions of ``reference.netcluster``: LinkSpec, NoiseFlow, units, scaling.
 
 ``scale_links`` keeps a GPU cluster's compute-to-communication ratio on a CPU cluster (docs/netcluster.md);
 ``from_cluster_spec`` turns the simulator's ``sim.cluster.ClusterSpec`` into a link matrix and noise.

@@ -1,6 +1,6 @@
 """``cuda_fused``: run a chain of elementwise torch ops as one compiled kernel on CUDA tensors.
 
-Used by ``reference.layers`` (norms, rotary, SiLU*up) and ``reference.fast_attention`` (the
+Used by ``reference.layers`` (norms, rotary, SiLU*up) and ``reference.chunk_attention`` (the
 log-sum-exp merge). On CPUs the function runs as written.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Single-process prefill TTFT: our runtime against transformers, and chunk-attention kernels.
 
-    python -m reference.bench [--models llama-2-7b,falcon-7b] [--dtypes bf16,fp16]
-                              [--contexts 1024,...,32768] [--no-hf] [--eager] [--attention] [--out FILE]
+    python -m reference.measure.bench [--models llama-2-7b,falcon-7b] [--dtypes bf16,fp16]
+        [--contexts 1024,...,32768] [--no-hf] [--eager] [--attention] [--out FILE]
 
 For each model, dtype and context it times our ``single`` prefill and transformers'
 ``LlamaForCausalLM`` / ``FalconForCausalLM`` built from the same shapes (random weights; TTFT depends
@@ -14,7 +14,8 @@ so the graphs' gain on small chunks shows as a ratio measured in the same run. `
 ``tsp`` ranks make) against PyTorch's flash attention at several (c, k) points.
 
 TTFT here: input ids already on the device; CUDA events around the prefill up to the argmax of the
-last position's logits; warm-up runs not counted; the median of the repeats.
+last position's logits; warm-up runs not counted; the median of the repeats. Figures:
+docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def _transformers(spec: ModelSpec, dtype: torch.dtype):
     return model, run
 
 
-def bench_prefill(impl: str, spec: ModelSpec, dtype_name: str, contexts: list[int],
+def bench_prefill(impl: str, spec: ModelSpec, dtype_name: str, contexts: list[int], *,
                   warmup: int, repeat: int) -> list[dict[str, Any]]:
     """Rows for ``impl``: "ours", "ours-eager" (CUDA graphs off) or "transformers"."""
     dtype = DTYPES[dtype_name]
@@ -140,12 +141,12 @@ def _print_row(row: dict[str, Any]) -> None:
               f"peak {row['peak_mem_gib']:5.1f} GiB", flush=True)
 
 
-def bench_attention(points, dtype: torch.dtype, warmup: int, repeat: int) -> list[dict[str, Any]]:
+def bench_attention(points, dtype: torch.dtype, *, warmup: int, repeat: int) -> list[dict[str, Any]]:
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.nn.attention.bias import causal_lower_right
 
-    from reference.fast_attention import chunk_attention
+    from reference.chunk_attention import chunk_attention
     rows = []
     for name in ("llama-2-7b", "falcon-7b"):
         spec = ModelSpec.preset(name)
@@ -201,7 +202,7 @@ def summary(rows: list[dict[str, Any]], peak_tflops: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reference.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m reference.measure.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="llama-2-7b,falcon-7b")
     p.add_argument("--dtypes", default="bf16,fp16")
     p.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write all rows as JSON here")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        print("reference.bench: needs a CUDA device", file=sys.stderr)
+        print("reference.measure.bench: needs a CUDA device", file=sys.stderr)
         return 2
     contexts = [int(x) for x in args.contexts.split(",")]
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, cuDNN "
@@ -225,12 +226,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.models.split(","):
         spec = ModelSpec.resolve(name)
         for dt in args.dtypes.split(","):
-            rows += bench_prefill("ours", spec, dt, contexts, args.warmup, args.repeat)
+            times = dict(warmup=args.warmup, repeat=args.repeat)
+            rows += bench_prefill("ours", spec, dt, contexts, **times)
             if args.eager:
-                rows += bench_prefill("ours-eager", spec, dt, contexts, args.warmup, args.repeat)
+                rows += bench_prefill("ours-eager", spec, dt, contexts, **times)
             if not args.no_hf:
-                rows += bench_prefill("transformers", spec, dt, contexts, args.warmup, args.repeat)
-    attn = bench_attention(ATTENTION_POINTS, torch.bfloat16, 3, 10) if args.attention else []
+                rows += bench_prefill("transformers", spec, dt, contexts, **times)
+    attn = bench_attention(ATTENTION_POINTS, torch.bfloat16, warmup=3, repeat=10) if args.attention else []
     print(summary(rows, args.peak_tflops))
     if args.out:
         meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,

@@ -1,0 +1,181 @@
+"""How the measurements time things: timers, the machine-speed and host probes, one rank's compute as
+a function to time, the device's name, and the command line every JSON-writing measurement shares.
+
+Used by ``profile``, ``replay``, ``cluster`` and ``kernel_tables``. Method and why: docs/validation.md
+(section 3, "Machine speed"; section 7, "Component timing" and "Host-bound layers").
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+from reference.launch import write_atomic
+
+HOST_PROBE_TOKENS = 128  # the host probe's forward: the smallest ``forward`` point of the gpu grid
+
+
+class MeasureError(ValueError):
+    """Bad command-line input of a measurement."""
+
+
+def speed_probe_s(repeat: int = 9) -> float:
+    """Seconds of a fixed single-thread fp32 GEMM (256 x 512 x 1376), median of ``repeat``.
+
+    Shared CPUs change speed over minutes, so every profile point and every measured run records this
+    probe next to it, and the simulator compares like with like (docs/validation.md, "Machine speed")."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a, w = torch.randn(256, 512, generator=g), torch.randn(512, 1376, generator=g)
+        a @ w
+        samples = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            for _ in range(4):
+                a @ w
+            samples.append((time.perf_counter() - t0) / 4)
+        return statistics.median(samples)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def events_per_call_s(fn: Callable[[], object], n: int) -> float:
+    """CUDA: seconds per call of n back-to-back ``fn()`` calls between two CUDA events."""
+    import torch
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(n):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / n
+
+
+def make_timer(device, warmup: int, repeat: int,
+               steady_s: float | None = None) -> Callable[[Callable[[], object]], list[float]]:
+    """A function that times ``fn()``: ``warmup`` untimed calls, then ``repeat`` samples in seconds.
+
+    On CUDA with ``steady_s``, a sample is the mean of n back-to-back calls between two events, n
+    chosen so a sample lasts about ``steady_s`` (at most 64 calls). That is a component's cost inside
+    a forward pass, where the host enqueues the next kernels while the GPU runs the last ones: the
+    larger of its host (launch) time and its GPU time. One call after a synchronisation would add the
+    two, which is right for a whole rank (``replay``) but not for the parts of a layer the simulator
+    sums (docs/validation.md, section 7, "Component timing")."""
+    import torch
+
+    cuda = device.type == "cuda"
+
+    def one(fn, n: int) -> float:
+        torch.cuda.synchronize(device)
+        return events_per_call_s(fn, n)
+
+    def timer(fn: Callable[[], object]) -> list[float]:
+        for _ in range(warmup):
+            fn()
+        if not cuda:
+            samples = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - t0)
+            return samples
+        n = 1
+        if steady_s:
+            n = max(1, min(64, round(steady_s / max(one(fn, 1), 1e-6))))
+        return [one(fn, n) for _ in range(repeat)]
+    return timer
+
+
+def forward_s(run: Callable[[], object], *, layers: int, warmup: int, repeat: int) -> tuple[list[float], list[float]]:
+    """CUDA: a whole forward ``run()`` (the model's own ``hidden``, as a replayed rank runs it:
+    embedding, rotary tables, graph lookup, every layer) timed as ``replay`` times a rank: one call
+    after a synchronisation, between CUDA events; ``repeat`` samples after ``warmup`` calls.
+    Returns (seconds per forward, the host's seconds per layer to issue it). The host's time is the
+    pace of a host-bound layer (docs/validation.md, "Host-bound layers")."""
+    import torch
+
+    for _ in range(warmup):
+        run()
+    gpu, host = [], []
+
+    def issued():  # the host's time to issue run(), inside the events
+        t0 = time.perf_counter()
+        run()
+        host.append((time.perf_counter() - t0) / layers)
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        gpu.append(events_per_call_s(issued, 1))
+    return gpu, host
+
+
+def rank_run(model, spec, *, device, dtype, chunk: int, past: int, last: bool, seed: int = 0):
+    """A function running one rank's compute: ``chunk`` tokens at positions [past, past + chunk) through
+    every layer against a local cache holding ``past`` tokens' K and V; the LM head if ``last``.
+    The model's own forward, so on CUDA small chunks run as CUDA graphs as in ``reference.launch``."""
+    import torch
+
+    from reference.kvcache import KVCache
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.randint(0, spec.vocab_size, (1, chunk), generator=g, device=device)
+    shape = (1, spec.num_kv_heads, past, spec.head_dim)
+    pasts = [(torch.randn(*shape, generator=g, device=device, dtype=dtype),
+              torch.randn(*shape, generator=g, device=device, dtype=dtype)) for _ in range(spec.num_layers)]
+
+    def run():
+        cache = KVCache(spec.num_layers)
+        if past:
+            for i, (k, v) in enumerate(pasts):
+                cache.k[i], cache.v[i] = k, v
+        x = model.hidden(ids, past, cache)
+        if last:
+            return int(model.head(x)[0].argmax())
+        return x
+    return run
+
+
+def host_probe_s(model, spec, device, dtype, repeat: int = 3) -> float:
+    """CUDA: the host's seconds per layer to issue a forward of ``HOST_PROBE_TOKENS`` tokens without a
+    past, measured as the profile's ``forward`` points' ``host_s``: the host's pace where this runs,
+    against which the simulator scales the profile's host floor (docs/validation.md, "The host's
+    pace"; it differs from one process to the next and holds steady within one)."""
+    run = rank_run(model, spec, device=device, dtype=dtype, chunk=HOST_PROBE_TOKENS, past=0, last=False)
+    return statistics.median(forward_s(run, layers=spec.num_layers, warmup=1, repeat=repeat)[1])
+
+
+def device_name(device) -> str:
+    """The GPU's name, or the CPU's with its core count (the measurements' ``device`` field)."""
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def measurement_main(prog: str, parser: argparse.ArgumentParser, measure: Callable[[argparse.Namespace], dict],
+                     argv: list[str] | None, *, check: Callable[[argparse.Namespace], object] | None = None) -> int:
+    """The command line of a measurement (profile, replay): parse and check the flags, measure, write
+    the JSON atomically to --out. Bad input is one line on stderr and exit 2."""
+    try:
+        args = parser.parse_args(argv)
+        if args.repeat < 1 or args.warmup < 0 or args.threads < 1:
+            raise MeasureError("need --repeat >= 1, --warmup >= 0, --threads >= 1")
+        if check is not None:
+            check(args)
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+            raise MeasureError(f"--out {args.out}: no such folder")
+        result = measure(args)
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    write_atomic(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
