@@ -3,7 +3,8 @@
 1. One simulation of Llama-2-7B (32 layers) at 16k tokens on 8 GPUs of a uniform 300 GB/s cluster,
    per scheme: the median and best of ``--repeat`` runs, in ms.
 2. All of ``scenarios/nonuniform.yaml`` (load, every simulation, the text report), in s.
-3. All of ``scenarios/large-cluster.yaml`` (a 1,000-GPU mesh and a 10,000-GPU cluster of nodes): load,
+3. All of ``scenarios/contenders.yaml`` (every scheme on three clusters), in s.
+4. All of ``scenarios/large-cluster.yaml`` (a 1,000-GPU mesh and a 10,000-GPU cluster of nodes): load,
    run, and the peer it replaces: routes between every pair of the 10,000 GPUs, estimated from one
    source's Dijkstra search times the GPUs (what the simulator did before it routed only the GPUs a
    job uses).
@@ -54,6 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     table = report.run(scenario, progress=False)
     report.text(scenario, table)
     print(f"scenarios/nonuniform.yaml: {len(table)} simulations, wall {time.perf_counter() - wall:.2f} s, "
+          f"CPU {time.process_time() - cpu:.2f} s")
+    wall, cpu = time.perf_counter(), time.process_time()
+    scenario = load(os.path.join(SCENARIOS, "contenders.yaml"))
+    table = report.run(scenario, progress=False)
+    report.text(scenario, table)
+    print(f"scenarios/contenders.yaml: {len(table)} configurations, wall {time.perf_counter() - wall:.2f} s, "
           f"CPU {time.process_time() - cpu:.2f} s")
     wall, cpu = time.perf_counter(), time.process_time()
     scenario = load(os.path.join(SCENARIOS, "large-cluster.yaml"))

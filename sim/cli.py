@@ -148,10 +148,14 @@ def write_outputs(scenario: Scenario, table, timelines: list[Job], plots, out_di
     with Staged(out_dir, "--out") as stage:
         if everything:
             report.write_files(scenario, table, stage)
+            contenders = len({s.name for s in scenario.schemes if s.kind != "single"}) > 1
             for model in scenario.models:
                 for cluster in scenario.clusters:
                     drawing.ttft_plot(table, model.name, cluster.name,
                                       stage.path(f"ttft_{model.name}_{cluster.name}.png"))
+                    if contenders:  # which scheme wins where
+                        drawing.winner_map(table, model.name, cluster.name,
+                                           stage.path(f"winners_{model.name}_{cluster.name}.png"))
             for job in timelines:
                 stem = (f"timeline_{job.scheme.name}_{job.num_gpus}gpu_{job.context}_{job.model.name}_"
                         f"{job.cluster.name}")

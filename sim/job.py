@@ -13,11 +13,12 @@ from .cost.analytic import AnalyticCost
 from .hardware import GpuSpec
 from .model import ModelSpec
 
-SCHEME_KINDS = ("single", "tsp", "kvr")  # one module each in sim/schemes/
+SCHEME_KINDS = ("single", "tsp", "kvr", "ring", "ring-zigzag", "ulysses", "tp", "pipeline")  # sim/schemes/
 ATTENTION = ("causal", "masked")
 PARTITIONERS = ("even", "kvr-s", "kvr-p")
 JOB_PARTITIONERS = ("kvr-s", "kvr-p")  # the partition depends on the whole job: the planner resolves it
 ORDERS = ("given", "auto")
+PIECE_SIZES = ("even", "equal-time")  # pipeline's prompt pieces
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,7 +28,9 @@ class SchemeSpec:
     (``even``, ``kvr-s`` searched, ``kvr-p`` predicted from ``table`` or a table built at
     ``table_contexts``) splits any context over any GPU count. ``attention`` is tsp's attention work:
     ``causal`` (keys [0, e_r), bottom-right causal; what the runtime computes) or ``masked`` (the dense
-    c_r x C block). ``order``: ``given`` (rank r on GPU r) or ``auto`` (chosen from the topology)."""
+    c_r x C block). ``order``: ``given`` (rank r on GPU r) or ``auto`` (chosen from the topology).
+    ``pipeline`` cuts the prompt into ``pieces`` (0: four a stage) of ``piece_sizes`` ``even`` or
+    ``equal-time``."""
 
     name: str
     kind: str
@@ -38,10 +41,16 @@ class SchemeSpec:
     order: str = "given"
     table: str | None = None
     table_contexts: tuple[int, ...] = ()
+    pieces: int = 0
+    piece_sizes: str = "even"
 
     def __post_init__(self) -> None:
         assert self.kind in SCHEME_KINDS and self.attention in ATTENTION
-        assert self.partitioner in PARTITIONERS and self.order in ORDERS
+        assert self.partitioner in PARTITIONERS and self.order in ORDERS and self.piece_sizes in PIECE_SIZES
+
+    def num_pieces(self, num_gpus: int) -> int:
+        """pipeline: the prompt's pieces (four a stage unless given)."""
+        return self.pieces or 4 * num_gpus
 
     @property
     def pinned_gpus(self) -> int | None:
@@ -70,6 +79,12 @@ BUILTIN = {s.name: s for s in (
     SchemeSpec(name="tsp-masked", kind="tsp", attention="masked"),
     SchemeSpec(name="kvr-e", kind="kvr"),
     SchemeSpec(name="kvr-s", kind="kvr", partitioner="kvr-s"),
+    SchemeSpec(name="ring", kind="ring"),
+    SchemeSpec(name="ring-zigzag", kind="ring-zigzag"),
+    SchemeSpec(name="ulysses", kind="ulysses"),
+    SchemeSpec(name="tp", kind="tp"),
+    SchemeSpec(name="pipeline", kind="pipeline"),
+    SchemeSpec(name="pipeline-et", kind="pipeline", piece_sizes="equal-time"),
 )}
 
 

@@ -3,12 +3,12 @@
 A rank holds, in the job's dtype (docs/cost_model.md, "Memory"):
 
 - the weights: every parameter (``ModelSpec.num_params``): TSP and KV-Runahead replicate the model;
-- its KV-cache: K and V of the tokens it keeps, in every layer (each scheme's ``kv_tokens``: single
+- its KV-cache: K and V of the tokens it keeps, in every layer (each scheme's ``rank_memory``: single
   C; tsp rank r [0, e_r); kvr rank r [0, S_r)), as the runtime's caches end. A single prefill's
   plain cache keeps the layer's V as a view into the fused QKV output, which holds Q and the
   unrotated K alive too: q + kv more elements per token and layer (the runtime's, measured: the
   peaks of docs/cost_model.md, "Memory", within 1-3%);
-- one layer's transient K/V buffer (``kv_tokens`` too): tsp's gathered block (P x the largest
+- one layer's transient K/V buffer: tsp's gathered block (P x the largest
   chunk), kvr's received cumulative K/V before its own are appended (S_{r-1} tokens);
 - the activations of one layer for its chunk of c tokens: the residual stream and its normed copy,
   the QKV projection, the attention output, the MLP's inner activations (gate and up, and their
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .model import ModelSpec, dtype_bytes
-from .schemes import kv_tokens
 
 
 @dataclass(frozen=True)
@@ -69,18 +68,27 @@ def activation_elements(model: ModelSpec, tokens: int) -> int:
     return tokens * (3 * model.hidden_size + model.q_size + 2 * model.kv_size + inner * model.intermediate_size)
 
 
-def rank_memory(model: ModelSpec, dtype: str, kind: str, chunks: Sequence[int], r: int) -> RankMemory:
+def rank_parts(model: ModelSpec, dtype: str, *, kept_tokens: int, transient_tokens: int, activation_tokens: int,
+               weight_fraction: float = 1.0, layer_fraction: float = 1.0, kv_head_fraction: float = 1.0,
+               activation_fraction: float = 1.0, kept_extra_per_token_layer: int = 0) -> RankMemory:
+    """One rank's memory from what its scheme keeps: K/V of ``kept_tokens`` in its layers (a
+    ``layer_fraction`` of them, a ``kv_head_fraction`` of the K/V heads), one layer's transient K/V of
+    ``transient_tokens``, one layer's activations of ``activation_tokens`` (an ``activation_fraction``
+    of their width, for schemes that split heads and MLP columns), a ``weight_fraction`` of the
+    weights; ``kept_extra_per_token_layer`` elements more kept per token and layer (single prefill's
+    QKV view, see the module docstring)."""
     b = dtype_bytes(dtype)
-    kept, transient = kv_tokens(kind, chunks, r)
-    per_token_layer = model.kv_bytes_per_token_per_layer(dtype)
-    kept_per_token_layer = per_token_layer + (model.q_size + model.kv_size) * b * (kind == "single")
-    return RankMemory(weights=model.num_params * b, kv_cache=kept * kept_per_token_layer * model.num_layers,
-                      kv_transient=transient * per_token_layer,
-                      activations=activation_elements(model, chunks[r]) * b + model.vocab_size * 4)
+    per_token_layer = model.kv_bytes_per_token_per_layer(dtype) * kv_head_fraction
+    layers = model.num_layers * layer_fraction
+    return RankMemory(weights=model.num_params * b * weight_fraction,
+                      kv_cache=kept_tokens * (per_token_layer + kept_extra_per_token_layer * b) * layers,
+                      kv_transient=transient_tokens * per_token_layer,
+                      activations=activation_elements(model, activation_tokens) * b * activation_fraction
+                      + model.vocab_size * 4)
 
 
-def check(model: ModelSpec, dtype: str, kind: str, chunks: Sequence[int],
-          capacity_bytes: float | None) -> MemoryCheck:
-    ranks = tuple(rank_memory(model, dtype, kind, chunks, r) for r in range(len(chunks)))
+def check(ranks: Sequence[RankMemory], capacity_bytes: float | None) -> MemoryCheck:
+    """The ranks' needs against the GPU's memory."""
+    ranks = tuple(ranks)
     worst = max(range(len(ranks)), key=lambda r: ranks[r].total)
     return MemoryCheck(need_bytes=ranks[worst].total, capacity_bytes=capacity_bytes, worst_rank=worst, ranks=ranks)

@@ -104,3 +104,40 @@ def chrome_trace(result: Result, title: str, path: str) -> None:
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
         f.write("\n")
+
+
+def winner_map(rows, model: str, cluster: str, path: str) -> None:
+    """Context across, GPU count up: each cell coloured by the fastest scheme there and labelled with
+    its name and its margin over the runner-up (TTFT_second / TTFT_first - 1); "no fit" where no
+    scheme fits the GPUs' memory. ``single`` is left out (it runs on one GPU)."""
+    rows = [r for r in rows if r.job.model.name == model and r.job.cluster.name == cluster
+            and r.job.scheme.kind != "single"]
+    contexts = sorted({r.job.context for r in rows})
+    counts = sorted({r.job.num_gpus for r in rows})
+    schemes = list(dict.fromkeys(r.job.scheme.name for r in rows))
+    colour = {s: f"C{i % 10}" for i, s in enumerate(schemes)}
+    fig, ax = plt.subplots(figsize=(1.3 * len(contexts) + 2.2, 0.9 * len(counts) + 1.6))
+    for y, n in enumerate(counts):
+        for x, c in enumerate(contexts):
+            cell = sorted((r.result.ttft_s, r.job.scheme.name) for r in rows
+                          if (r.job.num_gpus, r.job.context) == (n, c) and r.result is not None)
+            if not cell:
+                ax.add_patch(plt.Rectangle((x, y), 1, 1, color="0.85"))
+                ax.text(x + 0.5, y + 0.5, "no fit", ha="center", va="center", fontsize=8, color="0.3")
+                continue
+            best_s, best = cell[0]
+            gain = (cell[1][0] / best_s - 1) * 100 if len(cell) > 1 else None
+            margin = "" if gain is None else f"+{gain:.1f}%" if gain < 10 else f"+{gain:.0f}%"
+            ax.add_patch(plt.Rectangle((x, y), 1, 1, color=colour[best], alpha=0.75))
+            ax.text(x + 0.5, y + 0.5, f"{best}\n{margin}", ha="center", va="center", fontsize=7.5)
+    ax.set_xlim(0, len(contexts))
+    ax.set_ylim(0, len(counts))
+    ax.set_xticks([x + 0.5 for x in range(len(contexts))],
+                  [f"{c // 1024}k" if c >= 1024 and c % 1024 == 0 else str(c) for c in contexts])
+    ax.set_yticks([y + 0.5 for y in range(len(counts))], [str(n) for n in counts])
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("GPUs")
+    ax.set_title(f"{model} on {cluster}: fastest scheme (margin over the runner-up)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

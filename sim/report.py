@@ -11,12 +11,13 @@ import json
 from dataclasses import dataclass
 from typing import Iterable
 
-from . import memory
 from .engine import Result
-from .job import Job
+from .engine import run as run_plan
+from .job import JOB_PARTITIONERS, Job
 from .memory import MemoryCheck
-from .partition import even
-from .partition.plan import fixed_chunks
+from .partition import Plan, even
+from .partition.plan import plan
+from .schemes import memory_check
 from .simulate import simulate
 
 MB = 1e6
@@ -103,6 +104,7 @@ def text(scenario, table: list[Row]) -> str:
         for (scheme, n), cells in sorted(by_line.items(), key=lambda kv: (kv[0][1], _order(s, kv[0][0]))):
             grid.append([scheme, str(n), *(_cell(cells.get(c)) for c in contexts)])
         lines += columns(grid)
+        lines += _skipped_notes(s, block[0].job.model)
         lines += _memory_notes(block)
         lines += _detail(block)
     return "\n".join(line.rstrip() for line in lines) + "\n"
@@ -119,6 +121,18 @@ def _cell(row: Row | None) -> str:
         return "does not fit"
     ms = f"{row.result.ttft_s * 1e3:.2f}"
     return ms + (f" ({row.speedup_vs_tsp:.2f}x)" if row.speedup_vs_tsp is not None else " " * 8)
+
+
+def _skipped_notes(scenario, model) -> list[str]:
+    """A line per scheme that cannot run some configurations of this model, and why."""
+    by_scheme: dict[str, list] = {}
+    for scheme, n, context, why in scenario.skipped(model):
+        by_scheme.setdefault(scheme, []).append((n, context, why))
+    out = []
+    for scheme, cases in by_scheme.items():
+        reasons = sorted({why for _, _, why in cases})
+        out.append(f"{scheme} does not run {len(cases)} configuration{'s' * (len(cases) > 1)}: " + "; ".join(reasons))
+    return out
 
 
 def _memory_notes(block: list[Row]) -> list[str]:
@@ -222,18 +236,17 @@ def run(scenario, *, progress: bool = True) -> list[Row]:
 
 
 def _run_one(job: Job) -> tuple[Job, Result | None, MemoryCheck | None]:
-    """Simulate a job that fits its GPUs' memory: checked first with its scheme's own partition (the
-    even one for a searched or predicted one, so a hopeless job costs no search), then with the
-    partition it ran."""
+    """Simulate a job that fits its GPUs' memory: checked first with its scheme's own plan (the even
+    partition for a searched or predicted one, so a hopeless job costs no search), then with the plan
+    it runs."""
     capacity = job.gpu.memory_bytes
     if capacity is None:
         return job, simulate(job), None
-    kind = job.scheme.kind
-    first = fixed_chunks(job.scheme, job.context, job.num_gpus) if job.scheme.partitioner == "even" or \
-        job.scheme.pinned_gpus is not None else even(job.context, job.num_gpus)
-    pre = memory.check(job.model, job.dtype, kind, first, capacity)
+    searched = job.scheme.partitioner in JOB_PARTITIONERS and job.scheme.pinned_gpus is None
+    first = Plan(tuple(even(job.context, job.num_gpus)), tuple(range(job.num_gpus))) if searched else plan(job)
+    pre = memory_check(job, first, capacity)
     if not pre.fits:
         return job, None, pre
-    result = simulate(job)
-    after = memory.check(job.model, job.dtype, kind, result.chunks, capacity)
-    return job, result if after.fits else None, after
+    planned = plan(job)
+    after = memory_check(job, planned, capacity) if searched else pre
+    return job, run_plan(job, planned) if after.fits else None, after

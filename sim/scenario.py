@@ -13,10 +13,11 @@ import yaml
 from .cluster import BackgroundFlow, ClusterError, ClusterSpec, LinkSpec, MeshLinks, duplex, mesh
 from .cost.profiled import ProfileCost, ProfileError
 from .hardware import GPU_PRESETS, GpuSpec, HardwareError, memory_of_device
-from .job import ATTENTION, BUILTIN, ORDERS, PARTITIONERS, SCHEME_KINDS, Job, SchemeSpec
+from .job import ATTENTION, BUILTIN, ORDERS, PARTITIONERS, PIECE_SIZES, SCHEME_KINDS, Job, SchemeSpec
 from .model import DTYPE_BYTES, PRESETS, ModelSpec, ModelSpecError
 from .partition import PartitionError, check, from_fractions
 from .partition import table
+from .schemes import unsupported
 from .yaml_fields import ScenarioError, integer, listed, mapping, need, number, text
 
 GB = 1e9  # bytes: bandwidths are given in GB/s (10^9 bytes per second)
@@ -63,17 +64,30 @@ class Scenario:
 
     def jobs(self) -> Iterator[Job]:
         """Every simulation of the sweep, in report order; ``single`` runs once per context on 1 GPU;
-        a scheme with an explicit partition runs where the partition fits."""
+        a scheme with an explicit partition runs where the partition fits, and a scheme runs only
+        where it can (``skipped`` says where not)."""
         for model in self.models:
             for cluster in self.clusters:
                 for scheme in self.schemes:
                     counts = (1,) if scheme.kind == "single" else self.gpu_counts
                     for n in counts:
                         for context in self.contexts:
-                            if scheme.runs_at(context, n):
+                            if scheme.runs_at(context, n) and unsupported(scheme.kind, model, n, context) is None:
                                 yield Job(model=model, gpu=self.gpu, dtype=self.dtype, cluster=cluster,
                                           scheme=scheme, context=context, num_gpus=n,
                                           cost_model=dict(self.profiles).get(model.name))
+
+
+    def skipped(self, model: ModelSpec) -> list[tuple[str, int, int, str]]:
+        """(scheme, GPUs, context, why) of each configuration a scheme cannot run for ``model``."""
+        out = []
+        for scheme in self.schemes:
+            for n in (1,) if scheme.kind == "single" else self.gpu_counts:
+                for context in self.contexts:
+                    why = unsupported(scheme.kind, model, n, context) if scheme.runs_at(context, n) else None
+                    if why:
+                        out.append((scheme.name, n, context, why))
+        return out
 
 
 def load(path: str | os.PathLike) -> Scenario:
@@ -190,7 +204,7 @@ def _profiles(hw: dict, models: tuple[ModelSpec, ...], dtype: str,
             cost = ProfileCost.load(scenario_path(text(p, at), base_dir))
             costs.append((cost, cost.model))
         except (ProfileError, ModelSpecError, KeyError) as e:
-            raise ScenarioError(f"{at}: must be a profile JSON (python -m reference.profile), got {p!r} ({e})") from None
+            raise ScenarioError(f"{at}: must be a profile JSON (python -m reference.measure.profile), got {p!r} ({e})") from None
         need(cost.dtype == dtype, f"{at}", f"was measured in {cost.dtype}, but hardware.dtype is {dtype}", p)
     out = []
     for i, model in enumerate(models):
@@ -337,7 +351,8 @@ def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, .
         need(value in BUILTIN, at, f"must be one of {list(BUILTIN)} or a mapping", value)
         return BUILTIN[value]
     d = mapping(value, at, required=("name", "kind"),
-                 optional=("partition", "partitioner", "attention", "order", "table", "table_contexts"))
+                 optional=("partition", "partitioner", "attention", "order", "table", "table_contexts", "pieces",
+                           "piece_sizes"))
     name, kind = text(d["name"], f"{at}.name"), d["kind"]
     need(kind in SCHEME_KINDS, f"{at}.kind", f"must be one of {list(SCHEME_KINDS)}", kind)
     if "attention" in d:
@@ -357,6 +372,11 @@ def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, .
     if "order" in d:
         need(kind in ("kvr", "tsp"), f"{at}.order", "applies to kinds kvr and tsp only", d["order"])
         need(d["order"] in ORDERS, f"{at}.order", f"must be one of {list(ORDERS)}", d["order"])
+    for key in ("pieces", "piece_sizes"):
+        need(key not in d or kind == "pipeline", f"{at}.{key}", "applies to kind pipeline only", d.get(key))
+    if "piece_sizes" in d:
+        need(d["piece_sizes"] in PIECE_SIZES, f"{at}.piece_sizes", f"must be one of {list(PIECE_SIZES)}",
+             d["piece_sizes"])
     for key in ("table", "table_contexts"):
         need(key not in d or d.get("partitioner") == "kvr-p", f"{at}.{key}", "applies to partitioner kvr-p only",
               d.get(key))
@@ -367,7 +387,9 @@ def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, .
     return SchemeSpec(name=name, kind=kind, partitioner=d.get("partitioner", "even"), fractions=fractions,
                       tokens=tokens, attention=d.get("attention", "causal"), order=d.get("order", "given"),
                       table=scenario_path(text(d["table"], f"{at}.table"), base_dir) if "table" in d else None,
-                      table_contexts=table_contexts if d.get("partitioner") == "kvr-p" and "table" not in d else ())
+                      table_contexts=table_contexts if d.get("partitioner") == "kvr-p" and "table" not in d else (),
+                      pieces=integer(d["pieces"], f"{at}.pieces") if "pieces" in d else 0,
+                      piece_sizes=d.get("piece_sizes", "even"))
 
 
 def _powers_of_two(low: int, high: int) -> tuple[int, ...]:

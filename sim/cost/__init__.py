@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 class CostModel:
-    """What the schemes ask. Subclasses answer the six op questions; the last two have defaults."""
+    """What the schemes ask. Subclasses answer the six op questions; the last three have defaults."""
 
     def embed_s(self, tokens: int) -> float:
         raise NotImplementedError
@@ -29,6 +29,14 @@ class CostModel:
 
     def head_s(self) -> float:
         raise NotImplementedError
+
+    def past_attention_s(self, queries: int, keys: int) -> float:
+        """Attention of ``queries`` queries to ``keys`` earlier keys, unmasked: a block of another
+        rank's K/V (ring attention), merged by log-sum-exp. By default the marginal cost of those keys
+        on top of the queries' own causal attention, which is how the runtime attends to a past."""
+        own = self.attention_s(queries, queries, causal_pairs(queries, queries))
+        both = self.attention_s(queries, queries + keys, causal_pairs(queries, queries + keys))
+        return max(both - own, 0.0)
 
     def layer_floor_s(self, tokens: float, past: bool = False) -> float:
         """The least time one decoder layer of a ``tokens``-token chunk takes however little it

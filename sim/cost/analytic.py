@@ -84,6 +84,10 @@ class AnalyticCost(CostModel):
     def attention_s(self, queries: int, keys: int, pairs: float) -> float:
         return attention_s(self.gpu, self.spec, queries, keys, pairs, self._b)
 
+    def past_attention_s(self, queries: int, keys: int) -> float:
+        """An unmasked block of ``queries`` x ``keys`` pairs, its own kernel call."""
+        return self.attention_s(queries, keys, float(queries) * keys)
+
     def post_attention_s(self, tokens: int) -> float:
         """Output projection, the MLP (and the second norm of a sequential block), two residual adds."""
         s, b, g = self.spec, self._b, self.gpu

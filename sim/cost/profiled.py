@@ -67,7 +67,7 @@ def _clamped(xs: list[float], x: float) -> tuple[int, float, bool]:
 
 @dataclass(frozen=True, eq=False)
 class ProfileCost(CostModel):
-    """The CostModel protocol (sim/cost.py) from a profile dict, fitted on the grid points that are not
+    """The CostModel protocol (sim/cost/) from a profile dict, fitted on the grid points that are not
     held out (those only test it)."""
 
     profile: Mapping[str, Any] = field(repr=False)
@@ -88,7 +88,7 @@ class ProfileCost(CostModel):
 
     def host_probe_s(self) -> float | None:
         """GPU profiles: the host's seconds per layer to issue the smallest forward without a past (the
-        ``forward`` point a host probe repeats: ``reference.profile.host_probe_s``), else None."""
+        ``forward`` point a host probe repeats: ``reference.measure.timing.host_probe_s``), else None."""
         hosts = [e for e in self.profile.get("components", {}).get("forward", [])
                  if e.get("host_s") is not None and e["keys"] == e["tokens"]]
         return min(hosts, key=lambda e: e["tokens"])["host_s"] if hosts else None

@@ -64,6 +64,7 @@ class Sim:
         self.gpu_of = gpus or tuple(range(num_ranks))  # rank -> cluster GPU: transfers join the ranks' GPUs
         self.env = simpy.Environment()
         self.cost = cost if cost is not None else job.cost()
+        self.model = job.model
         self.num_layers = job.model.num_layers
         self.kv_bytes_per_token = job.model.kv_bytes_per_token_per_layer(job.dtype)
         self.network = Network(self.env, job.cluster)
@@ -76,6 +77,7 @@ class Sim:
         self._messages: dict[tuple, simpy.Event] = {}
         self._channels: dict[tuple[int, int], simpy.Resource] = {}
         self._gathers: dict[int, collectives.RingAllGather] = {}
+        self._collectives: dict[tuple, collectives.RingAllGather] = {}
 
     def hold_gpu(self, rank: int, body):
         """Process body: the rank's process holds its GPU's compute stream for its whole life, so a
@@ -93,9 +95,10 @@ class Sim:
             self.segments.append(Segment(rank, "compute", op, start_s, start_s + seconds, layer))
             start_s += seconds
 
-    def send(self, src: int, dst: int, nbytes: float, tag: int) -> None:
-        """Start an asynchronous point-to-point send; the caller does not wait for it."""
-        self.env.process(collectives.send(self, src, dst, nbytes, tag))
+    def send(self, src: int, dst: int, nbytes: float, tag, layer: int | None = None) -> None:
+        """Start an asynchronous point-to-point send; the caller does not wait for it. ``tag`` names
+        the message (the layer, or any hashable); the timeline records ``layer`` (default: the tag)."""
+        self.env.process(collectives.send(self, src, dst, nbytes, tag, layer))
 
     def message(self, src: int, dst: int, tag: int) -> simpy.Event:
         """The event of the message ``tag`` from ``src`` arriving at ``dst``."""
@@ -115,6 +118,20 @@ class Sim:
             self._gathers[tag] = collectives.RingAllGather(self, len(self.gpus), chunk_bytes, tag)
         return self._gathers[tag].join()
 
+    def all_reduce(self, tag, total_bytes: float, layer: int | None = None) -> simpy.Event:
+        """Enter the ring all-reduce ``tag`` of a ``total_bytes`` buffer; fires when it completes."""
+        key = ("all-reduce", tag)
+        if key not in self._collectives:
+            self._collectives[key] = collectives.RingAllReduce(self, len(self.gpus), total_bytes, tag, layer)
+        return self._collectives[key].join()
+
+    def all_to_all(self, tag, pair_bytes, layer: int | None = None) -> simpy.Event:
+        """Enter the all-to-all ``tag``: rank a sends ``pair_bytes[a][b]`` to rank b; fires when done."""
+        key = ("all-to-all", tag)
+        if key not in self._collectives:
+            self._collectives[key] = collectives.AllToAll(self, len(self.gpus), pair_bytes, tag, layer)
+        return self._collectives[key].join()
+
     def record_transfer(self, op: str, src: int, dst: int, nbytes: float, start_s: float, end_s: float,
                         layer: int) -> None:
         self.sent[src] += nbytes
@@ -129,9 +146,9 @@ def run(job: Job, plan, *, cost: CostModel | None = None, sim_class: type[Sim] |
     """Run ``job`` under ``plan`` (a ``sim.partition.Plan``: tokens per rank, the cluster GPU of each
     rank); ``cost`` replaces the job's cost model (a measured profile, a test stub); ``sim_class``
     replaces ``Sim`` (``engine/cpu_cluster.py``'s ranks share a CPU)."""
-    chunks, gpus = tuple(plan[0]), tuple(plan[1])
+    chunks, gpus = tuple(plan.chunks), tuple(plan.gpus)
     sim = (sim_class or Sim)(job, len(chunks), cost, gpus)
-    procs = [sim.env.process(sim.hold_gpu(r, rank_process(job.scheme, sim, r, chunks)))
+    procs = [sim.env.process(sim.hold_gpu(r, rank_process(job.scheme, sim, r, plan)))
              for r in range(len(chunks))]
     sim.env.run(until=sim.env.all_of(procs))
     assert sim.ttft_s is not None

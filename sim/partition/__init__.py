@@ -66,7 +66,9 @@ def check(context: int, chunks: Sequence[int]) -> None:
 
 
 class Plan(NamedTuple):
-    """What a job runs: tokens per rank, and the cluster GPU of each rank."""
+    """What a job runs: tokens per rank, the cluster GPU of each rank, and, for a scheme that cuts the
+    prompt into pieces that flow through all ranks (``pipeline``), the tokens of each piece."""
 
     chunks: tuple[int, ...]
     gpus: tuple[int, ...]
+    pieces: tuple[int, ...] = ()

@@ -12,9 +12,9 @@ never asks the planner. ``sim.simulate.simulate(job)`` is ``run(job, plan(job))`
 from __future__ import annotations
 
 from ..job import JOB_PARTITIONERS
-from . import Plan, even, from_fractions
+from . import Plan, even, from_fractions, round_fractions
 from .order import order_for
-from .search import search_job
+from .search import balanced, search_job
 from .table import predict_job
 
 
@@ -24,13 +24,28 @@ def plan(job) -> Plan:
     if scheme.kind == "kvr" and scheme.partitioner in JOB_PARTITIONERS and scheme.pinned_gpus is None:
         return _cached_plan(job)
     chunks = fixed_chunks(scheme, job.context, job.num_gpus)
-    return Plan(tuple(chunks), order_for(job, chunks))
+    pieces = pipeline_pieces(job) if scheme.kind == "pipeline" else ()
+    return Plan(tuple(chunks), order_for(job, chunks), tuple(pieces))
+
+
+def pipeline_pieces(job) -> list[int]:
+    """pipeline: the prompt's pieces, even or of equal time (the balancing solver of KVR-S, whose
+    per-layer cost of a chunk after its past is a piece's too)."""
+    m = min(job.scheme.num_pieces(job.num_gpus), job.context)
+    if job.scheme.piece_sizes == "even":
+        return even(job.context, m)
+    return round_fractions(job.context, balanced(job.context, m, job.cost()))
 
 
 def fixed_chunks(scheme, context: int, num_gpus: int) -> list[int]:
     """Tokens per rank of a scheme whose partition does not depend on the job's hardware."""
     if scheme.kind == "single":
         return [context]
+    if scheme.kind in ("tp", "pipeline"):  # every rank sees every token
+        return [context] * num_gpus
+    if scheme.kind == "ring-zigzag":
+        pieces = even(context, 2 * num_gpus)
+        return [pieces[r] + pieces[2 * num_gpus - 1 - r] for r in range(num_gpus)]
     assert scheme.runs_at(context, num_gpus), f"{scheme.name} has no partition for {num_gpus} GPUs, C={context}"
     if scheme.fractions is not None:
         return from_fractions(context, scheme.fractions)

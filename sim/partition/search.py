@@ -60,11 +60,28 @@ def layer_compute_s(cost: CostModel, rank: int, tokens: float, before: float) ->
     return parts + layer_extra_s(cost, parts, tokens=tokens, past=rank > 0)
 
 
+_BALANCED: dict = {}
+
+
 def balanced(context: int, parts: int, cost: CostModel) -> list[float]:
-    """Fractions of C (summing to 1) for which every rank's per-layer compute is equal (each >= 1 token)."""
-    def chunks_at(period_s: float) -> list[float]:
+    """Fractions of C (summing to 1) for which every rank's per-layer compute is equal (each >= 1 token).
+    Cached per cost model (by value where it is hashable), context and parts."""
+    try:
+        key = (cost, context, parts)
+        hash(key)
+    except TypeError:  # a profile (it holds dicts): by identity, kept alive in the value
+        key = (id(cost), context, parts)
+    if key not in _BALANCED:
+        _BALANCED[key] = (_balanced(context, parts, cost), cost)
+    return list(_BALANCED[key][0])
+
+
+def _balanced(context: int, parts: int, cost: CostModel) -> list[float]:
+    def chunks_at(period_s: float, *, whole: bool = True) -> list[float]:
         out, before = [], 0.0
         for i in range(parts):
+            if not whole and before > context:  # the sum is past the context already: too long a period
+                return out + [1.0] * (parts - i)
             lo, hi = 1.0, float(context)
             if layer_compute_s(cost, i, lo, before) >= period_s:
                 hi = lo
@@ -78,7 +95,7 @@ def balanced(context: int, parts: int, cost: CostModel) -> list[float]:
     lo, hi = 0.0, layer_compute_s(cost, 0, float(context), 0.0)
     for _ in range(_BISECT):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if sum(chunks_at(mid)) <= context else (lo, mid)
+        lo, hi = (mid, hi) if sum(chunks_at(mid, whole=False)) <= context else (lo, mid)
     chunks = chunks_at(hi)
     return [c / sum(chunks) for c in chunks]
 

@@ -1,24 +1,33 @@
 """Parallel prefill schemes: one module each, one generator per rank that reads top to bottom.
 
 Every scheme module has ``rank(sim, r, chunks, scheme)``, the process body of rank r (``sim`` is the
-engine's ``Sim``: compute, send, message, all_gather), and ``kv_tokens(chunks, r)``, the tokens whose
-K/V rank r keeps and the tokens of its one-layer transient K/V buffer (the memory check,
-``sim/memory.py``). Adding a scheme: a module here and a line in ``SCHEMES`` (and its kind in
+engine's ``Sim``: compute, send, message, all_gather, all_reduce, all_to_all; ``chunks`` the plan's
+tokens per rank), ``rank_memory(model, dtype, plan, r)``, rank r's memory at its peak
+(``sim/memory.py``'s parts), and ``supports(model, num_gpus, context)``, why it cannot run (or None). Adding a scheme: a module here and a line in ``SCHEMES`` (and its kind in
 ``sim.job.SCHEME_KINDS``); docs/design.md, "Adding a scheme".
 """
 from __future__ import annotations
 
 from types import ModuleType
 
-from . import kvr, single, tsp
+from ..memory import MemoryCheck, check
+from . import kvr, pipeline, ring, ring_zigzag, single, tp, tsp, ulysses
 
-SCHEMES: dict[str, ModuleType] = {"single": single, "tsp": tsp, "kvr": kvr}
-
-
-def rank_process(scheme, sim, r: int, chunks):
-    """The process body of rank r under ``scheme`` (a ``sim.job.SchemeSpec``)."""
-    return SCHEMES[scheme.kind].rank(sim, r, list(chunks), scheme)
+SCHEMES: dict[str, ModuleType] = {"single": single, "tsp": tsp, "kvr": kvr, "ring": ring,
+                                  "ring-zigzag": ring_zigzag, "ulysses": ulysses, "tp": tp, "pipeline": pipeline}
 
 
-def kv_tokens(kind: str, chunks, r: int) -> tuple[int, int]:
-    return SCHEMES[kind].kv_tokens(list(chunks), r)
+def rank_process(scheme, sim, r: int, plan):
+    """The process body of rank r under ``scheme`` (a ``sim.job.SchemeSpec``) and ``plan``."""
+    return SCHEMES[scheme.kind].rank(sim, r, plan, scheme)
+
+
+def unsupported(kind: str, model, num_gpus: int, context: int) -> str | None:
+    """Why a scheme cannot run this model on this many GPUs at this context (None: it can)."""
+    return SCHEMES[kind].supports(model, num_gpus, context)
+
+
+def memory_check(job, plan, capacity_bytes: float | None) -> MemoryCheck:
+    """Every rank's memory under ``plan`` against the GPU's."""
+    module = SCHEMES[job.scheme.kind]
+    return check([module.rank_memory(job.model, job.dtype, plan, r) for r in range(len(plan.chunks))], capacity_bytes)

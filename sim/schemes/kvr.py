@@ -4,13 +4,20 @@ cumulative KV-cache on to the next with an asynchronous send. See docs/design.md
 from __future__ import annotations
 
 from ..cost import causal_pairs, layer_extras
+from ..memory import RankMemory, rank_parts
 
 
-def rank(sim, r: int, chunks: list[int], scheme):
+def supports(model, num_gpus: int, context: int) -> str | None:
+    """Runs any model on any GPU count (the scenario checks that every rank gets a token)."""
+    return None
+
+
+def rank(sim, r: int, plan, scheme):
     """Rank r holds tokens [S_{r-1}, S_r). Per layer: QKV of its chunk; wait for rank r-1's K, V of
     tokens [0, S_{r-1}); send K, V of [0, S_r) to rank r+1 without waiting; attend its c_r queries to
     S_r keys (causal, bottom right), after appending its own K, V to the received ones (a copy of S_r
     tokens, as the runtime's torch.cat); MLP. The last rank then runs the LM head: the first token."""
+    chunks = list(plan.chunks)
     last = len(chunks) - 1
     c, keys = chunks[r], sum(chunks[: r + 1])
     cost = sim.cost
@@ -31,7 +38,8 @@ def rank(sim, r: int, chunks: list[int], scheme):
         sim.first_token()
 
 
-def kv_tokens(chunks: list[int], r: int) -> tuple[int, int]:
+def rank_memory(model, dtype: str, plan, r: int) -> RankMemory:
     """K/V of [0, S_r) kept; the received [0, S_{r-1}) is the one-layer buffer."""
+    chunks = plan.chunks
     end = sum(chunks[: r + 1])
-    return end, end - chunks[r]
+    return rank_parts(model, dtype, kept_tokens=end, transient_tokens=end - chunks[r], activation_tokens=chunks[r])

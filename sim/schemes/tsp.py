@@ -4,14 +4,21 @@ See docs/design.md, "Scheme semantics".
 from __future__ import annotations
 
 from ..cost import causal_pairs, layer_extras
+from ..memory import RankMemory, rank_parts
 
 
-def rank(sim, r: int, chunks: list[int], scheme):
+def supports(model, num_gpus: int, context: int) -> str | None:
+    """Runs any model on any GPU count (the scenario checks that every rank gets a token)."""
+    return None
+
+
+def rank(sim, r: int, plan, scheme):
     """Rank r holds tokens [s_r, e_r). Per layer: QKV of its chunk; all-gather K, V (every chunk padded
     to the largest, a copy on the ranks with a shorter chunk); concatenate the gathered keys [0, e_r) (a
     copy, as the runtime's torch.cat); attend its c_r queries to them causally (``causal``, as the
     runtime does) or to all C keys as a dense block (``masked``); MLP. The last rank then runs the LM
     head."""
+    chunks = list(plan.chunks)
     attention = scheme.attention
     last = len(chunks) - 1
     c, end, context = chunks[r], sum(chunks[: r + 1]), sum(chunks)
@@ -33,6 +40,8 @@ def rank(sim, r: int, chunks: list[int], scheme):
         sim.first_token()
 
 
-def kv_tokens(chunks: list[int], r: int) -> tuple[int, int]:
+def rank_memory(model, dtype: str, plan, r: int) -> RankMemory:
     """K/V of [0, e_r) kept; the gathered block (P x the largest chunk) is the one-layer buffer."""
-    return sum(chunks[: r + 1]), len(chunks) * max(chunks)
+    chunks = plan.chunks
+    return rank_parts(model, dtype, kept_tokens=sum(chunks[: r + 1]), transient_tokens=len(chunks) * max(chunks),
+                      activation_tokens=chunks[r])

@@ -4,10 +4,10 @@ configuration's error and the mean absolute percentage error (MAPE).
 
 A measured result matches a job when model name, scheme kind, world size, context and partition are
 the job's, and its ``link`` field names the job's cluster (``cluster=NAME``, as
-``reference.validate_cluster`` writes it). Several results of one configuration (repeated rounds) are
+``reference.measure.cluster`` writes it). Several results of one configuration (repeated rounds) are
 pooled: the measured TTFT is the median of the rounds' medians, and the spread of the rounds is shown.
 
-Machine speed: where the job's cost model is a CPU profile (``sim.profile.ProfileCost``) and a round
+Machine speed: where the job's cost model is a CPU profile (``sim.cost.profiled.ProfileCost``) and a round
 carries the harness's ``speed_probe_s``, the round is simulated again with the profile scaled by
 that round's probe over the profile's (``ProfileCost.scaled``; the partition is the one measured), and
 the simulated TTFT is the median over the rounds. The unadjusted simulation is shown beside it.
@@ -75,7 +75,7 @@ def load_measured(files: list[str]) -> dict[tuple, Measured]:
             busy = statistics.fmean(r["contended_probe_s"]) if r.get("contended_probe_s") else None
             contention = busy / probe if busy and probe else None
             if r.get("workload_probe_s") and r.get("contended_workload_probe_s"):
-                # the ranks' own work in P processes over one (reference.validate_cluster.workload_probe_s)
+                # the ranks' own work in P processes over one (reference.measure.cluster.workload_probe_s)
                 contention = statistics.fmean(r["contended_workload_probe_s"]) / statistics.fmean(r["workload_probe_s"])
             by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path, probe, contention))
         except (OSError, ValueError, KeyError, TypeError) as e:

@@ -1,6 +1,6 @@
 """Per-rank replays against the simulator's per-rank compute.
 
-A replay (``python -m reference.replay``, docs/validation.md) runs each rank's share of a ``tsp`` or
+A replay (``python -m reference.measure.replay``, docs/validation.md) runs each rank's share of a ``tsp`` or
 ``kvr`` partition alone on one device: the rank's chunk through every layer, with a local KV-cache
 holding its past (the ``sum(chunks[:r])`` preceding tokens' K and V; for both schemes the rank then
 attends to keys [0, end of its chunk)), no communication. This module compares each replayed rank with

@@ -78,5 +78,6 @@ def test_every_scheme_has_its_file_in_both_halves():
 
     assert sorted(SCHEMES) == sorted(SCHEME_KINDS)
     for kind in SCHEME_KINDS:
-        assert os.path.exists(os.path.join(ROOT, "sim", "schemes", f"{kind}.py"))
-        assert os.path.exists(os.path.join(ROOT, "reference", "schemes", f"{kind}.py"))
+        module = kind.replace("-", "_")
+        assert os.path.exists(os.path.join(ROOT, "sim", "schemes", f"{module}.py"))
+        assert os.path.exists(os.path.join(ROOT, "reference", "schemes", f"{module}.py"))

@@ -41,7 +41,7 @@ def test_search_is_never_slower_than_even_or_any_coarse_point(job):
     assert result.ttft_s <= simulate(dataclasses.replace(job, scheme=BUILTIN["kvr-e"], gpu_order=gpus)).ttft_s
     for chunks, _ in result.coarse:
         assert result.ttft_s <= simulated(chunks) * (1 + 1e-9)  # coarse points were scored by the closed form
-    assert plan(job) == (result.chunks, gpus)
+    assert plan(job)[:2] == (result.chunks, gpus)
 
 
 @settings(max_examples=40)

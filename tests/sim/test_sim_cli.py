@@ -25,7 +25,8 @@ def test_a_run_writes_every_output_and_is_deterministic(tmp_path):
         "links.csv", "ranks.csv", "report.json", "timeline_kvr-4_4gpu_256_tiny-falcon_split.png",
         "timeline_kvr-4_4gpu_256_tiny-falcon_split.trace.json", "timeline_tsp_4gpu_256_tiny-falcon_fast.png",
         "timeline_tsp_4gpu_256_tiny-falcon_fast.trace.json", "ttft.csv",
-        "ttft_tiny-falcon_fast.png", "ttft_tiny-falcon_split.png"]
+        "ttft_tiny-falcon_fast.png", "ttft_tiny-falcon_split.png",
+        "winners_tiny-falcon_fast.png", "winners_tiny-falcon_split.png"]
     report = json.loads(files["report.json"])
     # 2 clusters x (single at 2 contexts + tsp, kvr-e at 2 GPU counts x 2 contexts + kvr-4 at 1)
     assert len(report["results"]) == 2 * (2 + 4 + 4 + 1)

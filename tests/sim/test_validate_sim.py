@@ -1,4 +1,4 @@
-"""The CPU-cluster simulation of sim/validate.py in closed form: ranks sharing a host's cores, and
+"""The CPU-cluster simulation of sim/engine/cpu_cluster.py in closed form: ranks sharing a host's cores, and
 gloo's rendezvous for point-to-point messages; and the comparison's matching of measured results."""
 import json
 from dataclasses import dataclass
