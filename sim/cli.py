@@ -29,6 +29,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="write report.json, ttft.csv, ranks.csv, links.csv and "
                    "ttft_MODEL_CLUSTER.png plots into DIR (created if missing)")
     p.add_argument("--timeline", metavar="SPEC", action="append", default=[], help=TIMELINE_HELP)
+    p.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides",
+                   help="override a scenario field, e.g. workload.contexts=[4096] or clusters[0].gpus=4 (the "
+                   "value is YAML; validated like the file); repeatable")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
 
@@ -72,7 +75,7 @@ def timeline_job(scenario: Scenario, spec: str) -> Job:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        scenario = load(args.scenario)
+        scenario = load(args.scenario, args.overrides)
         timelines = [timeline_job(scenario, spec) for spec in args.timeline]
         if timelines and not args.out:
             raise UsageError("--timeline: needs --out DIR, got no --out")

@@ -22,6 +22,10 @@ def expected_path(scenario_path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: python -m sim.regen [SCENARIO.yaml ...]  (default: every scenarios/*.yaml)")
+        return 0
     paths = argv if argv else sorted(glob.glob(os.path.join(SCENARIOS, "*.yaml")))
     for path in paths:
         scenario = load(path)
@@ -33,4 +37,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -16,6 +16,8 @@ from .hardware import GPU_PRESETS, GpuSpec, HardwareError, memory_of_device
 from .job import ATTENTION, BUILTIN, ORDERS, PARTITIONERS, PIECE_SIZES, SCHEME_KINDS, Job, SchemeSpec
 from .model import DTYPE_BYTES, PRESETS, ModelSpec, ModelSpecError
 from .partition import PartitionError, check, from_fractions
+from .overrides import OverrideError
+from .overrides import apply as apply_overrides
 from .partition import table
 from .schemes import unsupported
 from .yaml_fields import ScenarioError, integer, listed, mapping, need, number, text
@@ -90,8 +92,8 @@ class Scenario:
         return out
 
 
-def load(path: str | os.PathLike) -> Scenario:
-    """Read and validate a scenario file."""
+def load(path: str | os.PathLike, overrides: list[str] = ()) -> Scenario:
+    """Read and validate a scenario file, after applying ``--set`` ``overrides`` (``sim/overrides.py``)."""
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -103,10 +105,15 @@ def load(path: str | os.PathLike) -> Scenario:
                             f"{e.start}); a scenario is YAML text") from None
     except yaml.YAMLError as e:
         raise ScenarioError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if overrides:
+        try:
+            doc = apply_overrides(doc, list(overrides))
+        except OverrideError as e:
+            raise ScenarioError(str(e)) from None
     try:
         return parse(doc, default_name=os.path.splitext(os.path.basename(path))[0], base_dir=os.path.dirname(path))
     except ScenarioError as e:
-        raise ScenarioError(f"{path}: {e}") from None
+        raise ScenarioError(f"{path}{' with --set' if overrides else ''}: {e}") from None
 
 
 def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scenario:

@@ -161,6 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     from ..scenario import load as load_scenario
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print("usage: python -m sim.validation.replay SCENARIO.yaml RESULTS.json...\n\n" + (main.__doc__ or ""))
+        return 0
     if len(argv) < 2:
         print("usage: python -m sim.validation.replay SCENARIO.yaml RESULTS.json...", file=sys.stderr)
         return 2

@@ -58,3 +58,35 @@ def test_the_simulator_runs_without_torch(tmp_path):
             "assert rc == 0 and not any(m == 'torch' or m.startswith('torch.') for m in sys.modules if sys.modules[m])\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_set_overrides_a_field_and_is_validated_like_the_file(tmp_path):
+    proc = run_cli(tmp_path, edit(lambda d: None), "--set", "workload.contexts=[128]", "--set",
+                   "clusters[0].bandwidth_gb_per_s=10", "--set", "workload.schemes=[single, tsp, kvr-e]")
+    assert proc.returncode == 0, proc.stderr
+    heads = [line.split() for line in proc.stdout.splitlines() if line.startswith("scheme ")]
+    assert heads and all(h[2:] == ["128"] for h in heads)
+    for args, message in [
+        (["--set", "workload.contexts=[12.5]"], "with --set: workload.contexts[0]: must be an integer, got 12.5"),
+        (["--set", "clusters[5].gpus=2"], "error: --set clusters[5].gpus=2: clusters[5] does not exist (clusters is a list of 2)"),
+        (["--set", "workload.colour=red"], "with --set: workload.colour: unknown key"),
+        (["--set", "workload"], "error: --set workload: must be KEY.PATH=VALUE"),
+    ]:
+        bad = run_cli(tmp_path, edit(lambda d: None), *args)
+        assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and message in bad.stderr, bad.stderr
+
+
+def test_every_installed_command_answers_its_help():
+    """``[project.scripts]``: each command is on the PATH of the environment that installed the
+    project, and its --help exits 0."""
+    import shutil
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    bindir = os.path.dirname(sys.executable)
+    missing = [name for name in scripts if not shutil.which(name, path=bindir)]
+    assert missing == [], f"not installed in {bindir} (pip install -e .)"
+    for name in scripts:
+        proc = subprocess.run([os.path.join(bindir, name), "--help"], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "usage" in proc.stdout.lower(), (name, proc.stderr[-500:])
