@@ -86,14 +86,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     table = report.run(scenario, progress=not args.no_progress)
-    sys.stdout.write(report.text(scenario, table))
+    text = report.text(scenario, table)
+    sys.stdout.write(text)
     try:
-        plots = compare_measured(scenario, table, measured) if measured is not None else []
+        plots, validation_text = compare_measured(scenario, table, measured) if measured is not None else ([], "")
+        sys.stdout.write(validation_text)
         out_dir = args.out
         if plots and out_dir is None:  # validation plots never go into the repository: a folder of their own
             out_dir = tempfile.mkdtemp(prefix=f"kvr-sim-{scenario.name}-")
         if out_dir:
-            write_outputs(scenario, table, timelines, plots, out_dir, everything=args.out is not None)
+            write_outputs(scenario, table, timelines, plots, out_dir, everything=args.out is not None,
+                          text_report=text, validation_text=validation_text)
     except OutputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -115,9 +118,9 @@ def load_measured(scenario: Scenario, path: str):
     return (validate.load_measured(spec.files()), replay.load(list(spec.replays)) if spec.replays else [])
 
 
-def compare_measured(scenario: Scenario, table, measured) -> list[tuple[str, Callable[[str], None]]]:
-    """Print simulated against measured TTFT and MAPE (and the replays'); returns the plots to draw
-    as (file name, draw(path))."""
+def compare_measured(scenario: Scenario, table, measured) -> tuple[list[tuple[str, Callable[[str], None]]], str]:
+    """Simulated against measured TTFT and MAPE (and the replays'): the plots to draw as (file name,
+    draw(path)), and the text."""
     from .validation import measured as validate
     from .validation import replay
 
@@ -130,23 +133,33 @@ def compare_measured(scenario: Scenario, table, measured) -> list[tuple[str, Cal
     for _, cost in scenario.profiles:
         for k, v in cost.extrapolated.items():
             extrapolated[k] = extrapolated.get(k, 0) + v
-    sys.stdout.write(validate.text(scenario, comparisons, extrapolated, unmatched))
+    out = validate.text(scenario, comparisons, extrapolated, unmatched)
     plots = []
     if comparisons:
         plots.append(("validation.png", lambda path: validate.plot(comparisons, scenario.name, path)))
     if replays:  # each rank's compute run alone, against its simulated busy time
         rows = replay.compare(scenario, replays)
-        sys.stdout.write(replay.text(rows) + "\n")
+        out += replay.text(rows) + "\n"
         if rows:
             plots.append(("validation-replays.png", lambda path: replay.plot(rows, scenario.name, path)))
-    return plots
+    return plots, out
 
 
 def write_outputs(scenario: Scenario, table, timelines: list[Job], plots, out_dir: str, *,
-                  everything: bool) -> None:
+                  everything: bool, text_report: str = "", validation_text: str = "") -> None:
     """Every output file into ``out_dir``, all or nothing (``outputs.Staged``): the report files, TTFT
-    plots and timelines when ``everything`` (an ``--out`` was given), and the validation plots."""
+    plots, winner maps, timelines and ``report.html`` when ``everything`` (an ``--out`` was given),
+    and the validation plots."""
+    from . import html_report
     from . import plots as drawing  # matplotlib: only when there is something to draw
+
+    images: list[tuple[str, str, str]] = []  # (title, file name, staged path) for report.html
+    traces: list[str] = []
+
+    def png(title: str, name: str) -> str:
+        path = stage.path(name)
+        images.append((title, name, path))
+        return path
 
     with Staged(out_dir, "--out") as stage:
         if everything:
@@ -155,19 +168,22 @@ def write_outputs(scenario: Scenario, table, timelines: list[Job], plots, out_di
             for model in scenario.models:
                 for cluster in scenario.clusters:
                     drawing.ttft_plot(table, model.name, cluster.name,
-                                      stage.path(f"ttft_{model.name}_{cluster.name}.png"))
+                                      png("TTFT", f"ttft_{model.name}_{cluster.name}.png"))
                     if contenders:  # which scheme wins where
                         drawing.winner_map(table, model.name, cluster.name,
-                                           stage.path(f"winners_{model.name}_{cluster.name}.png"))
+                                           png("winner map", f"winners_{model.name}_{cluster.name}.png"))
             for job in timelines:
                 stem = (f"timeline_{job.scheme.name}_{job.num_gpus}gpu_{job.context}_{job.model.name}_"
                         f"{job.cluster.name}")
                 title = (f"{job.scheme.name}: {job.model.name}, C={job.context}, {job.num_gpus} GPUs on "
                          f"{job.cluster.name}")
                 result = simulate(job)
-                drawing.timeline_plot(result, f"{title}, TTFT {result.ttft_s * 1e3:.2f} ms",
-                                      stage.path(stem + ".png"))
+                drawing.timeline_plot(result, f"{title}, TTFT {result.ttft_s * 1e3:.2f} ms", png(title, stem + ".png"))
                 drawing.chrome_trace(result, title, stage.path(stem + ".trace.json"))
+                traces.append(stem + ".trace.json")
         for name, draw in plots:
-            draw(stage.path(name))
+            draw(png(name.removesuffix(".png"), name))
+        if everything:
+            html_report.write(stage.path("report.html"), scenario, table, text_report=text_report, images=images,
+                              traces=traces, validation_text=validation_text)
     print(f"wrote {len(stage.finals)} files to {out_dir}", file=sys.stderr)

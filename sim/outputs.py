@@ -35,6 +35,12 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def check_writable(folder: str, flag: str = "--out") -> None:
     """Make ``folder`` if missing and prove a file can be written there; ``OutputError`` if not."""
     if os.path.exists(folder) and not os.path.isdir(folder):
@@ -93,7 +99,9 @@ class Staged:
 
     def __exit__(self, kind, error, tb) -> bool:
         if kind is None:
+            mode = 0o666 & ~_umask()  # mkstemp makes 0600 files: give them the mode open() would
             for tmp, final in self._staged:
+                os.chmod(tmp, mode)
                 os.replace(tmp, final)
             return False
         for tmp, _ in self._staged:

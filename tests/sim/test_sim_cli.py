@@ -22,7 +22,7 @@ def test_a_run_writes_every_output_and_is_deterministic(tmp_path):
     assert outs[0] == outs[1]
     stdout, files = outs[0]
     assert sorted(files) == [
-        "links.csv", "ranks.csv", "report.json", "timeline_kvr-4_4gpu_256_tiny-falcon_split.png",
+        "links.csv", "ranks.csv", "report.html", "report.json", "timeline_kvr-4_4gpu_256_tiny-falcon_split.png",
         "timeline_kvr-4_4gpu_256_tiny-falcon_split.trace.json", "timeline_tsp_4gpu_256_tiny-falcon_fast.png",
         "timeline_tsp_4gpu_256_tiny-falcon_fast.trace.json", "ttft.csv",
         "ttft_tiny-falcon_fast.png", "ttft_tiny-falcon_split.png",
