@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     table = report.run(scenario, progress=not args.no_progress)
+    made_by = report.provenance(scenario, args.overrides)  # before the comparison asks the profiles more
     text = report.text(scenario, table)
     sys.stdout.write(text)
     try:
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             out_dir = tempfile.mkdtemp(prefix=f"kvr-sim-{scenario.name}-")
         if out_dir:
             write_outputs(scenario, table, timelines, plots, out_dir, everything=args.out is not None,
-                          text_report=text, validation_text=validation_text)
+                          text_report=text, validation_text=validation_text, made_by=made_by)
     except OutputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -146,7 +147,8 @@ def compare_measured(scenario: Scenario, table, measured) -> tuple[list[tuple[st
 
 
 def write_outputs(scenario: Scenario, table, timelines: list[Job], plots, out_dir: str, *,
-                  everything: bool, text_report: str = "", validation_text: str = "") -> None:
+                  everything: bool, text_report: str = "", validation_text: str = "",
+                  made_by: dict | None = None) -> None:
     """Every output file into ``out_dir``, all or nothing (``outputs.Staged``): the report files, TTFT
     plots, winner maps, timelines and ``report.html`` when ``everything`` (an ``--out`` was given),
     and the validation plots."""
@@ -163,7 +165,7 @@ def write_outputs(scenario: Scenario, table, timelines: list[Job], plots, out_di
 
     with Staged(out_dir, "--out") as stage:
         if everything:
-            report.write_files(scenario, table, stage)
+            report.write_files(scenario, table, stage, made_by=made_by)
             contenders = len({s.name for s in scenario.schemes if s.kind != "single"}) > 1
             for model in scenario.models:
                 for cluster in scenario.clusters:

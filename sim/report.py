@@ -21,6 +21,7 @@ from .schemes import memory_check
 from .simulate import simulate
 
 MB = 1e6
+REPORT_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,41 @@ def _record(row: Row) -> dict:
                       for (a, b), v in sorted(r.link_bytes.items(), key=lambda kv: _link_order(kv[0]))]}
 
 
-def write_files(scenario, table: list[Row], stage) -> None:
+def provenance(scenario, overrides: list[str] = ()) -> dict:
+    """What made a report's numbers: versions, the cost model each model's questions went to, the
+    questions a profile answered beyond its grid, and the ``--set`` overrides."""
+    import importlib.metadata
+    import platform
+
+    versions = {"python": platform.python_version()}
+    for package in ("kvrunahead", "simpy", "networkx", "numpy", "pyyaml", "jsonschema"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    profiles = dict(scenario.profiles)
+    sources, extrapolated = {}, {}
+    g = scenario.gpu
+    for model in scenario.models:
+        cost = profiles.get(model.name)
+        if cost is None:
+            sources[model.name] = (f"analytic: {g.name}, {g.peak_flops_per_s / 1e12:g} TFLOP/s, "
+                                   f"{g.hbm_bytes_per_s / 1e9:g} GB/s, efficiencies matmul {g.matmul_efficiency:g} "
+                                   f"attention {g.attention_efficiency:g} memory {g.memory_efficiency:g}, "
+                                   f"launch {g.launch_overhead_s * 1e6:g} us")
+        else:
+            sources[model.name] = f"profile: {cost.path} ({cost.device}, {cost.dtype})"
+            for k, v in cost.extrapolated.items():
+                extrapolated[f"{model.name}: {k}"] = v
+    return {"versions": versions, "cost_sources": sources, "extrapolated": extrapolated,
+            "overrides": list(overrides)}
+
+
+def write_files(scenario, table: list[Row], stage, *, made_by: dict | None = None) -> None:
     """report.json, ttft.csv, ranks.csv, links.csv, each to ``stage.path(name)`` (``outputs.Staged``:
-    renamed into the output folder together once all are written)."""
+    renamed into the output folder together once all are written). report.json follows
+    ``sim/schemas/report.schema.json`` and records its provenance (``made_by``: ``provenance()``, taken
+    right after the sweep; default: now)."""
     records = [_record(row) for row in table]
     keys = ("model", "cluster", "scheme", "gpus", "context")
 
@@ -221,8 +254,9 @@ def write_files(scenario, table: list[Row], stage) -> None:
     write_csv("links.csv", [*keys, "src", "dst", "bytes"],
               ([*(d[k] for k in keys), x["src"], x["dst"], repr(x["bytes"])] for d in records for x in d["links"]))
     with open(stage.path("report.json"), "w", encoding="utf-8") as f:
-        json.dump({"scenario": scenario.name, "gpu": scenario.gpu.name, "dtype": scenario.dtype,
-                   "results": records}, f, indent=1)
+        json.dump({"schema_version": REPORT_SCHEMA_VERSION, "scenario": scenario.name, "gpu": scenario.gpu.name,
+                   "dtype": scenario.dtype, "provenance": made_by or provenance(scenario), "results": records},
+                  f, indent=1)
         f.write("\n")
 
 

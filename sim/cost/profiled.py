@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..model import ModelSpec
+from ..schemas import SchemaError, validate
 from . import CostModel, layer_extra_s
 
 LINEAR_PARTS = ("embed", "pre_attention", "post_attention", "kv_copy")
@@ -173,6 +174,10 @@ class ProfileCost(CostModel):
             raise ProfileError(f"cannot read profile {path} ({e.strerror})") from None
         except json.JSONDecodeError as e:
             raise ProfileError(f"profile {path}: not valid JSON ({e})") from None
+        try:
+            validate(doc, "profile", f"profile {path}")
+        except SchemaError as e:
+            raise ProfileError(str(e)) from None
         return cls(doc, path=path, calibrated=os.environ.get("SIM_FORWARD_CALIBRATION", "1") != "0")
 
     @property

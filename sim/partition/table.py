@@ -22,6 +22,7 @@ import os
 from typing import Any, Iterable, Sequence
 
 from ..outputs import write_text
+from ..schemas import SchemaError, validate
 
 from ..engine import run
 from ..job import BUILTIN
@@ -94,6 +95,10 @@ def load(path: str) -> dict:
 
 
 def check_table(table: Any, path: str = "table") -> None:
+    try:
+        validate(table, "kvr-table", f"table {path}")
+    except SchemaError as e:
+        raise PartitionError(str(e)) from None
     if not (isinstance(table, dict) and table.get("schema") == SCHEMA and isinstance(table.get("entries"), list)):
         raise PartitionError(f"table {path}: must be a JSON object with schema {SCHEMA!r} and a list of entries")
     for i, e in enumerate(table["entries"]):

@@ -29,6 +29,7 @@ from ..engine.cpu_cluster import cpu_cluster_sim
 from ..partition import Plan
 from ..partition.plan import plan
 from ..report import Row
+from ..schemas import SchemaError, validate
 from .plots import scatter_plot
 
 
@@ -69,6 +70,7 @@ def load_measured(files: list[str]) -> dict[tuple, Measured]:
         try:
             with open(path, encoding="utf-8") as f:
                 r = json.load(f)
+            validate(r, "results", path)
             key = _key(r["model"]["name"], cluster_of(r.get("link")), r["scheme"], r["world_size"],
                        r["context"], r["partition"])
             probe = statistics.fmean(r["speed_probe_s"]) if r.get("speed_probe_s") else None
@@ -78,6 +80,8 @@ def load_measured(files: list[str]) -> dict[tuple, Measured]:
                 # the ranks' own work in P processes over one (reference.measure.cluster.workload_probe_s)
                 contention = statistics.fmean(r["contended_workload_probe_s"]) / statistics.fmean(r["workload_probe_s"])
             by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path, probe, contention))
+        except SchemaError as e:
+            raise MeasuredError(f"measured results {e}") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise MeasuredError(f"measured results {path}: {e}") from None
     return {k: Measured(statistics.median(x[0] for x in v), tuple(x[0] for x in v), tuple(x[1] for x in v),

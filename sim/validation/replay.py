@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 
 from ..job import Job, SchemeSpec
+from ..schemas import SchemaError, validate
 from ..partition.plan import plan
 from ..simulate import simulate
 
@@ -81,9 +82,12 @@ def load(patterns: list[str]) -> list[dict]:
     entries = []
     for path in sorted({p for pat in patterns for p in glob.glob(pat)}):
         try:
-            with open(path) as f:
+            with open(path, encoding="utf-8") as f:
                 doc = json.load(f)
+            validate(doc, "replay", path)
             entries += [dict(e, source=path) for e in doc["replays"]]
+        except SchemaError as e:
+            raise ReplayError(f"replay results {e}") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ReplayError(f"replay results {path}: {e}") from None
     return entries
