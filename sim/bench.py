@@ -4,7 +4,10 @@
    per scheme: the median and best of ``--repeat`` runs, in ms.
 2. All of ``scenarios/nonuniform.yaml`` (load, every simulation, the text report), in s.
 3. All of ``scenarios/contenders.yaml`` (every scheme on three clusters), in s.
-4. All of ``scenarios/large-cluster.yaml`` (a 1,000-GPU mesh and a 10,000-GPU cluster of nodes): load,
+4. One simulation a scheme of Llama-3.1-405B (126 layers) at 1M tokens on 16 x 8 H100s, tensor
+   parallel in each node (the memory check skipped: in bf16 most do not fit), CPU s; and all of
+   ``scenarios/multinode.yaml``.
+5. All of ``scenarios/large-cluster.yaml`` (a 1,000-GPU mesh and a 10,000-GPU cluster of nodes): load,
    run, and the peer it replaces: routes between every pair of the 10,000 GPUs, estimated from one
    source's Dijkstra search times the GPUs (what the simulator did before it routed only the GPUs a
    job uses).
@@ -61,6 +64,20 @@ def main(argv: list[str] | None = None) -> int:
     table = report.run(scenario, progress=False)
     report.text(scenario, table)
     print(f"scenarios/contenders.yaml: {len(table)} configurations, wall {time.perf_counter() - wall:.2f} s, "
+          f"CPU {time.process_time() - cpu:.2f} s")
+    scenario = load(os.path.join(SCENARIOS, "multinode.yaml"))
+    big = scenario.clusters[0]
+    print(f"one simulation: llama-3.1-405b, 126 layers, C=1048576, 128 GPUs ({big.name}), tp 8")
+    for scheme in scenario.schemes:
+        job = Job(model=ModelSpec.preset("llama-3.1-405b"), gpu=scenario.gpu, dtype="bf16", cluster=big,
+                  scheme=scheme, context=1048576, num_gpus=128)
+        cpu = time.process_time()
+        simulate(job)
+        print(f"  {scheme.name:<16} CPU {time.process_time() - cpu:6.2f} s")
+    wall, cpu = time.perf_counter(), time.process_time()
+    table = report.run(scenario, progress=False)
+    report.text(scenario, table)
+    print(f"scenarios/multinode.yaml: {len(table)} configurations, wall {time.perf_counter() - wall:.2f} s, "
           f"CPU {time.process_time() - cpu:.2f} s")
     wall, cpu = time.perf_counter(), time.process_time()
     scenario = load(os.path.join(SCENARIOS, "large-cluster.yaml"))

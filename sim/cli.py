@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 from typing import Callable
@@ -32,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides",
                    help="override a scenario field, e.g. workload.contexts=[4096] or clusters[0].gpus=4 (the "
                    "value is YAML; validated like the file); repeatable")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
+                   help="simulate on N processes (default: the machine's cores); the results are the same")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
 
@@ -79,13 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         timelines = [timeline_job(scenario, spec) for spec in args.timeline]
         if timelines and not args.out:
             raise UsageError("--timeline: needs --out DIR, got no --out")
+        if args.jobs < 1:
+            raise UsageError(f"--jobs: must be >= 1, got {args.jobs}")
         if args.out:
             check_writable(args.out)  # before the sweep: a bad folder must not cost the run
         measured = load_measured(scenario, args.scenario)  # an unreadable results file, before the sweep too
     except (ScenarioError, UsageError, OutputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    table = report.run(scenario, progress=not args.no_progress)
+    table = report.run(scenario, progress=not args.no_progress, jobs=args.jobs)
     made_by = report.provenance(scenario, args.overrides)  # before the comparison asks the profiles more
     text = report.text(scenario, table)
     sys.stdout.write(text)

@@ -68,10 +68,14 @@ class ClusterSpec:
     switches: tuple[str, ...] = ()
     background: tuple[BackgroundFlow, ...] = ()
     mesh: MeshLinks | None = None
+    gpus_per_node: int | None = None  # GPUs numbered node by node; None: no node structure
 
     def __post_init__(self) -> None:
         if not (isinstance(self.num_gpus, int) and self.num_gpus >= 1):
             raise ClusterError(f"cluster {self.name!r}: num_gpus={self.num_gpus!r} must be an integer >= 1")
+        if self.gpus_per_node is not None and (self.gpus_per_node < 1 or self.num_gpus % self.gpus_per_node):
+            raise ClusterError(f"cluster {self.name!r}: gpus_per_node={self.gpus_per_node} must divide "
+                               f"num_gpus={self.num_gpus}")
         nodes = set(range(self.num_gpus)) | set(self.switches)
         by_pair: dict[Link, LinkSpec] = {}
         if self.mesh is not None:
@@ -94,7 +98,7 @@ class ClusterSpec:
         object.__setattr__(self, "_paths", {})
         object.__setattr__(self, "_graph", None)
         object.__setattr__(self, "_hash", hash((self.name, self.num_gpus, self.links, self.switches,
-                                                self.background, self.mesh)))
+                                                self.background, self.mesh, self.gpus_per_node)))
         for bg in self.background:
             if not self.has_link(bg.src, bg.dst):
                 raise ClusterError(f"cluster {self.name!r}: background flow on {bg.src!r}->{bg.dst!r}, "
@@ -109,8 +113,9 @@ class ClusterSpec:
         # The repr fingerprints the cluster a KVR-P table was searched for (sim/partition/table.py):
         # the fields that are set, so an explicit cluster reads as it did before meshes existed.
         form = f"mesh={self.mesh!r}" if self.mesh is not None else f"links={self.links!r}, switches={self.switches!r}"
+        nodes = f", gpus_per_node={self.gpus_per_node!r}" if self.gpus_per_node is not None else ""
         return (f"ClusterSpec(name={self.name!r}, num_gpus={self.num_gpus!r}, {form}, "
-                f"background={self.background!r})")
+                f"background={self.background!r}{nodes})")
 
     def _check_params(self, src: Node, dst: Node, bandwidth_bytes_per_s: float, latency_s: float) -> None:
         if not bandwidth_bytes_per_s > 0:

@@ -1,12 +1,16 @@
-"""GPU presets: peak dense FLOP/s, HBM bandwidth and the efficiency parameters of the analytic cost model.
+"""GPU presets: peak dense FLOP/s, HBM bandwidth, memory and the efficiency parameters of the
+analytic cost model.
 
-References: NVIDIA A100 (SXM4 80 GB), H100 SXM5 and H200 SXM data sheets (dense fp16/bf16 tensor-core
-peak, HBM bandwidth). The efficiencies are the fraction of peak a well-tuned kernel reaches; they are
-round figures, documented in docs/cost_model.md, to be replaced by a measured profile later.
+The presets are data with their sources: ``sim/data/gpus.csv`` (NVIDIA A100 SXM4 80 GB, H100 SXM5 and
+H200 SXM data sheets; memory as nvidia-smi reports it). The efficiencies are the fraction of peak a
+well-tuned kernel reaches; they are round figures, documented in docs/cost_model.md, which a
+measured profile replaces.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
+import os
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
@@ -55,12 +59,21 @@ class GpuSpec:
 
 
 MIB = 2**20
-GPU_PRESETS: dict[str, GpuSpec] = {g.name: g for g in (
-    GpuSpec(name="a100-80gb-sxm", peak_flops_per_s=312e12, hbm_bytes_per_s=2.039e12, memory_bytes=81920 * MIB),
-    GpuSpec(name="h100-sxm", peak_flops_per_s=989e12, hbm_bytes_per_s=3.35e12, memory_bytes=81559 * MIB),
-    GpuSpec(name="h200", peak_flops_per_s=989e12, hbm_bytes_per_s=4.8e12, memory_bytes=143771 * MIB),
-)}
-"""Memory: the device memory the driver reports (nvidia-smi memory.total), docs/cost_model.md."""
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def read_table(name: str) -> list[dict[str, str]]:
+    """The rows of ``sim/data/NAME.csv`` (every preset table has a ``source`` column)."""
+    with open(os.path.join(DATA, f"{name}.csv"), encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r.get("source") for r in rows), f"sim/data/{name}.csv: every row needs a source"
+    return rows
+
+
+GPU_PRESETS: dict[str, GpuSpec] = {r["name"]: GpuSpec(
+    name=r["name"], peak_flops_per_s=float(r["peak_dense_bf16_tflops"]) * 1e12,
+    hbm_bytes_per_s=float(r["hbm_gb_per_s"]) * 1e9, memory_bytes=int(r["memory_mib"]) * MIB)
+    for r in read_table("gpus")}
 
 # A profile names its device as torch does (``torch.cuda.get_device_name``): the preset whose memory it has.
 DEVICE_NAMES = {"A100": "a100-80gb-sxm", "H100": "h100-sxm", "H200": "h200"}

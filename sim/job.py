@@ -30,7 +30,9 @@ class SchemeSpec:
     ``causal`` (keys [0, e_r), bottom-right causal; what the runtime computes) or ``masked`` (the dense
     c_r x C block). ``order``: ``given`` (rank r on GPU r) or ``auto`` (chosen from the topology).
     ``pipeline`` cuts the prompt into ``pieces`` (0: four a stage) of ``piece_sizes`` ``even`` or
-    ``equal-time``."""
+    ``equal-time``. ``tp``: every rank a tensor-parallel group of that many GPUs of one node (the
+    scheme runs between the groups); 0: the planner tries each group size that fits a node and keeps
+    the fastest."""
 
     name: str
     kind: str
@@ -43,6 +45,7 @@ class SchemeSpec:
     table_contexts: tuple[int, ...] = ()
     pieces: int = 0
     piece_sizes: str = "even"
+    tp: int = 1  # GPUs a rank (a tensor-parallel group inside a node); 0: the planner picks the best
 
     def __post_init__(self) -> None:
         assert self.kind in SCHEME_KINDS and self.attention in ATTENTION
@@ -60,6 +63,10 @@ class SchemeSpec:
         if self.tokens:
             return len(self.tokens[0][1])
         return None
+
+    def ranks(self, num_gpus: int, tp: int | None = None) -> int:
+        """Ranks on ``num_gpus`` GPUs with groups of ``tp`` (default: the scheme's)."""
+        return num_gpus // (tp or self.tp or 1)
 
     def runs_at(self, context: int, num_gpus: int) -> bool:
         """Whether this scheme runs at this context and GPU count (an explicit partition fits one GPU

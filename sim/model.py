@@ -315,6 +315,10 @@ PRESETS: dict[str, ModelSpec] = {s.name: s for s in (
     _llama("llama-2-7b", 32, 4096, 32, 32, 11008, 32000),
     _llama("llama-2-13b", 40, 5120, 40, 40, 13824, 32000),
     _llama("llama-3-8b", 32, 4096, 32, 8, 14336, 128256, theta=500000.0),
+    # Hugging Face config.json of meta-llama/Meta-Llama-3-70B and meta-llama/Llama-3.1-405B (shapes;
+    # the 3.1 rope scaling changes no shape).
+    _llama("llama-3-70b", 80, 8192, 64, 8, 28672, 128256, theta=500000.0),
+    _llama("llama-3.1-405b", 126, 16384, 128, 8, 53248, 128256, theta=500000.0),
     _falcon("falcon-7b", 32, 4544, 71, 1, 65024, new_arch=False),
     _falcon("falcon-40b", 60, 8192, 128, 8, 65024, new_arch=True),
     # Tiny variants for tests: same layouts, toy sizes.

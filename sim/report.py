@@ -154,12 +154,16 @@ def _detail(block: list[Row]) -> list[str]:
     n = max(r.job.num_gpus for r in block)
     c = max(r.job.context for r in block if r.job.num_gpus == n)
     chosen = [r for r in block if r.job.num_gpus == n and r.job.context == c]
-    reordered = any(r.result.gpus != tuple(range(n)) for r in chosen)  # not rank r on GPU r: show the GPU
+    ranks = max(len(r.result.ranks) for r in chosen)  # fewer than GPUs with tensor-parallel groups
+    reordered = any(r.result.gpus != tuple(range(len(r.result.ranks))) for r in chosen)  # show each rank's GPU
     sub = ["gpu"] * reordered + ["tokens", "busy", "idle", "sent", "recv"]
     grid = [["", *(name for _ in chosen for name in sub)]]
-    for k in range(n):
+    for k in range(ranks):
         cells = []
         for r in chosen:
+            if k >= len(r.result.ranks):
+                cells += [""] * len(sub)
+                continue
             x = r.result.ranks[k]
             cells += [str(r.result.gpus[k])] * reordered + [
                 str(r.result.chunks[k]), f"{x.busy_s * 1e3:.1f}", f"{x.idle_s * 1e3:.1f}",
@@ -260,13 +264,25 @@ def write_files(scenario, table: list[Row], stage, *, made_by: dict | None = Non
         f.write("\n")
 
 
-def run(scenario, *, progress: bool = True) -> list[Row]:
-    """Simulate every job of the scenario's sweep; a progress bar (stderr) appears after a second."""
+def run(scenario, *, progress: bool = True, jobs: int = 1) -> list[Row]:
+    """Simulate every job of the scenario's sweep, on ``jobs`` processes (the results are the same
+    either way: every job is deterministic and the rows keep the sweep's order); a progress bar
+    (stderr) appears after a second."""
     from tqdm import tqdm
 
-    jobs = list(scenario.jobs())
-    bar = tqdm(jobs, desc=scenario.name, unit="sim", delay=1.0, disable=None if progress else True, leave=False)
-    return rows(_run_one(job) for job in bar)
+    todo = list(scenario.jobs())
+    bar = dict(total=len(todo), desc=scenario.name, unit="sim", delay=1.0, disable=None if progress else True,
+               leave=False)
+    if jobs <= 1 or len(todo) < 2:
+        return rows(_run_one(job) for job in tqdm(todo, **bar))
+    import concurrent.futures
+    import multiprocessing
+
+    # fork: the workers inherit the loaded scenario (profiles, tables) instead of reading it again.
+    context = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        chunk = max(1, len(todo) // (8 * jobs))
+        return rows(tqdm(pool.map(_run_one, todo, chunksize=chunk), **bar))
 
 
 def _run_one(job: Job) -> tuple[Job, Result | None, MemoryCheck | None]:

@@ -16,6 +16,7 @@ from .hardware import GPU_PRESETS, GpuSpec, HardwareError, memory_of_device
 from .job import ATTENTION, BUILTIN, ORDERS, PARTITIONERS, PIECE_SIZES, SCHEME_KINDS, Job, SchemeSpec
 from .model import DTYPE_BYTES, PRESETS, ModelSpec, ModelSpecError
 from .partition import PartitionError, check, from_fractions
+from . import multinode
 from .overrides import OverrideError
 from .overrides import apply as apply_overrides
 from .partition import table
@@ -74,7 +75,8 @@ class Scenario:
                     counts = (1,) if scheme.kind == "single" else self.gpu_counts
                     for n in counts:
                         for context in self.contexts:
-                            if scheme.runs_at(context, n) and unsupported(scheme.kind, model, n, context) is None:
+                            if scheme.runs_at(context, n) and unsupported(scheme.kind, model, n, context,
+                                                                          scheme.tp) is None:
                                 yield Job(model=model, gpu=self.gpu, dtype=self.dtype, cluster=cluster,
                                           scheme=scheme, context=context, num_gpus=n,
                                           cost_model=dict(self.profiles).get(model.name))
@@ -86,7 +88,7 @@ class Scenario:
         for scheme in self.schemes:
             for n in (1,) if scheme.kind == "single" else self.gpu_counts:
                 for context in self.contexts:
-                    why = unsupported(scheme.kind, model, n, context) if scheme.runs_at(context, n) else None
+                    why = unsupported(scheme.kind, model, n, context, scheme.tp) if scheme.runs_at(context, n) else None
                     if why:
                         out.append((scheme.name, n, context, why))
         return out
@@ -150,6 +152,16 @@ def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scena
               f"must be at least the largest GPU count ({max(counts)}) so no chunk is empty", c)
     schemes = tuple(_scheme(s, f"workload.schemes[{i}]", contexts, counts, base_dir)
                     for i, s in enumerate(listed(wl["schemes"], "workload.schemes")))
+    for i, scheme in enumerate(schemes):
+        for cluster in clusters:
+            per_node = cluster.gpus_per_node or cluster.num_gpus
+            need(scheme.tp <= 1 or per_node % scheme.tp == 0, f"workload.schemes[{i}].tp",
+                 f"must divide the {per_node} GPUs of a node of cluster {cluster.name!r}", scheme.tp)
+    for i, c in enumerate(top["clusters"]):
+        if isinstance(c, dict) and c.get("kind") == "multinode" and "gpu" in hw:
+            preset = multinode.NODES[c["node"]]["gpu"]
+            need(preset == hw["gpu"], f"clusters[{i}].node", f"holds {preset} GPUs, but hardware.gpu is "
+                 f"{hw['gpu']!r}", c["node"])
     labels = [s.name for s in schemes]
     for i, label in enumerate(labels):
         need(labels.index(label) == i, f"workload.schemes[{i}]", "scheme names must be unique", label)
@@ -261,12 +273,38 @@ def _link_params(d: dict, at: str) -> tuple[float, float]:
             number(d.get("latency_us", 0.0), f"{at}.latency_us", minimum=0) / US_PER_S)
 
 
+def _multinode(d: dict, at: str) -> ClusterSpec:
+    """``kind: multinode``: nodes of a node preset on a fabric preset (``sim/multinode.py``)."""
+    d = mapping(d, at, required=("name", "kind", "nodes", "node", "fabric"),
+                optional=("gpus", "nics", "oversubscription", "background"))
+    need(d["node"] in multinode.NODES, f"{at}.node", f"must be one of {list(multinode.NODES)}", d["node"])
+    need(d["fabric"] in multinode.FABRICS, f"{at}.fabric", f"must be one of {list(multinode.FABRICS)}", d["fabric"])
+    nics = d.get("nics", "rail")
+    need(nics in ("rail", "shared"), f"{at}.nics", "must be 'rail' (one NIC a GPU) or 'shared'", nics)
+    over = number(d.get("oversubscription", 1.0), f"{at}.oversubscription")
+    need(over >= 1, f"{at}.oversubscription", "must be >= 1", d.get("oversubscription"))
+    n, switches, links = multinode.links(nodes=integer(d["nodes"], f"{at}.nodes"), node=d["node"],
+                                         fabric=d["fabric"], nics=nics, oversubscription=over)
+    if "gpus" in d:
+        need(d["gpus"] == n, f"{at}.gpus", f"must be nodes x the node's GPUs = {n}, or left out", d["gpus"])
+    name = text(d["name"], f"{at}.name")
+    background = tuple(_background(b, f"{at}.background[{i}]", set(range(n)) | set(switches))
+                       for i, b in enumerate(listed(d.get("background", []), f"{at}.background", empty=True)))
+    try:
+        return ClusterSpec(name=name, num_gpus=n, links=links, switches=switches, background=background,
+                           gpus_per_node=int(multinode.NODES[d["node"]]["gpus_per_node"]))
+    except ClusterError as e:
+        raise ScenarioError(f"{at}: {e}") from None
+
+
 def _cluster(value: Any, at: str) -> ClusterSpec:
+    if isinstance(value, dict) and value.get("kind") == "multinode":
+        return _multinode(value, at)
     d = mapping(value, at, required=("name", "kind", "gpus"),
                  optional=("bandwidth_gb_per_s", "latency_us", "switches", "links", "nodes", "background"))
     kind = d["kind"]
     need(kind in ("uniform", "throttled", "nonuniform"), f"{at}.kind",
-          "must be 'uniform', 'throttled' or 'nonuniform'", kind)
+          "must be 'uniform', 'throttled', 'nonuniform' or 'multinode'", kind)
     name, n = text(d["name"], f"{at}.name"), integer(d["gpus"], f"{at}.gpus")
     own = {"uniform": ("bandwidth_gb_per_s", "latency_us"), "throttled": ("bandwidth_gb_per_s", "latency_us"),
            "nonuniform": ("switches", "links", "nodes")}[kind]
@@ -287,9 +325,10 @@ def _cluster(value: Any, at: str) -> ClusterSpec:
     nodes = set(range(n)) | set(switches)
     background = tuple(_background(b, f"{at}.background[{i}]", nodes)
                        for i, b in enumerate(listed(d.get("background", []), f"{at}.background", empty=True)))
+    per_node = d["nodes"]["gpus_per_node"] if kind == "nonuniform" and "nodes" in d else None
     try:
         return ClusterSpec(name=name, num_gpus=n, links=links, switches=tuple(switches), background=background,
-                           mesh=full_mesh)
+                           mesh=full_mesh, gpus_per_node=per_node)
     except ClusterError as e:
         raise ScenarioError(f"{at}: {e}") from None
 
@@ -359,7 +398,7 @@ def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, .
         return BUILTIN[value]
     d = mapping(value, at, required=("name", "kind"),
                  optional=("partition", "partitioner", "attention", "order", "table", "table_contexts", "pieces",
-                           "piece_sizes"))
+                           "piece_sizes", "tp"))
     name, kind = text(d["name"], f"{at}.name"), d["kind"]
     need(kind in SCHEME_KINDS, f"{at}.kind", f"must be one of {list(SCHEME_KINDS)}", kind)
     if "attention" in d:
@@ -379,6 +418,14 @@ def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, .
     if "order" in d:
         need(kind in ("kvr", "tsp"), f"{at}.order", "applies to kinds kvr and tsp only", d["order"])
         need(d["order"] in ORDERS, f"{at}.order", f"must be one of {list(ORDERS)}", d["order"])
+    tp = 1
+    if "tp" in d:
+        tp = 0 if d["tp"] == "auto" else integer(d["tp"], f"{at}.tp")
+        need(kind not in ("single", "tp"), f"{at}.tp", "applies to the schemes between groups, not single or tp",
+             d["tp"])
+        need(d.get("partitioner", "even") == "even" and d.get("order", "given") == "given" and "partition" not in d,
+             f"{at}.tp", "runs with the scheme's even split in the given order (not kvr-s, kvr-p, an explicit "
+             "partition or order: auto)", d["tp"])
     for key in ("pieces", "piece_sizes"):
         need(key not in d or kind == "pipeline", f"{at}.{key}", "applies to kind pipeline only", d.get(key))
     if "piece_sizes" in d:
@@ -396,7 +443,7 @@ def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, .
                       table=scenario_path(text(d["table"], f"{at}.table"), base_dir) if "table" in d else None,
                       table_contexts=table_contexts if d.get("partitioner") == "kvr-p" and "table" not in d else (),
                       pieces=integer(d["pieces"], f"{at}.pieces") if "pieces" in d else 0,
-                      piece_sizes=d.get("piece_sizes", "even"))
+                      piece_sizes=d.get("piece_sizes", "even"), tp=tp)
 
 
 def _powers_of_two(low: int, high: int) -> tuple[int, ...]:

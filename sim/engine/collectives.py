@@ -27,7 +27,7 @@ def send(sim, src: int, dst: int, nbytes: float, tag: int, layer: int | None = N
     with sim.channel(src, dst).request() as turn:
         yield turn
         start_s = sim.env.now
-        yield from sim.network.transfer([(sim.gpu_of[src], sim.gpu_of[dst], nbytes)])
+        yield from sim.network.transfer(sim.flows(src, dst, nbytes))
     sim.record_transfer("send", src, dst, nbytes, start_s, sim.env.now, tag if layer is None else layer)
     sim.message(src, dst, tag).succeed()
 
@@ -61,9 +61,7 @@ class RingAllGather:
         for step in range(self.steps()):
             start_s = sim.env.now
             moves = [(r, (r + 1) % p, self.chunk_bytes) for r in range(p)]
-            ends_s = yield from sim.network.transfer([(sim.gpu_of[a], sim.gpu_of[b], n) for a, b, n in moves])
-            for (src, dst, nbytes), end_s in zip(moves, ends_s):
-                sim.record_transfer(self.op, src, dst, nbytes, start_s, end_s, self.layer)
+            yield from _moves(sim, moves, self.op, start_s, self.layer)
         self.done.succeed()
 
 
@@ -94,7 +92,21 @@ class AllToAll(RingAllGather):
         start_s = sim.env.now
         moves = [(a, b, self.pair_bytes[a][b]) for a in range(p) for b in range(p) if a != b]
         if moves:
-            ends_s = yield from sim.network.transfer([(sim.gpu_of[a], sim.gpu_of[b], n) for a, b, n in moves])
-            for (src, dst, nbytes), end_s in zip(moves, ends_s):
-                sim.record_transfer(self.op, src, dst, nbytes, start_s, end_s, self.layer)
+            yield from _moves(sim, moves, self.op, start_s, self.layer)
         self.done.succeed()
+
+
+def _moves(sim, moves, op: str, start_s: float, layer):
+    """Process body: rank-to-rank ``moves`` (src, dst, bytes) at once, each as its flows between the
+    ranks' GPUs (one a tensor-parallel lane); each move recorded when its last flow ends."""
+    flows, owner = [], []
+    for i, (src, dst, nbytes) in enumerate(moves):
+        for flow in sim.flows(src, dst, nbytes):
+            flows.append(flow)
+            owner.append(i)
+    ends_s = yield from sim.network.transfer(flows)
+    last = [start_s] * len(moves)
+    for i, end_s in zip(owner, ends_s):
+        last[i] = max(last[i], end_s)
+    for (src, dst, nbytes), end_s in zip(moves, last):
+        sim.record_transfer(op, src, dst, nbytes, start_s, end_s, layer)

@@ -16,6 +16,7 @@ import simpy
 
 from ..cluster import Link
 from ..cost import CostModel
+from ..cost.tensor_parallel import tensor_parallel
 from ..job import Job
 from ..schemes import rank_process
 from . import collectives
@@ -60,8 +61,9 @@ class Sim:
     """What a scheme's rank process can do: compute, send, receive, all-gather."""
 
     def __init__(self, job: Job, num_ranks: int, cost: CostModel | None = None,
-                 gpus: tuple[int, ...] | None = None):
+                 gpus: tuple[int, ...] | None = None, tp: int = 1):
         self.gpu_of = gpus or tuple(range(num_ranks))  # rank -> cluster GPU: transfers join the ranks' GPUs
+        self.tp = tp  # a rank's GPUs: gpu_of[r] .. gpu_of[r] + tp - 1 (a tensor-parallel group)
         self.env = simpy.Environment()
         self.cost = cost if cost is not None else job.cost()
         self.model = job.model
@@ -94,6 +96,18 @@ class Sim:
             self.busy_s[rank] += seconds
             self.segments.append(Segment(rank, "compute", op, start_s, start_s + seconds, layer))
             start_s += seconds
+
+    def lanes(self, rank: int) -> tuple[int, ...]:
+        """The cluster GPUs of a rank (one, or its tensor-parallel group)."""
+        first = self.gpu_of[rank]
+        return tuple(range(first, first + self.tp))
+
+    def flows(self, src: int, dst: int, nbytes: float) -> list[tuple[int, int, float]]:
+        """A rank-to-rank message as flows between GPUs: with tensor parallelism each GPU of the
+        group sends its heads' share to the same-placed GPU of the other group."""
+        if self.tp == 1:
+            return [(self.gpu_of[src], self.gpu_of[dst], nbytes)]
+        return [(a, b, nbytes / self.tp) for a, b in zip(self.lanes(src), self.lanes(dst))]
 
     def send(self, src: int, dst: int, nbytes: float, tag, layer: int | None = None) -> None:
         """Start an asynchronous point-to-point send; the caller does not wait for it. ``tag`` names
@@ -147,7 +161,11 @@ def run(job: Job, plan, *, cost: CostModel | None = None, sim_class: type[Sim] |
     rank); ``cost`` replaces the job's cost model (a measured profile, a test stub); ``sim_class``
     replaces ``Sim`` (``engine/cpu_cluster.py``'s ranks share a CPU)."""
     chunks, gpus = tuple(plan.chunks), tuple(plan.gpus)
-    sim = (sim_class or Sim)(job, len(chunks), cost, gpus)
+    if plan.tp > 1:
+        cost = tensor_parallel(cost if cost is not None else job.cost(), job, plan)
+        sim = (sim_class or Sim)(job, len(chunks), cost, gpus, plan.tp)
+    else:
+        sim = (sim_class or Sim)(job, len(chunks), cost, gpus)
     procs = [sim.env.process(sim.hold_gpu(r, rank_process(job.scheme, sim, r, plan)))
              for r in range(len(chunks))]
     sim.env.run(until=sim.env.all_of(procs))

@@ -164,19 +164,25 @@ class Network:
             return
         left = {link: self.capacity[link] for link in self._users if self._users[link]}
         users = +self._users
-        todo = list(self._flows)
-        while todo:  # progressive filling: the most loaded link fixes its flows' rate
+        on: dict[Link, list[_Flow]] = {}  # the flows on each link, in the order they started
+        for f in self._flows:
+            for link in f.links:
+                on.setdefault(link, []).append(f)
+        done: set[_Flow] = set()
+        remaining = len(self._flows)
+        while remaining:  # progressive filling: the most loaded link fixes its flows' rate
             bottleneck = min(users, key=lambda link: left[link] / users[link])
             rate = max(left[bottleneck], 0.0) / users[bottleneck]
-            fixed = [f for f in todo if bottleneck in f.links]
+            fixed = [f for f in on[bottleneck] if f not in done]
             for f in fixed:
+                done.add(f)
                 f.set_rate(rate, now_s)
                 for link in f.links:
                     left[link] -= rate
                     users[link] -= 1
                     if not users[link]:
                         del users[link]
-            todo = [f for f in todo if bottleneck not in f.links]
+            remaining -= len(fixed)
 
     def _background(self, bg):
         """Greedy competing flows on one link: never finish, switched on and off by this process."""

@@ -72,3 +72,4 @@ class Plan(NamedTuple):
     chunks: tuple[int, ...]
     gpus: tuple[int, ...]
     pieces: tuple[int, ...] = ()
+    tp: int = 1  # GPUs a rank: a tensor-parallel group of ``tp`` consecutive GPUs from ``gpus[r]``

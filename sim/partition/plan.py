@@ -11,7 +11,11 @@ never asks the planner. ``sim.simulate.simulate(job)`` is ``run(job, plan(job))`
 """
 from __future__ import annotations
 
+import dataclasses
+
+from ..engine import run
 from ..job import JOB_PARTITIONERS
+from ..schemes import unsupported
 from . import Plan, even, from_fractions, round_fractions
 from .order import order_for
 from .search import balanced, search_job
@@ -21,6 +25,8 @@ from .table import predict_job
 def plan(job) -> Plan:
     """The chunks and rank -> GPU mapping of ``job`` (a ``sim.job.Job``)."""
     scheme = job.scheme
+    if scheme.tp != 1 and scheme.kind != "single":
+        return _tp_plan(job)
     if scheme.kind == "kvr" and scheme.partitioner in JOB_PARTITIONERS and scheme.pinned_gpus is None:
         return _cached_plan(job)
     chunks = fixed_chunks(scheme, job.context, job.num_gpus)
@@ -52,6 +58,47 @@ def fixed_chunks(scheme, context: int, num_gpus: int) -> list[int]:
     if scheme.tokens:
         return list(dict(scheme.tokens)[context])
     return even(context, num_gpus)
+
+
+def tp_sizes(job) -> list[int]:
+    """Tensor-parallel group sizes ``job`` can use: its scheme's, or (``tp: 0``) every size that
+    divides a node's GPUs and the job's, splits the query heads, and leaves the scheme runnable."""
+    if job.scheme.tp > 0:
+        return [job.scheme.tp]
+    node = job.cluster.gpus_per_node or job.num_gpus
+    out = []
+    for t in range(1, node + 1):
+        if node % t or job.num_gpus % t or job.model.num_heads % t:
+            continue
+        ranks = job.num_gpus // t
+        if unsupported(job.scheme.kind, job.model, ranks, job.context) is None and ranks <= job.context:
+            out.append(t)
+    return out
+
+
+def _tp_plan(job) -> Plan:
+    """Ranks of ``t`` consecutive GPUs each (a node holds whole groups), the scheme's own plan among
+    them; with ``tp: 0`` each size is run and the fastest kept (cached)."""
+    key = (job, id(job.cost_model))
+    if key in _PLANS:
+        return _PLANS[key][0]
+    best = None
+    for t in tp_sizes(job):
+        ranks = job.num_gpus // t
+        inner = dataclasses.replace(job, scheme=dataclasses.replace(job.scheme, tp=1), num_gpus=ranks,
+                                    gpu_order=None)
+        base = plan(inner)
+        candidate = Plan(base.chunks, tuple(r * t for r in range(ranks)), base.pieces, t)
+        if job.scheme.tp > 0:
+            best = candidate
+            break
+        ttft_s = run(dataclasses.replace(job, scheme=inner.scheme), candidate).ttft_s
+        if best is None or ttft_s < best[0]:
+            best = (ttft_s, candidate)
+    assert best is not None, f"{job.scheme.name}: no tensor-parallel size fits {job.num_gpus} GPUs"
+    chosen = best if isinstance(best, Plan) else best[1]
+    _PLANS[key] = (chosen, job.cost_model)
+    return chosen
 
 
 _PLANS: dict = {}

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ..memory import MemoryCheck, check
+from ..memory import MemoryCheck, RankMemory, check
 from . import kvr, pipeline, ring, ring_zigzag, single, tp, tsp, ulysses
 
 SCHEMES: dict[str, ModuleType] = {"single": single, "tsp": tsp, "kvr": kvr, "ring": ring,
@@ -22,12 +22,26 @@ def rank_process(scheme, sim, r: int, plan):
     return SCHEMES[scheme.kind].rank(sim, r, plan, scheme)
 
 
-def unsupported(kind: str, model, num_gpus: int, context: int) -> str | None:
-    """Why a scheme cannot run this model on this many GPUs at this context (None: it can)."""
+def unsupported(kind: str, model, num_gpus: int, context: int, tp: int = 1) -> str | None:
+    """Why a scheme cannot run this model on this many GPUs at this context, its ranks groups of
+    ``tp`` GPUs (0: the planner's pick) (None: it can)."""
+    if tp > 1:
+        if num_gpus % tp:
+            return f"{num_gpus} GPUs do not form groups of {tp}"
+        if model.num_heads % tp:
+            return f"{model.num_heads} query heads are not divisible by tensor-parallel groups of {tp}"
+        num_gpus //= tp
     return SCHEMES[kind].supports(model, num_gpus, context)
 
 
 def memory_check(job, plan, capacity_bytes: float | None) -> MemoryCheck:
-    """Every rank's memory under ``plan`` against the GPU's."""
+    """Every rank's memory under ``plan`` against the GPU's (a tensor-parallel group's GPU holds
+    1/tp of its rank's weights, activations and K/V heads, or one replicated K/V head)."""
     module = SCHEMES[job.scheme.kind]
-    return check([module.rank_memory(job.model, job.dtype, plan, r) for r in range(len(plan.chunks))], capacity_bytes)
+    ranks = [module.rank_memory(job.model, job.dtype, plan, r) for r in range(len(plan.chunks))]
+    if plan.tp > 1:
+        t, nkv = plan.tp, job.model.num_kv_heads
+        kv = max(nkv / t, 1.0) / nkv
+        ranks = [RankMemory(weights=m.weights / t, kv_cache=m.kv_cache * kv, kv_transient=m.kv_transient * kv,
+                            activations=m.activations / t) for m in ranks]
+    return check(ranks, capacity_bytes)

@@ -90,3 +90,11 @@ def test_every_installed_command_answers_its_help():
     for name in scripts:
         proc = subprocess.run([os.path.join(bindir, name), "--help"], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "usage" in proc.stdout.lower(), (name, proc.stderr[-500:])
+
+
+def test_a_sweep_on_two_processes_gives_the_same_report(tmp_path):
+    one = run_cli(tmp_path, edit(lambda d: None), "--jobs", "1")
+    two = run_cli(tmp_path, edit(lambda d: None), "--jobs", "2")
+    assert one.returncode == two.returncode == 0 and one.stdout == two.stdout
+    bad = run_cli(tmp_path, edit(lambda d: None), "--jobs", "0")
+    assert bad.returncode == 2 and bad.stderr == "error: --jobs: must be >= 1, got 0\n"
