@@ -32,7 +32,6 @@ from typing import Callable
 
 import torch
 
-from reference.layers import attention
 
 KEEP = 2
 DEFAULT_MAX_TOKENS = 2048
@@ -117,8 +116,7 @@ class LayerGraphs:
             q, k, v = self.pre(i)[:3]
             if cache.keeps_inputs(layer.layer_idx):  # the next replay overwrites k and v
                 k, v = k.clone(), v.clone()
-            k, v = cache.update(layer.layer_idx, k, v)
-            self.post(i, attention(q, k, v))
+            self.post(i, cache.attend(layer.layer_idx, q, k, v))
         return self.out
 
 

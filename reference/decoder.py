@@ -2,8 +2,8 @@
 forward pass (embedding, layers, final norm and LM head).
 
 A layer is ``pre`` (input norm(s), the QKV projection, rotary on Q and K), then the KV-cache hook
-(``cache.update``: where the parallel schemes communicate), then the attention, then ``post`` (output
-projection, MLP, residual adds). ``pre`` and ``post`` touch no cache and no other rank, so on CUDA
+(``cache.attend``: by default ``cache.update`` and the attention; where the parallel schemes
+communicate), then ``post`` (output projection, MLP, residual adds). ``pre`` and ``post`` touch no cache and no other rank, so on CUDA
 they can be replayed as CUDA graphs (``reference/cuda_graphs.py``) while the cache hook and the
 attention, whose shapes depend on the past, run as they are. The split is also the simulator's:
 ``pre_attention``, ``kv_copy``, ``attention``, ``post_attention`` (docs/cost_model.md).
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from reference.kvcache import KVCache
-from reference.layers import attention, rotary_cos_sin
+from reference.layers import rotary_cos_sin
 
 
 class DecoderBlock(nn.Module):
@@ -36,8 +36,7 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache) -> torch.Tensor:
         q, k, v, *extra = self.pre(x, cos, sin)
-        k, v = cache.update(self.layer_idx, k, v)                       # (B, nkv, S, hd)
-        return self.post(x, attention(q, k, v), *extra)
+        return self.post(x, cache.attend(self.layer_idx, q, k, v), *extra)  # y (B, nh, T, hd)
 
 
 def merge_heads(y: torch.Tensor) -> torch.Tensor:
@@ -55,28 +54,38 @@ class DecoderLM(nn.Module):
     norm: nn.Module
     output: nn.Linear
 
-    def hidden(self, input_ids: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
+    graphable = True  # False: never CUDA graphs (tensor parallelism communicates inside ``post``)
+
+    def hidden(self, input_ids: torch.Tensor, start_pos: int | torch.Tensor, cache: KVCache) -> torch.Tensor:
         """input_ids (B, T) at positions start_pos .. start_pos + T - 1 -> last layer's output (B, T, H).
+        `start_pos` may also be the (T,) absolute positions themselves (ring-zigzag's two pieces).
 
         On CUDA, chunks of at most ``reference.cuda_graphs.max_tokens()`` tokens run every layer's
         ``pre`` and ``post`` as CUDA graphs (one launch each instead of a dozen kernels and the Python
         around them); the results are the same as the eager path's."""
+        return self.run_layers(self.tok_embeddings(input_ids), start_pos, cache)
+
+    def run_layers(self, x: torch.Tensor, start_pos: int | torch.Tensor, cache: KVCache, *,
+                   layers: range | None = None) -> torch.Tensor:
+        """Hidden states x (B, T, H) through ``layers`` (default all; a pipeline stage runs its
+        own, eagerly) -> their output (B, T, H)."""
         from reference.cuda_graphs import layer_graphs
 
-        x = self.tok_embeddings(input_ids)                              # (B, T, H)
-        cos, sin = rotary_cos_sin(start_pos, input_ids.shape[1], head_dim=self.spec.head_dim,
+        cos, sin = rotary_cos_sin(start_pos, x.shape[1], head_dim=self.spec.head_dim,
                                   theta=self.spec.rope_theta, dtype=x.dtype, device=x.device)
-        graphs = layer_graphs(self, x, cos, sin)
-        if graphs is not None:
-            return graphs.run(x, cos, sin, cache)
-        for layer in self.layers:
-            x = layer(x, cos, sin, cache)
+        if layers is None:
+            graphs = layer_graphs(self, x, cos, sin) if self.graphable else None
+            if graphs is not None:
+                return graphs.run(x, cos, sin, cache)
+            layers = range(len(self.layers))
+        for i in layers:
+            x = self.layers[i](x, cos, sin, cache)
         return x
 
     def head(self, x: torch.Tensor) -> torch.Tensor:
         """Last layer's output (B, T, H) -> the last position's logits (B, V)."""
         return self.output(self.norm(x[:, -1]))
 
-    def forward(self, input_ids: torch.Tensor, start_pos: int, cache: KVCache) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, start_pos: int | torch.Tensor, cache: KVCache) -> torch.Tensor:
         """input_ids (B, T) at positions start_pos .. start_pos + T - 1 -> last position's logits (B, V)."""
         return self.head(self.hidden(input_ids, start_pos, cache))

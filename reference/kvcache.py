@@ -1,7 +1,8 @@
 """The plain KV-cache, and the copy every cache hook makes of K and V.
 
-A model layer calls ``cache.update(layer_idx, k, v)`` with its own tokens' K and V and attends to
-what comes back. ``KVCache`` appends locally and keeps the first k and v it gets
+A model layer calls ``cache.attend(layer_idx, q, k, v)`` with its own tokens' Q, K and V; by default
+that is ``cache.update(layer_idx, k, v)`` (the keys to attend to) and the causal attention of q to
+them. Schemes that split the attention itself (ring, ulysses) override ``attend``. ``KVCache`` appends locally and keeps the first k and v it gets
 (``keeps_inputs``). The parallel schemes subclass it where they communicate: ``ChainedKVCache`` in
 ``reference/schemes/kvr.py``, ``GatheredKVCache`` in ``reference/schemes/tsp.py``; so the model code
 stays single-device. Reference: ``shared/docs/kv-runahead.md``; docs/reference.md, "How the schemes
@@ -15,6 +16,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+
+from reference.layers import attention
 
 
 def cat_tokens(parts: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -58,6 +61,12 @@ class KVCache:
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this step's k, v (B, nkv, T, hd); return all of the layer's (B, nkv, S, hd)."""
         return self._append(layer_idx, k, v)
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (B, nh, T, hd) and this step's k, v (B, nkv, T, hd) -> attention output (B, nh, T, hd)
+        of the T queries to the keys ``update`` returns, causal at the bottom right."""
+        k, v = self.update(layer_idx, k, v)                             # (B, nkv, S, hd)
+        return attention(q, k, v)
 
     def finish(self) -> "KVCache":
         """After prefill: wait for outstanding communication; return a cache that decodes locally."""

@@ -17,7 +17,7 @@ import random
 import sys
 import time
 
-from reference.schemes import SCHEME_NAMES, parse_partition
+from reference.schemes import SCHEME_NAMES, SCHEMES, check_supported, parse_partition
 from sim.model import DTYPE_BYTES, ModelSpec
 from sim.outputs import OutputError, check_file_writable, write_text
 
@@ -41,7 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", required=True, choices=SCHEME_NAMES,
                    help="single: one process prefills the whole prompt; kvr: KV-Runahead, a chain of ranks each "
                    "passing the cumulative KV-cache to the next; tsp: tensor/sequence-parallel, even chunks and "
-                   "one all-gather of K and V per layer (docs/design.md)")
+                   "one all-gather of K and V per layer; ring: ring attention, K/V blocks passed around a ring, "
+                   "partial attention merged by log-sum-exp; ring-zigzag: ring attention, rank r holding pieces r "
+                   "and 2P-1-r of 2P; ulysses: DeepSpeed-Ulysses, all-to-all from sequence to head shards and "
+                   "back around attention; tp: Megatron tensor parallel, 1/P of heads and MLP, two all-reduces "
+                   "a layer; pipeline: layers in P stages, prompt pieces flowing through them (docs/design.md)")
     p.add_argument("--partition", default="even",
                    help="'even' (default), tokens per rank, e.g. 30,20,14, or (kvr) 'searched' (KVR-S on the "
                    "simulator) or 'predicted' (KVR-P from --table); the last two need --partition-scenario")
@@ -62,8 +66,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: nccl when every rank has its own CUDA GPU, else gloo")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto: cuda:LOCAL_RANK when every local rank has a GPU, else cpu")
+    p.add_argument("--pieces", type=int, default=0, metavar="N",
+                   help="pipeline: prompt pieces flowing through the stages (default 0: four a stage; at most C)")
     p.add_argument("--generate", type=int, default=0, metavar="N",
-                   help="after timing, N greedy tokens on the last rank from its full cache")
+                   help="after timing, N greedy tokens on the last rank from its full cache (single, kvr, tsp)")
     p.add_argument("--layer-timings", action="store_true",
                    help="one extra untimed prefill timing every layer on every rank")
     p.add_argument("--timeout", type=float, default=300.0, help="process-group timeout in seconds (default 300)")
@@ -95,14 +101,20 @@ def _prompt(args: argparse.Namespace, spec: ModelSpec) -> list[int]:
 def validate(args: argparse.Namespace, world: int) -> tuple[list[int], list[int]]:
     """Everything about the input that can be checked before any process talks to another:
     returns (prompt token ids, tokens per rank)."""
-    if args.warmup < 0 or args.repeat < 1 or args.generate < 0 or args.timeout <= 0:
-        raise LaunchError("need --warmup >= 0, --repeat >= 1, --generate >= 0, --timeout > 0")
+    if args.warmup < 0 or args.repeat < 1 or args.generate < 0 or args.timeout <= 0 or args.pieces < 0:
+        raise LaunchError("need --warmup >= 0, --repeat >= 1, --generate >= 0, --timeout > 0, --pieces >= 0")
+    if args.pieces and args.scheme != "pipeline":
+        raise LaunchError(f"--pieces is for scheme pipeline, not {args.scheme!r}")
+    if args.generate and not SCHEMES[args.scheme].decodes:
+        raise LaunchError(f"--generate needs the whole KV-cache on one rank (single, kvr, tsp); "
+                          f"{args.scheme!r} spreads it over the ranks")
     if world > 1 and "MASTER_ADDR" not in os.environ:
         raise LaunchError(f"WORLD_SIZE={world} but no MASTER_ADDR: start the ranks with torchrun")
     if args.out:  # before the run: a measurement must not be lost to an unwritable path
         check_file_writable(args.out, "--out")
     spec = ModelSpec.resolve(args.model)
     ids = _prompt(args, spec)
+    check_supported(args.scheme, spec, context=len(ids), world_size=world)  # the simulator's checks
     text = _sim_partition(args, len(ids), world)
     return ids, parse_partition(text, args.scheme, context=len(ids), world_size=world)
 

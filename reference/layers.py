@@ -48,15 +48,20 @@ def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
     return RMSNorm(dim, eps) if kind == "rmsnorm" else nn.LayerNorm(dim, eps=eps)
 
 
-def rotary_cos_sin(start_pos: int, num_tokens: int, *, head_dim: int, theta: float,
+def rotary_cos_sin(start_pos: int | torch.Tensor, num_tokens: int, *, head_dim: int, theta: float,
                    dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin of shape (T, hd) for absolute positions start_pos .. start_pos + T - 1.
+    """cos, sin of shape (T, hd) for absolute positions start_pos .. start_pos + T - 1, or for the
+    positions in `start_pos` itself when it is a (T,) tensor (tokens that are not contiguous).
 
     A chunk that starts at token s of the prompt gets positions offset by s, so a chunked prefill
     rotates every token exactly as the whole-prompt prefill does.
     """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=device) / head_dim))
-    pos = torch.arange(start_pos, start_pos + num_tokens, device=device).float()
+    if isinstance(start_pos, torch.Tensor):
+        assert start_pos.shape == (num_tokens,), (start_pos.shape, num_tokens)
+        pos = start_pos.to(device).float()
+    else:
+        pos = torch.arange(start_pos, start_pos + num_tokens, device=device).float()
     freqs = pos[:, None] * inv_freq[None, :]          # (T, hd/2)
     emb = torch.cat((freqs, freqs), dim=-1)           # (T, hd)
     return emb.cos().to(dtype), emb.sin().to(dtype)

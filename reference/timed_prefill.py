@@ -2,9 +2,10 @@
 optional per-layer timings and greedy decoding, and the results dict (schema: docs/reference.md).
 
 TTFT method: the prompt is already on the device; all ranks meet at a barrier (then the device is
-synchronised); the clock runs on the last rank from there until it holds the first token (argmax of
-the last position's logits, copied to the host, device synchronised). Samples travel from the last
-rank to rank 0, which alone writes the results.
+synchronised); the clock runs on the scheme's token rank (``reference.schemes.token_rank``: the last
+rank, or rank 0 for ring-zigzag and tp) from there until it holds the first token (argmax of the last
+position's logits, copied to the host, device synchronised). Samples travel from that rank to rank 0,
+which alone writes the results.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import torch.distributed as dist
 
 from reference.checkpoint import DTYPES, load_model
 from reference.decode import greedy
-from reference.schemes import prefill
+from reference.schemes import prefill, token_rank
 from reference.transport import DistTransport
 
 SCHEMA_VERSION = 1
@@ -54,8 +55,17 @@ def is_comm_failure(e: BaseException) -> bool:
 
 
 class _Solo:
-    """The transport of a world of one (no process group): nothing to send or gather."""
+    """The transport of a world of one (no process group): nothing to send; collectives of one."""
     rank, world_size = 0, 1
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [tensor]
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        return None
+
+    def all_to_all(self, send, recv) -> None:
+        recv[0].copy_(send[0])
 
 
 def measure(args: Namespace, *, rank: int, world: int, local_rank: int, local_world: int,
@@ -91,7 +101,8 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
     model.fuse_()  # Q/K/V and gate/up as single GEMMs (Llama; Falcon's QKV is fused already)
     input_ids = torch.tensor([ids], device=device)
     transport = DistTransport() if dist.is_initialized() else _Solo()
-    last = rank == world - 1
+    first = token_rank(args.scheme, world)  # the rank that emits the first token
+    options = {"pieces": args.pieces} if args.scheme == "pipeline" else {}
 
     def barrier() -> None:
         if dist.is_initialized():
@@ -99,13 +110,13 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
         sync()
 
     def run():
-        return prefill(args.scheme, model, input_ids, chunks, transport)
+        return prefill(args.scheme, model, input_ids, chunks, transport, **options)
 
     def once():
         barrier()
         t0 = time.perf_counter()
         res = run()
-        token = int(res.logits[0].argmax()) if last else None  # int() waits for the device
+        token = int(res.logits[0].argmax()) if rank == first else None  # int() waits for the device
         sync()
         return time.perf_counter() - t0, token, res
 
@@ -116,14 +127,14 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
     for _ in range(args.repeat):
         dt, token, res = once()
         samples.append(dt)
-    generated = greedy(model, res.logits, res.cache, args.generate) if last and args.generate else None
+    generated = greedy(model, res.logits, res.cache, args.generate) if rank == first and args.generate else None
     layer_times = _layer_times(model, run, barrier, sync) if args.layer_timings else None
 
-    # TTFT is the last rank's clock; rank 0 writes, so everything travels there.
+    # TTFT is the token rank's clock; rank 0 writes, so everything travels there.
     mine = {"ttft_s": samples, "first_token_id": token, "generated_ids": generated}
     if dist.is_initialized():
         box = [mine]
-        dist.broadcast_object_list(box, src=world - 1, device=device if cuda else None)
+        dist.broadcast_object_list(box, src=first, device=device if cuda else None)
         mine = box[0]
         if layer_times is not None:
             every: list = [None] * world

@@ -1,4 +1,5 @@
-"""How the ranks of a prefill talk: the three operations the schemes need.
+"""How the ranks of a prefill talk: the operations the schemes need (point-to-point, all-gather,
+all-reduce, all-to-all).
 
 ``DistTransport`` runs them over a ``torch.distributed`` process group (NCCL on GPUs, gloo on
 CPUs). ``ThreadTransport`` runs them between threads of one process, so the in-process tests run the
@@ -32,9 +33,29 @@ class Transport(Protocol):
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         """Every rank's `tensor` (all the same shape), in rank order."""
 
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        """Replace `tensor` (same shape on every rank) by the sum over the ranks, in place."""
+
+    def all_to_all(self, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
+        """Send ``send[d]`` to every rank d and fill ``recv[s]`` with what rank s sent this rank
+        (``recv[rank]`` gets ``send[rank]``). Shapes may differ between pairs; every rank must post
+        its call."""
+
+
+def exchange(t: Transport, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
+    """All-to-all from point-to-point pairs (gloo has no all_to_all): in step s every rank sends to
+    rank + s and receives from rank - s, so each pair's two messages are in flight together."""
+    r, p = t.rank, t.world_size
+    recv[r].copy_(send[r])
+    pending = [t.isend(send[(r + s) % p].contiguous(), (r + s) % p) for s in range(1, p)]
+    for s in range(1, p):
+        t.recv(recv[(r - s) % p], (r - s) % p)
+    for work in pending:
+        work.wait()
+
 
 class DistTransport:
-    """Point-to-point and all-gather over a torch.distributed group (default: the world)."""
+    """Point-to-point and collectives over a torch.distributed group (default: the world)."""
 
     def __init__(self, group: dist.ProcessGroup | None = None):
         self.group = group
@@ -67,6 +88,16 @@ class DistTransport:
             recv.wait()
             send.wait()
         return out
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        if self.world_size > 1:
+            dist.all_reduce(tensor, group=self.group)
+
+    def all_to_all(self, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
+        if dist.get_backend(self.group) == "gloo":  # gloo has no all_to_all of unequal parts
+            exchange(self, send, recv)
+        else:
+            dist.all_to_all(list(recv), [x.contiguous() for x in send], group=self.group)
 
 
 class _Done:
@@ -104,6 +135,16 @@ class ThreadTransport:
         out = list(self.hub.slots)
         self.hub.barrier.wait()  # nobody overwrites a slot before everyone has read it
         return out
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        parts = self.all_gather(tensor)
+        total = parts[0].clone()
+        for part in parts[1:]:  # rank order on every rank: all ranks get the same bits
+            total += part
+        tensor.copy_(total)
+
+    def all_to_all(self, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
+        exchange(self, send, recv)
 
 
 def run_in_threads(world_size: int, fn: Callable[[ThreadTransport], object],

@@ -43,22 +43,41 @@ def tiny_model_specs(draw, layouts=LAYOUTS):
     return ModelSpec.preset(base).replace(**changes)
 
 
+def supported_worlds(scheme: str, spec, lo: int, hi: int, context: int) -> list[int]:
+    """World sizes in lo..hi that `scheme` runs `spec` on (``reference.schemes.check_supported``)."""
+    from reference.schemes import PartitionError, check_supported
+
+    def ok(world: int) -> bool:
+        try:
+            check_supported(scheme, spec, context=context, world_size=world)
+        except PartitionError:
+            return False
+        return True
+    return [w for w in range(lo, hi + 1) if ok(w)]
+
+
 @st.composite
-def prefill_examples(draw, scheme: str, max_world: int = 4, max_context: int = 64):
-    """A prefill example: spec, weight seed, world size 1..max_world, a partition of C tokens
-    (random for kvr, even for tsp; every chunk >= 1, world <= C), random token ids, and whether
-    the model runs with fused GEMMs (``fuse_()``)."""
-    spec = draw(tiny_model_specs())
-    world = draw(st.integers(1, max_world))
-    context = draw(st.integers(world, max_context))
+def prefill_examples(draw, scheme: str, max_world: int = 4, max_context: int = 64, min_world: int = 1):
+    """A prefill example: spec, weight seed, world size min_world..max_world that the scheme runs the
+    spec on, a partition of C tokens (random for kvr, else the scheme's layout,
+    ``reference.schemes.layout_chunks``; world <= C, 2 world <= C for ring-zigzag), random token
+    ids, whether the model runs with fused GEMMs (``fuse_()``), and for pipeline its piece count."""
+    from reference.schemes import layout_chunks
+
+    spec = draw(tiny_model_specs().filter(
+        lambda s: supported_worlds(scheme, s, min_world, max_world, max_context)))
+    world = draw(st.sampled_from(supported_worlds(scheme, spec, min_world, max_world, max_context)))
+    context = draw(st.integers(2 * world if scheme == "ring-zigzag" else world, max_context))
     if scheme == "kvr":
         chunks = draw(partitions(context, world))
     else:
-        q, r = divmod(context, world)
-        chunks = [q + 1 if i < r else q for i in range(world)]
+        chunks = layout_chunks(scheme, context=context, world_size=world)
     ids = draw(st.lists(st.integers(0, spec.vocab_size - 1), min_size=context, max_size=context))
-    return {"spec": spec.to_dict(), "seed": draw(st.integers(0, 2**16)), "scheme": scheme,
-            "chunks": chunks, "ids": ids, "fuse": draw(st.booleans())}
+    example = {"spec": spec.to_dict(), "seed": draw(st.integers(0, 2**16)), "scheme": scheme,
+               "chunks": chunks, "ids": ids, "fuse": draw(st.booleans())}
+    if scheme == "pipeline":
+        example["pieces"] = draw(st.sampled_from([0, 1, 2, 5, 64]))  # 0: four a stage
+    return example
 
 
 # ----- simulator (sim/) ----------------------------------------------------------------------------

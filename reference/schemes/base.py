@@ -12,10 +12,12 @@ if TYPE_CHECKING:
 
 @dataclass
 class Prefill:
-    """What one rank holds after prefill: the last position's logits (B, V) of its chunk and its
-    KV-cache (ready to decode locally). On the rank of the last chunk the logits give the first token."""
+    """What one rank holds after prefill: the last position's logits (B, V) of its share of the
+    prompt (None where a rank has none: pipeline's earlier stages) and its KV-cache (what this rank
+    keeps; ready to decode locally where it is the whole model's). On the scheme's token rank
+    (``reference.schemes.token_rank``) the logits give the first token."""
 
-    logits: "torch.Tensor"
+    logits: "torch.Tensor | None"
     cache: "KVCache"
 
 

@@ -337,7 +337,9 @@ def test_every_flag_has_a_help_line(module):
 def test_launch_help_says_the_dtype_default_and_each_scheme():
     proc = run([*LAUNCH, "--help"])
     text = " ".join(proc.stdout.split())
-    assert "default fp32" in text and all(f"{s}:" in text for s in ("single", "kvr", "tsp"))
+    from reference.schemes import SCHEME_NAMES
+
+    assert "default fp32" in text and all(f"{s}:" in text for s in SCHEME_NAMES)
 
 
 def test_report_tables_keep_their_columns_with_huge_numbers():
@@ -377,6 +379,14 @@ def test_report_tables_keep_their_columns_with_huge_numbers():
     (["--scheme", "kvr", "--context", "8", "--model", "llama-9b"], 1, r"'llama-9b' is neither a model preset"),
     (["--scheme", "fast", "--context", "8"], 1, r"argument --scheme: invalid choice"),
     (["--scheme", "kvr"], 1, r"give --context C or --input-ids FILE"),
+    (["--scheme", "ulysses", "--context", "12"], 3,
+     r"error: scheme 'ulysses' cannot run here: 4 query heads are not divisible by 3 GPUs$"),
+    (["--scheme", "tp", "--context", "12"], 3, r"error: scheme 'tp' cannot run here: 4 query heads are not divisible by 3 GPUs$"),
+    (["--scheme", "ring-zigzag", "--context", "5"], 3, r"scheme 'ring-zigzag' cannot run here: 5 tokens cannot fill 6 pieces"),
+    (["--scheme", "pipeline", "--context", "8"], 3, r"scheme 'pipeline' cannot run here: 2 layers cannot fill 3 stages"),
+    (["--scheme", "ring", "--context", "8", "--partition", "5,3"], 2, r"scheme 'ring' uses the even split \[4, 4\]"),
+    (["--scheme", "kvr", "--context", "8", "--pieces", "4"], 1, r"--pieces is for scheme pipeline, not 'kvr'"),
+    (["--scheme", "ring", "--context", "8", "--generate", "2"], 2, r"--generate needs the whole KV-cache on one rank"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, world, message):
     out = tmp_path / "r.json"

@@ -30,7 +30,7 @@ def synthetic(probe_of=lambda i: None, speed_probe_s=None) -> dict:
             i += 1
     comps["attention"].append({"queries": 12, "keys": 30, "held_out": True, "median_s": 1e-9 * 12 * 30})
     comps["head"].append({"held_out": False, "median_s": 2e-5, "probe_s": probe_of(i)})
-    return {"schema_version": 1, "model": SPEC.to_dict(), "dtype": "fp32", "device": "test",
+    return {"schema_version": 3, "model": SPEC.to_dict(), "dtype": "fp32", "device": "test", "device_type": "cpu",
             "speed_probe_s": speed_probe_s, "components": comps}
 
 

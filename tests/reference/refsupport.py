@@ -4,7 +4,7 @@ examples (``from refsupport import GlooPool, run_example``).
 Starting processes and a process group costs seconds, so the property tests start one world of 4
 CPU processes once and send it many examples. Subgroups for world sizes 1..4 are made once at start
 (every rank must take part in creating each). An example is a plain dict; the ranks of its world
-rebuild the model from (spec, seed), run the scheme over real torch.distributed gloo, and the last
+rebuild the model from (spec, seed), run the scheme over real torch.distributed gloo, and every
 rank returns its logits and KV-cache. Every wait has a timeout, so a failing or hung worker fails the
 test instead of hanging it.
 """
@@ -22,9 +22,9 @@ from typing import Any
 
 def run_example(task: dict[str, Any], transport) -> dict[str, Any]:
     """Rebuild the model, prefill `task["ids"]` under `task["scheme"]` on this rank; decode
-    `task["generate"]` tokens on the last rank. Returns fp32 numpy arrays (logits, k and v per layer).
-    Optional keys: ``device`` (default "cpu"), ``dtype`` (a torch dtype name, default "float32"),
-    ``fuse`` (run with fused GEMMs)."""
+    `task["generate"]` tokens on the last rank. Returns fp32 numpy arrays (logits, k and v per layer;
+    None where the rank has none). Optional keys: ``device`` (default "cpu"), ``dtype`` (a torch
+    dtype name, default "float32"), ``fuse`` (run with fused GEMMs), ``pieces`` (pipeline)."""
     import torch
 
     from reference.checkpoint import random_model
@@ -41,10 +41,11 @@ def run_example(task: dict[str, Any], transport) -> dict[str, Any]:
     if task.get("fuse"):  # the fused-GEMM layout that launch times
         model.fuse_()
     ids = torch.tensor([task["ids"]], device=device)
-    res = prefill(task["scheme"], model, ids, task["chunks"], transport)
+    options = {"pieces": task["pieces"]} if "pieces" in task else {}
+    res = prefill(task["scheme"], model, ids, task["chunks"], transport, **options)
 
     def host(t):
-        return t.float().cpu().numpy()
+        return None if t is None else t.float().cpu().numpy()
     out = {"logits": host(res.logits), "k": [host(k) for k in res.cache.k], "v": [host(v) for v in res.cache.v]}
     if task.get("generate"):
         out["generated"] = greedy(model, res.logits, res.cache, task["generate"])
@@ -68,7 +69,7 @@ def _worker(rank: int, world: int, store_path: str, tasks: mp.Queue, results: mp
             n = len(task["chunks"])
             try:
                 out = run_example(task, transports[n])
-                results.put((rank, "ok", out if rank == n - 1 else None))
+                results.put((rank, "ok", out))
             except Exception:  # noqa: BLE001 - reported to the test, which fails
                 results.put((rank, "error", traceback.format_exc()))
     finally:
@@ -95,13 +96,17 @@ class GlooPool:
 
     def run(self, task: dict[str, Any]) -> dict[str, Any]:
         """Serve one example on ranks 0 .. len(task["chunks"]) - 1; the last rank's output."""
+        return self.run_all(task)[-1]
+
+    def run_all(self, task: dict[str, Any]) -> list[dict[str, Any]]:
+        """Serve one example on ranks 0 .. len(task["chunks"]) - 1; every rank's output, rank order."""
         if self.broken:
             raise RuntimeError(f"gloo pool is broken: {self.broken}")
         n = len(task["chunks"])
         assert 1 <= n <= self.world, n
         for r in range(n):
             self.tasks[r].put(task)
-        out, errors = None, []
+        out, errors = [None] * n, []
         for _ in range(n):
             try:
                 rank, status, payload = self.results.get(timeout=self.timeout_s)
@@ -111,8 +116,8 @@ class GlooPool:
                 raise TimeoutError(self.broken) from None
             if status == "error":
                 errors.append(f"rank {rank}:\n{payload}")
-            elif rank == n - 1:
-                out = payload
+            else:
+                out[rank] = payload
         if errors:
             if n > 1:  # unmatched messages may be left in flight: later examples cannot be trusted
                 self.broken = "an earlier example failed"

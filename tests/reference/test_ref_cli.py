@@ -52,6 +52,35 @@ def test_single_with_input_ids_matches_kvr_first_token(tmp_path):
     assert first[0] == first[1]
 
 
+@pytest.fixture(scope="module")
+def single_first_token():
+    """`--scheme single`'s first token per (model, context), from one process each."""
+    seen: dict = {}
+
+    def first(model: str, context: int) -> int:
+        if (model, context) not in seen:
+            proc = run([*LAUNCH, "--model", model, "--scheme", "single", "--context", str(context), "--repeat", "1"])
+            assert proc.returncode == 0, proc.stderr
+            seen[model, context] = int(re.search(r"first_token_id=(\d+)", proc.stdout).group(1))
+        return seen[model, context]
+    return first
+
+
+@pytest.mark.parametrize("scheme, extra", [("ring", []), ("ring-zigzag", []), ("ulysses", []), ("tp", []),
+                                           ("pipeline", ["--pieces", "3"])])
+def test_new_scheme_over_torchrun_gives_single_first_token(tmp_path, single_first_token, scheme, extra):
+    """One model for all (one single run; GQA, fused GEMMs as launch runs them): Falcon and the other
+    layouts are the property tests' (test_ref_properties.py)."""
+    out, model = tmp_path / "r.json", "tiny-llama-gqa"
+    proc = run([*TORCHRUN, "--nproc-per-node", "2", "-m", "reference.launch", "--model", model, "--scheme", scheme,
+                "--context", "21", "--warmup", "1", "--repeat", "2", "--timeout", "30", *extra, "--out", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert (r["scheme"], r["world_size"], r["context"], len(r["ttft_s"])) == (scheme, 2, 21, 2)
+    assert r["partition"] == {"ring-zigzag": [11, 10], "tp": [21, 21], "pipeline": [21, 21]}.get(scheme, [11, 10])
+    assert r["first_token_id"] == single_first_token(model, 21)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

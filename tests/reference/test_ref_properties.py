@@ -1,6 +1,7 @@
-"""Properties of the parallel prefill schemes: the KV-Runahead chain and TSP give, on the rank of the
-last chunk, the same KV-cache (every layer, K and V) and the same first-token logits as one process
-prefilling the whole prompt.
+"""Properties of the parallel prefill schemes: every scheme gives, on its token rank, the same
+first-token logits as one process prefilling the whole prompt, and every rank keeps exactly its slice
+of that process's KV-cache (every layer, K and V; ``kept_slice``: its tokens, its K/V heads or its
+layers). The last rank of the KV-Runahead chain and of TSP holds the whole cache.
 
 Tolerance: max absolute difference <= 1e-5 in fp32 (observed ~3e-7: only the floating-point order of
 the chunked matrix products differs).
@@ -18,13 +19,15 @@ import torch
 from hypothesis import given, settings
 
 from reference.checkpoint import random_model
-from reference.schemes import prefill
+from reference.schemes import prefill, token_rank
 from reference.transport import run_in_threads
 from refsupport import GlooPool, run_example
 from sim.model import ModelSpec
+from sim.partition import even
 from strategies import prefill_examples
 
 TOL = 1e-5
+NEW_SCHEMES = ["ring", "ring-zigzag", "ulysses", "tp", "pipeline"]
 
 
 @pytest.fixture(scope="module")
@@ -41,24 +44,58 @@ def single_reference(task: dict) -> dict:
             "v": [v.numpy() for v in res.cache.v]}
 
 
-def assert_same_as_single(task: dict, got: dict) -> None:
+def kept_slice(task: dict, rank: int, k: np.ndarray, layer: int) -> np.ndarray | None:
+    """What `rank` keeps of one layer's single-process K (or V) (B, nkv, C, hd), written from the
+    schemes' definitions: kvr and tsp the tokens up to the end of its chunk (the last rank all);
+    ring its chunk; ring-zigzag pieces r and 2P-1-r of 2P; ulysses and tp all tokens of the K/V
+    heads its nh/P query heads read; pipeline its stage's layers (None elsewhere)."""
+    spec, world, context = task["spec"], len(task["chunks"]), len(task["ids"])
+    bounds = lambda split, i: (sum(split[:i]), sum(split[:i + 1]))  # noqa: E731
+    scheme = task["scheme"]
+    if scheme in ("kvr", "tsp"):
+        return k[:, :, :bounds(task["chunks"], rank)[1]]
+    if scheme == "ring":
+        a, b = bounds(task["chunks"], rank)
+        return k[:, :, a:b]
+    if scheme == "ring-zigzag":
+        split = even(context, 2 * world)
+        return np.concatenate([k[:, :, slice(*bounds(split, i))] for i in (rank, 2 * world - 1 - rank)], axis=2)
+    if scheme in ("ulysses", "tp"):
+        nq, group = spec["num_heads"] // world, spec["num_heads"] // spec["num_kv_heads"]
+        return k[:, sorted({h // group for h in range(rank * nq, (rank + 1) * nq)})]
+    assert scheme == "pipeline", scheme
+    start, stop = bounds(even(spec["num_layers"], world), rank)
+    return k if start <= layer < stop else None
+
+
+def assert_shares_of_single(task: dict, outs: list[dict]) -> None:
+    """The token rank's logits are single's; every rank keeps its slice of single's K and V."""
     want = single_reference(task)
-    assert len(got["k"]) == len(want["k"]) == task["spec"]["num_layers"]
-    for name in ("k", "v"):
-        for layer, (g, w) in enumerate(zip(got[name], want[name])):
-            assert g.shape == w.shape, (name, layer, g.shape, w.shape)
-            err = np.abs(g - w).max()
-            assert err <= TOL, f"{name} of layer {layer} differs by {err}"
-    err = np.abs(got["logits"] - want["logits"]).max()
+    for rank, got in enumerate(outs):
+        for name in ("k", "v"):
+            for layer, (g, w) in enumerate(zip(got[name], want[name], strict=True)):
+                w = kept_slice(task, rank, w, layer)
+                if w is None:
+                    assert g is None, (rank, name, layer)
+                    continue
+                assert g is not None and g.shape == w.shape, (rank, name, layer, None if g is None else g.shape, w.shape)
+                err = np.abs(g - w).max()
+                assert err <= TOL, f"rank {rank}: {name} of layer {layer} differs by {err}"
+    err = np.abs(outs[token_rank(task["scheme"], len(outs))]["logits"] - want["logits"]).max()
     assert err <= TOL, f"first-token logits differ by {err}"
 
 
-@pytest.mark.parametrize("scheme", ["kvr", "tsp"])
-def test_scheme_matches_single_over_gloo(pool, scheme):
-    @settings(max_examples=60)
-    @given(prefill_examples(scheme))
+# (scheme, examples over gloo, examples in threads, least world size): kvr and tsp from one process up;
+# the other schemes on 2-4 ranks, fewer examples (tests/reference stays within minutes on 2 cores).
+CASES = [("kvr", 60, 100, 1), ("tsp", 60, 100, 1), *((s, 20, 50, 2) for s in NEW_SCHEMES)]
+
+
+@pytest.mark.parametrize("scheme, gloo_examples, thread_examples, min_world", CASES)
+def test_scheme_matches_single_over_gloo(pool, scheme, gloo_examples, thread_examples, min_world):
+    @settings(max_examples=gloo_examples)
+    @given(prefill_examples(scheme, min_world=min_world))
     def check(task):
-        assert_same_as_single(task, pool.run(task))
+        assert_shares_of_single(task, pool.run_all(task))
 
     check()
 
@@ -72,15 +109,27 @@ def one_thread_per_rank():
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("scheme", ["kvr", "tsp"])
-def test_scheme_matches_single_in_threads(scheme, one_thread_per_rank):
-    @settings(max_examples=100)
-    @given(prefill_examples(scheme))
+@pytest.mark.parametrize("scheme, gloo_examples, thread_examples, min_world", CASES)
+def test_scheme_matches_single_in_threads(scheme, gloo_examples, thread_examples, min_world, one_thread_per_rank):
+    @settings(max_examples=thread_examples)
+    @given(prefill_examples(scheme, min_world=min_world))
     def check(task):
-        outs = run_in_threads(len(task["chunks"]), lambda t: run_example(task, t))
-        assert_same_as_single(task, outs[-1])
+        assert_shares_of_single(task, run_in_threads(len(task["chunks"]), lambda t: run_example(task, t)))
 
     check()
+
+
+@pytest.mark.parametrize("scheme, name, world, message", [
+    ("ulysses", "tiny-llama", 3, "scheme 'ulysses' cannot run here: 4 query heads are not divisible by 3 GPUs"),
+    ("tp", "tiny-falcon", 3, "scheme 'tp' cannot run here: 4 query heads are not divisible by 3 GPUs"),
+    ("pipeline", "tiny-llama", 3, "scheme 'pipeline' cannot run here: 2 layers cannot fill 3 stages"),
+])
+def test_unsupported_shapes_fail_before_any_message(scheme, name, world, message):
+    """Every rank raises the same one-line error before it sends (no rank is left waiting)."""
+    spec = ModelSpec.preset(name)
+    task = {"spec": spec.to_dict(), "seed": 0, "scheme": scheme, "chunks": [4] * world, "ids": list(range(12))}
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        run_in_threads(world, lambda t: run_example(task, t), timeout_s=10)
 
 
 def test_in_process_rank_failure_is_raised_at_once():

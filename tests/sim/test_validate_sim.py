@@ -17,6 +17,8 @@ from sim.engine.cpu_cluster import cpu_cluster_sim
 from sim.validation.measured import compare, load_measured, mape
 
 SPEC = ModelSpec.preset("tiny-llama").replace(num_layers=3)
+# The fields a results file must have besides those each test sets (sim/schemas/results.schema.json).
+RESULT = {"schema_version": 1, "dtype": "fp32", "backend": "gloo", "ttft_s": [1.0], "first_token_id": 0}
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,8 @@ def test_measured_results_match_by_cluster_scheme_and_partition(tmp_path):
     table = rows([(j, simulate(j), None)])
     for i, (ttft, link) in enumerate([(2.0, "cluster=u (shaped)"), (4.0, "cluster=u"), (9.0, "cluster=other")]):
         (tmp_path / f"r{i}.json").write_text(json.dumps({
-            "model": SPEC.to_dict(), "scheme": "kvr", "world_size": 2, "context": 64, "partition": [32, 32],
-            "link": link, "ttft_median_s": ttft}))
+            **RESULT, "model": SPEC.to_dict(), "scheme": "kvr", "world_size": 2, "context": 64, "partition": [32, 32],
+            "link": link, "ttft_s": [ttft], "ttft_median_s": ttft}))
     measured = load_measured(sorted(str(p) for p in tmp_path.glob("*.json")))
     [c] = compare(table, measured)
     assert c.measured.ttft_s == 3.0 and sorted(c.measured.rounds_s) == [2.0, 4.0]
@@ -108,8 +110,8 @@ def test_a_gloo_send_holds_its_rank_until_the_socket_buffer_holds_the_rest(monke
 def test_contention_comes_from_the_workload_probe_where_a_result_has_one(tmp_path):
     """The shared-core term's contention is the ranks' own work in P processes over one
     (``workload_probe_s``) where the harness measured it, else the GEMM probe's ratio."""
-    base = {"model": SPEC.to_dict(), "scheme": "kvr", "world_size": 2, "context": 64, "partition": [32, 32],
-            "speed_probe_s": [1.0, 1.0], "contended_probe_s": [2.0, 2.2]}
+    base = {**RESULT, "model": SPEC.to_dict(), "scheme": "kvr", "world_size": 2, "context": 64,
+            "partition": [32, 32], "speed_probe_s": [1.0, 1.0], "contended_probe_s": [2.0, 2.2]}
     (tmp_path / "gemm.json").write_text(json.dumps({**base, "link": "cluster=a", "ttft_median_s": 1.0}))
     (tmp_path / "work.json").write_text(json.dumps({
         **base, "link": "cluster=b", "ttft_median_s": 1.0,
