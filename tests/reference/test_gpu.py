@@ -256,3 +256,37 @@ workload: {{contexts: [64], gpus: [2], schemes: [tsp, kvr-e]}}
     entries = json.loads(rep.read_text())["replays"]
     assert [(e["scheme"], e["rank"]) for e in entries] == [("tsp", 0), ("tsp", 1), ("kvr-e", 0), ("kvr-e", 1)]
     assert all(e["median_s"] > 0 for e in entries)
+
+
+@pytest.mark.parametrize("scheme", ["ring", "ring-zigzag", "ulysses", "tp", "pipeline"])
+def test_contender_matches_single_on_cuda_fp32(scheme):
+    """The contenders on CUDA (ranks as threads on one GPU): every rank's share of single's K/V and
+    the token rank's logits, fp32 without TF32."""
+    from reference.schemes import token_rank
+    from reference.transport import run_in_threads
+    from refsupport import run_example
+    from strategies import prefill_examples
+    from test_ref_properties import kept_slice
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+    @settings(max_examples=15)
+    @given(prefill_examples(scheme, min_world=2))
+    def check(task):
+        task = {**task, "device": "cuda", "dtype": "float32"}
+        alone = {k: v for k, v in task.items() if k != "pieces"}  # pipeline's piece count is not single's
+        want = run_example({**alone, "scheme": "single", "chunks": [len(task["ids"])], "fuse": False}, None)
+        outs = run_in_threads(len(task["chunks"]), lambda t: run_example(task, t), timeout_s=120)
+        for rank, got in enumerate(outs):
+            for name in ("k", "v"):
+                for layer, (g, w) in enumerate(zip(got[name], want[name], strict=True)):
+                    w = kept_slice(task, rank, w, layer)
+                    if w is None:
+                        assert g is None
+                        continue
+                    assert g.shape == w.shape, (rank, name, layer)
+                    assert np.abs(g - w).max() <= 1e-4 * max(1.0, float(np.abs(w).max())), (rank, name, layer)
+        logits = outs[token_rank(scheme, len(outs))]["logits"]
+        assert np.abs(logits - want["logits"]).max() <= 1e-4 * max(1.0, float(np.abs(want["logits"]).max()))
+
+    check()
