@@ -103,6 +103,10 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
     transport = DistTransport() if dist.is_initialized() else _Solo()
     first = token_rank(args.scheme, world)  # the rank that emits the first token
     options = {"pieces": args.pieces} if args.scheme == "pipeline" else {}
+    if args.scheme == "tp":  # keep this rank's weight slices now: slicing is loading, not prefill
+        from reference.schemes.tp import shard_
+
+        shard_(model, transport)
 
     def barrier() -> None:
         if dist.is_initialized():
