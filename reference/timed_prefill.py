@@ -146,6 +146,10 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
             layer_times = every
     elif layer_times is not None:
         layer_times = [layer_times]
+    hosts = [platform.node()]  # each rank's host: the ranks may span machines (multi-node torchrun)
+    if dist.is_initialized():
+        hosts = [None] * world
+        dist.all_gather_object(hosts, platform.node())
     if rank != 0:
         return None
     return {
@@ -159,7 +163,7 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
         "ttft_s": mine["ttft_s"], "ttft_median_s": statistics.median(mine["ttft_s"]),
         "first_token_id": mine["first_token_id"], "generated_ids": mine["generated_ids"],
         "layer_times_s": layer_times,
-        "host": platform.node(), "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(), "hosts": hosts, "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -17,7 +18,7 @@ from clitools import ENV, LAUNCH, ROOT, TORCHRUN, run
 RESULT_FIELDS = {
     "schema_version", "model", "model_arg", "model_source", "scheme", "partition", "world_size", "context",
     "dtype", "backend", "device", "torch_version", "nccl_version", "link", "seed", "input_ids_file", "warmup",
-    "repeat", "ttft_s", "ttft_median_s", "first_token_id", "generated_ids", "layer_times_s", "host",
+    "repeat", "ttft_s", "ttft_median_s", "first_token_id", "generated_ids", "layer_times_s", "host", "hosts",
     "timestamp_utc"}
 
 
@@ -131,3 +132,29 @@ def test_docs_describe_every_flag_and_results_field():
     assert set(re.findall(r"^\| `(--[a-z-]+)", launch, re.M)) == flags
     fields = {f for row in re.findall(r"^\| (`[^|]+)\|", schema, re.M) for f in re.findall(r"`([a-z_]+)`", row)}
     assert fields == RESULT_FIELDS
+
+
+def test_two_torchrun_agents_make_one_job_across_nodes(tmp_path):
+    """Multi-node torchrun, two nodes of two ranks on this machine: two agents meet at a c10d
+    rendezvous; rank 0 writes the results of the 4-rank job with every rank's host."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "r.json"
+    agent = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "two-nodes",
+             "-m", "reference.launch", "--model", "tiny-llama-gqa", "--scheme", "kvr", "--context", "24",
+             "--repeat", "1", "--timeout", "60", "--out", str(out)]
+    procs = [subprocess.Popen(agent, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        outs = [p.communicate(timeout=150) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1500:] for o in outs]
+    r = json.loads(out.read_text())
+    assert r["world_size"] == 4 and r["partition"] == [6, 6, 6, 6] and len(r["hosts"]) == 4
+    assert set(r) == RESULT_FIELDS
