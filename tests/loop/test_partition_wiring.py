@@ -55,9 +55,9 @@ def test_scheme_errors():
 
 
 def test_chain_order_avoids_slow_and_busy_links():
-    from sim.scenario import _cluster
+    from sim.scenario_clusters import parse_cluster
 
-    cluster = _cluster(NOISY, "c")
+    cluster = parse_cluster(NOISY, "c")
     order = chain_order(cluster, [1] * 8, 1e6)
     time = link_times(cluster)
     assert sorted(order) == list(range(8))

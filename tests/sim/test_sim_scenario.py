@@ -3,7 +3,8 @@ import pytest
 import yaml
 
 from sim.cluster import BackgroundFlow, LinkSpec
-from sim.scenario import NODES_SWITCH, ScenarioError, load, parse
+from sim.scenario import ScenarioError, load, parse
+from sim.scenario_clusters import NODES_SWITCH
 from sim.job import BUILTIN, SchemeSpec
 from sim.partition.plan import plan
 
