@@ -72,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="after timing, N greedy tokens on the last rank from its full cache (single, kvr, tsp)")
     p.add_argument("--layer-timings", action="store_true",
                    help="one extra untimed prefill timing every layer on every rank")
+    p.add_argument("--trace", metavar="FILE", help="one extra untimed prefill recording every rank's layers, waits "
+                   "and sends, written by rank 0 as a Chrome trace (its folder is checked before the run)")
     p.add_argument("--timeout", type=float, default=300.0, help="process-group timeout in seconds (default 300)")
     p.add_argument("--link", help="free-form description of the interconnect, copied to the results")
     return p
@@ -112,6 +114,8 @@ def validate(args: argparse.Namespace, world: int) -> tuple[list[int], list[int]
         raise LaunchError(f"WORLD_SIZE={world} but no MASTER_ADDR: start the ranks with torchrun")
     if args.out:  # before the run: a measurement must not be lost to an unwritable path
         check_file_writable(args.out, "--out")
+    if args.trace:
+        check_file_writable(args.trace, "--trace")
     spec = ModelSpec.resolve(args.model)
     ids = _prompt(args, spec)
     check_supported(args.scheme, spec, context=len(ids), world_size=world)  # the simulator's checks

@@ -113,8 +113,8 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
             dist.barrier(device_ids=[local_rank]) if cuda else dist.barrier()
         sync()
 
-    def run():
-        return prefill(args.scheme, model, input_ids, chunks, transport, **options)
+    def run(via=None):
+        return prefill(args.scheme, model, input_ids, chunks, via or transport, **options)
 
     def once():
         barrier()
@@ -133,6 +133,7 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
         samples.append(dt)
     generated = greedy(model, res.logits, res.cache, args.generate) if rank == first and args.generate else None
     layer_times = _layer_times(model, run, barrier, sync) if args.layer_timings else None
+    trace = _trace(model, run, barrier, sync, transport) if args.trace else None
 
     # TTFT is the token rank's clock; rank 0 writes, so everything travels there.
     mine = {"ttft_s": samples, "first_token_id": token, "generated_ids": generated}
@@ -146,12 +147,27 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
             layer_times = every
     elif layer_times is not None:
         layer_times = [layer_times]
+    if trace is not None and dist.is_initialized():
+        every = [None] * world
+        dist.all_gather_object(every, trace)
+        trace = every
+    elif trace is not None:
+        trace = [trace]
     hosts = [platform.node()]  # each rank's host: the ranks may span machines (multi-node torchrun)
     if dist.is_initialized():
         hosts = [None] * world
         dist.all_gather_object(hosts, platform.node())
     if rank != 0:
         return None
+    trace_path = None
+    if trace is not None:
+        from reference.trace import trace_json
+        from sim.outputs import write_text
+
+        write_text(args.trace, trace_json(trace, f"measured {args.scheme}: {spec.name}, C={len(ids)}, {world} ranks"))
+        # relative to the results file's folder, where readers of the results look for it
+        trace_path = os.path.relpath(os.path.abspath(args.trace), os.path.dirname(os.path.abspath(args.out))) \
+            if args.out else os.path.abspath(args.trace)
     return {
         "schema_version": SCHEMA_VERSION,
         "model": spec.to_dict(), "model_arg": args.model, "model_source": source,
@@ -162,7 +178,7 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
         "warmup": args.warmup, "repeat": args.repeat,
         "ttft_s": mine["ttft_s"], "ttft_median_s": statistics.median(mine["ttft_s"]),
         "first_token_id": mine["first_token_id"], "generated_ids": mine["generated_ids"],
-        "layer_times_s": layer_times,
+        "layer_times_s": layer_times, "trace": trace_path,
         "host": platform.node(), "hosts": hosts, "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -189,6 +205,25 @@ def _layer_times(model, run, barrier, sync) -> list[float]:
         for h in handles:
             h.remove()
     return times
+
+
+def _trace(model, run, barrier, sync, transport) -> list[dict]:
+    """This rank's events of one extra prefill through a timed transport (``reference.trace``),
+    from a barrier; its layers run eagerly (no CUDA graphs)."""
+    from reference.trace import Recorder, TracedTransport
+
+    rec = Recorder(sync)
+    handles = rec.hook_layers(list(model.layers))
+    graphable, model.graphable = model.graphable, False  # CUDA graphs would run the layers past their hooks
+    try:
+        barrier()
+        rec.start()
+        run(TracedTransport(transport, rec))
+    finally:
+        model.graphable = graphable
+        for h in handles:
+            h.remove()
+    return rec.events
 
 
 def _device_name(device: torch.device) -> str:

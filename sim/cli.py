@@ -13,6 +13,7 @@ from .job import Job
 from .partition.plan import plan
 from .scenario import Scenario, ScenarioError, load
 from .simulate import simulate
+from .validation.measured import MeasuredError, measured_trace
 
 
 class UsageError(ValueError):
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         if out_dir:
             write_outputs(scenario, table, timelines, plots, out_dir, everything=args.out is not None,
                           text_report=text, validation_text=validation_text, made_by=made_by)
-    except OutputError as e:
+    except (OutputError, MeasuredError) as e:  # a disk that filled, a measured trace that cannot be read
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -185,8 +186,10 @@ def write_outputs(scenario: Scenario, table, timelines: list[Job], plots, out_di
                 title = (f"{job.scheme.name}: {job.model.name}, C={job.context}, {job.num_gpus} GPUs on "
                          f"{job.cluster.name}")
                 result = simulate(job)
-                drawing.timeline_plot(result, f"{title}, TTFT {result.ttft_s * 1e3:.2f} ms", png(title, stem + ".png"))
-                drawing.chrome_trace(result, title, stage.path(stem + ".trace.json"))
+                measured = measured_trace(job, result.chunks, scenario.measured.files()) if scenario.measured else None
+                drawing.timeline_plot(result, f"{title}, TTFT {result.ttft_s * 1e3:.2f} ms", png(title, stem + ".png"),
+                                      measured=measured)
+                drawing.chrome_trace(result, title, stage.path(stem + ".trace.json"), measured=measured)
                 traces.append(stem + ".trace.json")
         for name, draw in plots:
             draw(png(name.removesuffix(".png"), name))

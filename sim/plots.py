@@ -56,35 +56,77 @@ def ttft_plot(rows, model: str, cluster: str, path: str) -> None:
     plt.close(fig)
 
 
-def timeline_plot(result: Result, title: str, path: str) -> None:
-    """Gantt chart: per rank, a lane of compute ops and below it a lane of the transfers it sends."""
+MEASURED_COLOURS = {"layer": "#c7c7c7", "wait": "#e377c2"}  # sends as the simulated ones
+
+
+def timeline_plot(result: Result, title: str, path: str, measured: list[dict] | None = None) -> None:
+    """Gantt chart: per rank, a lane of compute ops and below it a lane of the transfers it sends; with
+    `measured` (a measured trace's events, ``reference.trace``) a second panel below on the same time
+    axis: per rank its layer spans with their waits over them, and its sends."""
     ranks = len(result.ranks)
-    fig, ax = plt.subplots(figsize=(13, 1.0 + 0.75 * ranks))
+    rows = 2 if measured else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(13, rows * (1.0 + 0.75 * ranks) + 0.3 * (rows - 1)),
+                             sharex=True, squeeze=False)
+    ax = axes[0][0]
     for seg in result.segments:
         y = 2 * (ranks - 1 - seg.rank) + (1 if seg.kind == "compute" else 0.35)
-        h = 0.8 if seg.kind == "compute" else 0.5
         colour = OP_COLOURS[seg.op]  # transfers get an edge in their colour so short ones stay visible
-        ax.broken_barh([(seg.start_s * 1e3, (seg.end_s - seg.start_s) * 1e3)], (y, h), facecolors=colour,
-                       edgecolor="white" if seg.kind == "compute" else colour,
-                       linewidth=0.2 if seg.kind == "compute" else 0.6)
+        _bar(ax, seg.start_s, seg.end_s, y, 0.8 if seg.kind == "compute" else 0.5, colour,
+             edge="white" if seg.kind == "compute" else colour)
     ax.axvline(result.ttft_s * 1e3, color="black", lw=1, ls="--")
     ax.text(result.ttft_s * 1e3, 2 * ranks, "first token", va="bottom", ha="center", fontsize=8)
-    ax.set_yticks([2 * (ranks - 1 - r) + t for r in range(ranks) for t in (1.4, 0.6)])
-    ax.set_yticklabels([f"rank {r} {lane}" for r in range(ranks) for lane in ("compute", "sends")], fontsize=8)
-    ax.set_ylim(0, 2 * ranks)
-    ax.set_xlim(0, result.makespan_s * 1e3 * 1.02)
-    ax.set_xlabel("time (ms)")
+    _lanes(ax, ranks, "simulated " if measured else "")
+    ax.set_xlim(0, max(result.makespan_s, _end_s(measured)) * 1e3 * 1.02)
     ax.set_title(title)
     handles = [matplotlib.patches.Patch(color=c, label=op) for op, c in OP_COLOURS.items()
                if any(s.op == op for s in result.segments)]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.55 / (0.75 * ranks)),
-              ncol=len(handles), fontsize=8, frameon=False)
+    if measured:
+        _measured_panel(axes[1][0], measured)
+        handles += [matplotlib.patches.Patch(color=c, label=f"measured {k}") for k, c in MEASURED_COLOURS.items()]
+    axes[-1][0].set_xlabel("time (ms)")
+    axes[-1][0].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.55 / (0.75 * ranks)),
+                       ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def chrome_trace(result: Result, title: str, path: str) -> None:
+def _bar(ax, start_s: float, end_s: float, y: float, h: float, colour: str, edge: str) -> None:
+    ax.broken_barh([(start_s * 1e3, (end_s - start_s) * 1e3)], (y, h), facecolors=colour, edgecolor=edge,
+                   linewidth=0.2 if edge == "white" else 0.6)
+
+
+def _lanes(ax, ranks: int, prefix: str) -> None:
+    ax.set_yticks([2 * (ranks - 1 - r) + t for r in range(ranks) for t in (1.4, 0.6)])
+    ax.set_yticklabels([f"{prefix}rank {r} {lane}" for r in range(ranks) for lane in ("compute", "sends")],
+                       fontsize=8)
+    ax.set_ylim(0, 2 * ranks)
+
+
+def _spans(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["ph"] == "X" and e["pid"] > 0]
+
+
+def _end_s(events: list[dict] | None) -> float:
+    return max(((e["ts"] + e["dur"]) / 1e6 for e in _spans(events or [])), default=0.0)
+
+
+def _measured_panel(ax, events: list[dict]) -> None:
+    ranks = max(e["pid"] for e in _spans(events))
+    for e in sorted(_spans(events), key=lambda e: e["cat"] == "wait"):  # waits over their layers
+        start, end, rank = e["ts"] / 1e6, (e["ts"] + e["dur"]) / 1e6, e["pid"] - 1
+        colour = MEASURED_COLOURS.get(e["cat"], OP_COLOURS["send"])
+        if e["tid"] == 1:
+            _bar(ax, start, end, 2 * (ranks - 1 - rank) + 0.35, 0.5, colour, edge=colour)
+        else:  # waits sit inside their layer's span: drawn over it, a little lower
+            wait = e["cat"] == "wait"
+            _bar(ax, start, end, 2 * (ranks - 1 - rank) + (1.1 if wait else 1), 0.6 if wait else 0.8, colour,
+                 edge=colour if wait else "white")
+    _lanes(ax, ranks, "measured ")
+    ax.set_title("measured (one traced prefill)", fontsize=10)
+
+
+def trace_events(result: Result, title: str) -> list[dict]:
     """One process per rank with two threads, compute (tid 0) and sends (tid 1); times in microseconds."""
     events: list[dict] = [{"ph": "M", "name": "process_name", "pid": 0, "tid": 0, "args": {"name": title}}]
     for r in range(len(result.ranks)):
@@ -101,6 +143,28 @@ def chrome_trace(result: Result, title: str, path: str) -> None:
                        "dur": (seg.end_s - seg.start_s) * 1e6, "args": args})
     events.append({"ph": "i", "name": "first token", "pid": len(result.ranks), "tid": 0, "s": "p",
                    "ts": result.ttft_s * 1e6})
+    return events
+
+
+def side_by_side(simulated: list[dict], measured: list[dict]) -> list[dict]:
+    """A simulated and a measured trace in one: processes "simulated rank r" (pids as they were) and
+    "measured rank r" (pids after them), both timed from their prefill's start."""
+    shift = max(e["pid"] for e in simulated) + 1
+    out = []
+    for events, prefix, offset in ((simulated, "simulated ", 0), (measured, "measured ", shift)):
+        for e in events:
+            e = {**e, "pid": e["pid"] + offset}
+            if e["ph"] == "M" and e["name"] == "process_name" and e["pid"] > offset:
+                e["args"] = {"name": prefix + e["args"]["name"]}
+            out.append(e)
+    return out
+
+
+def chrome_trace(result: Result, title: str, path: str, measured: list[dict] | None = None) -> None:
+    """The timeline's Trace Event Format JSON (with `measured`, side by side with it)."""
+    events = trace_events(result, title)
+    if measured:
+        events = side_by_side(events, measured)
     with open(path, "w", encoding="utf-8") as f:
         json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
         f.write("\n")

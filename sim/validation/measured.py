@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass
@@ -207,3 +208,22 @@ def plot(comparisons: list[Comparison], title: str, path: str) -> None:
     points = [(c.row.job.scheme.name, c.row.job.cluster.name, c.measured.ttft_s * 1e3, c.simulated_s * 1e3)
               for c in comparisons]
     scatter_plot(points, f"{title}: MAPE {mape(comparisons):.1f}% over {len(comparisons)}", "TTFT", path)
+
+
+def measured_trace(job, chunks, files: list[str]) -> list[dict] | None:
+    """The Trace Event Format events of the first results file among `files` that measured this job
+    (model, cluster, scheme kind, P, C, partition) and has a ``trace`` (a path relative to the
+    results file's folder unless absolute); None if there is none."""
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                r = json.load(f)
+            if not r.get("trace") or job_key(job, chunks) != _key(
+                    r["model"]["name"], cluster_of(r.get("link")), r["scheme"], r["world_size"], r["context"],
+                    r["partition"]):
+                continue
+            with open(os.path.join(os.path.dirname(os.path.abspath(path)), r["trace"]), encoding="utf-8") as f:
+                return json.load(f)["traceEvents"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise MeasuredError(f"measured trace of {path}: {e}") from None
+    return None

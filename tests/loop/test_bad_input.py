@@ -454,6 +454,17 @@ def test_launch_out_on_a_folder_or_a_read_only_folder_is_refused_before_the_run(
         assert "warm-up" not in proc.stdout + proc.stderr  # refused before any prefill
 
 
+def test_launch_trace_in_a_missing_or_read_only_folder_is_refused_before_the_run(tmp_path):
+    cmd = [*LAUNCH, "--model", "tiny-llama", "--scheme", "single", "--context", "8", "--trace"]
+    line = one_error_line(run([*cmd, str(tmp_path / "no" / "t.json")]))
+    assert line.startswith(f"reference.launch: error: --trace {tmp_path / 'no' / 't.json'}: no such folder")
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as ro:
+        proc = run([*cmd, str(ro / "t.json")])
+        assert one_error_line(proc) == (f"reference.launch: error: --trace {ro / 't.json'}: folder {ro}: not "
+                                        "writable (permission denied or a read-only file system)")
+        assert "warm-up" not in proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
 def test_a_damaged_safetensors_file_is_one_line(broken_checkpoint, damage):
     folder = broken_checkpoint(lambda t: None)

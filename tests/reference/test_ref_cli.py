@@ -18,7 +18,7 @@ from clitools import ENV, LAUNCH, ROOT, TORCHRUN, run
 RESULT_FIELDS = {
     "schema_version", "model", "model_arg", "model_source", "scheme", "partition", "world_size", "context",
     "dtype", "backend", "device", "torch_version", "nccl_version", "link", "seed", "input_ids_file", "warmup",
-    "repeat", "ttft_s", "ttft_median_s", "first_token_id", "generated_ids", "layer_times_s", "host", "hosts",
+    "repeat", "ttft_s", "ttft_median_s", "first_token_id", "generated_ids", "layer_times_s", "trace", "host", "hosts",
     "timestamp_utc"}
 
 
