@@ -7,6 +7,7 @@
 | ``replay`` | ``reference.measure.replay`` | ``sim.validation.replay`` |
 | ``kvr-table`` | ``python -m sim.partition build-table`` | ``sim.partition.table`` |
 | ``report`` | ``python -m sim --out`` | users, the docs' tables |
+| ``trace`` | ``reference.launch --trace`` | ``sim.validation.measured.measured_trace`` |
 
 ``validate(doc, name, source)`` raises ``SchemaError`` (one line: the file, the field's path, what is
 wrong). ``python -m sim.schemas`` prints each schema's field table (docs/schemas.md is generated from
@@ -19,7 +20,7 @@ import json
 import os
 from typing import Any
 
-NAMES = ("results", "profile", "replay", "kvr-table", "report")
+NAMES = ("results", "profile", "replay", "kvr-table", "report", "trace")
 _FOLDER = os.path.dirname(os.path.abspath(__file__))
 
 

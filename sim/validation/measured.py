@@ -222,8 +222,13 @@ def measured_trace(job, chunks, files: list[str]) -> list[dict] | None:
                     r["model"]["name"], cluster_of(r.get("link")), r["scheme"], r["world_size"], r["context"],
                     r["partition"]):
                 continue
-            with open(os.path.join(os.path.dirname(os.path.abspath(path)), r["trace"]), encoding="utf-8") as f:
-                return json.load(f)["traceEvents"]
+            trace = os.path.join(os.path.dirname(os.path.abspath(path)), r["trace"])
+            with open(trace, encoding="utf-8") as f:
+                doc = json.load(f)
+            validate(doc, "trace", trace)
+            return doc["traceEvents"]
+        except SchemaError as e:
+            raise MeasuredError(f"measured trace of {path}: {e}") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise MeasuredError(f"measured trace of {path}: {e}") from None
     return None

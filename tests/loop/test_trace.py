@@ -6,6 +6,8 @@ import sys
 import yaml
 
 from clitools import TORCHRUN, run
+from sim.schemas import validate
+
 
 def test_a_traced_kvr_run_is_drawn_beside_its_simulation(tmp_path):
     trace, results, out = tmp_path / "t.json", tmp_path / "r.json", tmp_path / "o"
@@ -14,7 +16,9 @@ def test_a_traced_kvr_run_is_drawn_beside_its_simulation(tmp_path):
                 "--trace", str(trace), "--out", str(results)])
     assert proc.returncode == 0, proc.stderr
     assert json.loads(results.read_text())["trace"] == "t.json"  # relative to the results' folder
-    events = json.loads(trace.read_text())["traceEvents"]
+    doc = json.loads(trace.read_text())
+    validate(doc, "trace", str(trace))  # the shipped schema of the file the halves exchange
+    events = doc["traceEvents"]
     names = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
     assert list(names.values())[1:] == ["rank 0", "rank 1"]
     spans = [e for e in events if e["ph"] == "X"]
