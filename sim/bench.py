@@ -53,18 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             cpu_ms.append((time.process_time() - cpu) * 1e3)
         print(f"  {name:<11} wall median {statistics.median(wall_ms):6.1f} ms, best {min(wall_ms):6.1f} ms;"
               f"  CPU median {statistics.median(cpu_ms):6.1f} ms, best {min(cpu_ms):6.1f} ms")
-    wall, cpu = time.perf_counter(), time.process_time()
-    scenario = load(os.path.join(SCENARIOS, "nonuniform.yaml"))
-    table = report.run(scenario, progress=False)
-    report.text(scenario, table)
-    print(f"scenarios/nonuniform.yaml: {len(table)} simulations, wall {time.perf_counter() - wall:.2f} s, "
-          f"CPU {time.process_time() - cpu:.2f} s")
-    wall, cpu = time.perf_counter(), time.process_time()
-    scenario = load(os.path.join(SCENARIOS, "contenders.yaml"))
-    table = report.run(scenario, progress=False)
-    report.text(scenario, table)
-    print(f"scenarios/contenders.yaml: {len(table)} configurations, wall {time.perf_counter() - wall:.2f} s, "
-          f"CPU {time.process_time() - cpu:.2f} s")
+    _sweep("nonuniform.yaml", unit="simulations")
+    _sweep("contenders.yaml")
     scenario = load(os.path.join(SCENARIOS, "multinode.yaml"))
     big = scenario.clusters[0]
     print(f"one simulation: llama-3.1-405b, 126 layers, C=1048576, 128 GPUs ({big.name}), tp 8")
@@ -74,19 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu = time.process_time()
         simulate(job)
         print(f"  {scheme.name:<16} CPU {time.process_time() - cpu:6.2f} s")
-    wall, cpu = time.perf_counter(), time.process_time()
-    table = report.run(scenario, progress=False)
-    report.text(scenario, table)
-    print(f"scenarios/multinode.yaml: {len(table)} configurations, wall {time.perf_counter() - wall:.2f} s, "
-          f"CPU {time.process_time() - cpu:.2f} s")
-    wall, cpu = time.perf_counter(), time.process_time()
-    scenario = load(os.path.join(SCENARIOS, "large-cluster.yaml"))
-    load_s = time.process_time() - cpu
-    table = report.run(scenario, progress=False)
-    report.text(scenario, table)
-    cpu_s = time.process_time() - cpu
-    print(f"scenarios/large-cluster.yaml: {len(table)} configurations, load CPU {load_s:.2f} s, all wall "
-          f"{time.perf_counter() - wall:.2f} s, CPU {cpu_s:.2f} s")
+    _sweep("multinode.yaml", scenario=scenario)
+    scenario, cpu_s = _sweep("large-cluster.yaml", show_load=True)
     big = scenario.clusters[-1]
     fresh = ClusterSpec(name=big.name, num_gpus=big.num_gpus, links=big.links, switches=big.switches)
     start = time.process_time()
@@ -95,6 +74,22 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  peer: all-pairs routes of {big.num_gpus} GPUs ~ {big.num_gpus} x {one_s:.3f} s = "
           f"{big.num_gpus * one_s:.0f} s CPU, {big.num_gpus * one_s / cpu_s:.0f}x the whole scenario")
     return 0
+
+
+def _sweep(name: str, *, unit: str = "configurations", scenario=None, show_load: bool = False):
+    """All of ``scenarios/NAME`` (load unless ``scenario`` is given, every simulation, the text
+    report), timed and printed; returns the scenario and its CPU seconds."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    if scenario is None:
+        scenario = load(os.path.join(SCENARIOS, name))
+    load_s = time.process_time() - cpu
+    table = report.run(scenario, progress=False)
+    report.text(scenario, table)
+    cpu_s = time.process_time() - cpu
+    loaded = f"load CPU {load_s:.2f} s, all " if show_load else ""
+    print(f"scenarios/{name}: {len(table)} {unit}, {loaded}wall {time.perf_counter() - wall:.2f} s, "
+          f"CPU {cpu_s:.2f} s")
+    return scenario, cpu_s
 
 
 if __name__ == "__main__":

@@ -119,8 +119,10 @@ def load_measured(scenario: Scenario, path: str):
     from .validation import replay
 
     spec = scenario.measured
-    for at, missing in spec.missing()[:1]:
-        raise UsageError(f"{path}: {at}: no such file {missing} (only a glob that matches nothing means "
+    missing = spec.missing()
+    if missing:
+        at, file = missing[0]
+        raise UsageError(f"{path}: {at}: no such file {file} (only a glob that matches nothing means "
                          "measurements pending)")
     return (validate.load_measured(spec.files()), replay.load(list(spec.replays)) if spec.replays else [])
 

@@ -78,8 +78,7 @@ class Sim:
         self.ttft_s: float | None = None
         self._messages: dict[tuple, simpy.Event] = {}
         self._channels: dict[tuple[int, int], simpy.Resource] = {}
-        self._gathers: dict[int, collectives.RingAllGather] = {}
-        self._collectives: dict[tuple, collectives.RingAllGather] = {}
+        self._collectives: dict[tuple, collectives.RingAllGather] = {}  # (kind, tag) -> the collective
 
     def hold_gpu(self, rank: int, body):
         """Process body: the rank's process holds its GPU's compute stream for its whole life, so a
@@ -128,9 +127,10 @@ class Sim:
 
     def all_gather(self, tag: int, chunk_bytes: float) -> simpy.Event:
         """Enter the all-gather ``tag`` (shared by all ranks); the event fires when it completes."""
-        if tag not in self._gathers:
-            self._gathers[tag] = collectives.RingAllGather(self, len(self.gpus), chunk_bytes, tag)
-        return self._gathers[tag].join()
+        key = ("all-gather", tag)
+        if key not in self._collectives:
+            self._collectives[key] = collectives.RingAllGather(self, len(self.gpus), chunk_bytes, tag)
+        return self._collectives[key].join()
 
     def all_reduce(self, tag, total_bytes: float, layer: int | None = None) -> simpy.Event:
         """Enter the ring all-reduce ``tag`` of a ``total_bytes`` buffer; fires when it completes."""

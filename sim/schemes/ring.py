@@ -25,27 +25,38 @@ def rank(sim, r: int, plan, scheme):
     own_s = cost.attention_s(c, c, causal_pairs(c, c))
     block_s = [cost.past_attention_s(c, chunks[j]) for j in range(r)]
     host = layer_extras(cost, qkv_s, own_s, *block_s, mlp_s, tokens=c, past=r > 0)
-    yield from sim.compute(r, None, ("embed", cost.embed_s(c)))
+    yield from ring_rank(sim, r, chunks, tokens=c, qkv_s=qkv_s, mlp_s=mlp_s, host=host, head_rank=p - 1,
+                         attention_at=lambda step, j: own_s if step == 0 else block_s[j] if j < r else None)
+
+
+def ring_rank(sim, r: int, chunks: list[int], *, tokens: int, qkv_s: float, mlp_s: float, host: list,
+              head_rank: int, attention_at):
+    """The ring's rank body, shared with ``ring-zigzag``: embed; per layer QKV, then P steps: forward
+    the block in hand to rank r+1 (its own at step 0, else the one just received), attend to it for
+    ``attention_at(step, j)`` seconds (j: whose block it is; None: skipped), receive the next from rank
+    r-1; then MLP and the ``host`` pieces. ``head_rank`` runs the LM head."""
+    p, cost = len(chunks), sim.cost
+    yield from sim.compute(r, None, ("embed", cost.embed_s(tokens)))
     for layer in range(sim.num_layers):
         yield from sim.compute(r, layer, ("qkv", qkv_s))
         for step in range(p):
             j = (r - step) % p  # whose block this rank holds in this step
             if step < p - 1:
                 sim.send(r, (r + 1) % p, chunks[j] * sim.kv_bytes_per_token, (layer, step), layer)
-            if step == 0:
-                yield from sim.compute(r, layer, ("attention", own_s))
-            elif j < r:
-                yield from sim.compute(r, layer, ("attention", block_s[j]))
+            seconds = attention_at(step, j)
+            if seconds is not None:
+                yield from sim.compute(r, layer, ("attention", seconds))
             if step < p - 1:
                 yield sim.message((r - 1) % p, r, (layer, step))
         yield from sim.compute(r, layer, ("mlp", mlp_s), *host)
-    if r == p - 1:
+    if r == head_rank:
         yield from sim.compute(r, None, ("head", cost.head_s()))
         sim.first_token()
 
 
 def rank_memory(model, dtype: str, plan, r: int) -> RankMemory:
-    """Its own chunk's K/V kept; one received block in flight and one in hand."""
+    """Its own chunk's K/V kept (ring-zigzag: its two pieces'); one received block in flight and one
+    in hand."""
     chunks = plan.chunks
     return rank_parts(model, dtype, kept_tokens=chunks[r], transient_tokens=2 * max(chunks),
                       activation_tokens=chunks[r])

@@ -5,8 +5,8 @@ one late piece and the same attention work in every ring step. docs/schemes.md.
 from __future__ import annotations
 
 from ..cost import causal_pairs, layer_extras
-from ..memory import RankMemory, rank_parts
 from ..partition import even
+from . import ring
 
 
 def pieces_of(plan) -> list[int]:
@@ -34,24 +34,8 @@ def rank(sim, r: int, plan, scheme):
     block_s = {j: cost.past_attention_s(c, pieces[j]) if j < r else cost.past_attention_s(b, chunks[j])
                for j in range(p) if j != r}
     host = layer_extras(cost, qkv_s, own_s, *block_s.values(), mlp_s, tokens=c, past=True)
-    yield from sim.compute(r, None, ("embed", cost.embed_s(c)))
-    for layer in range(sim.num_layers):
-        yield from sim.compute(r, layer, ("qkv", qkv_s))
-        for step in range(p):
-            j = (r - step) % p
-            if step < p - 1:
-                sim.send(r, (r + 1) % p, chunks[j] * sim.kv_bytes_per_token, (layer, step), layer)
-            yield from sim.compute(r, layer, ("attention", own_s if step == 0 else block_s[j]))
-            if step < p - 1:
-                yield sim.message((r - 1) % p, r, (layer, step))
-        yield from sim.compute(r, layer, ("mlp", mlp_s), *host)
-    if r == 0:
-        yield from sim.compute(r, None, ("head", cost.head_s()))
-        sim.first_token()
+    yield from ring.ring_rank(sim, r, chunks, tokens=c, qkv_s=qkv_s, mlp_s=mlp_s, host=host, head_rank=0,
+                              attention_at=lambda step, j: own_s if step == 0 else block_s[j])
 
 
-def rank_memory(model, dtype: str, plan, r: int) -> RankMemory:
-    """Its two pieces' K/V kept; one received block in flight and one in hand."""
-    chunks = plan.chunks
-    return rank_parts(model, dtype, kept_tokens=chunks[r], transient_tokens=2 * max(chunks),
-                      activation_tokens=chunks[r])
+rank_memory = ring.rank_memory  # the same holdings: its tokens' K/V and two blocks

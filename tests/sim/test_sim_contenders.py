@@ -1,10 +1,10 @@
 """The contenders in the engine, on timelines worked out by hand with round-number costs (the
-``StubCost`` of test_sim_engine.py: QKV and MLP take one second a token, attention one a query-key
+``StubCost`` of tests/stubs.py: QKV and MLP take one second a token, attention one a query-key
 pair, a KV copy a tenth of a second a token), and their memory."""
 import pytest
 
 from sim.cluster import ClusterSpec
-from sim.cost import CostModel, causal_pairs
+from sim.cost import causal_pairs
 from sim.hardware import GpuSpec
 from sim.job import BUILTIN, Job, SchemeSpec
 from sim.model import ModelSpec
@@ -12,18 +12,12 @@ from sim.partition import Plan
 from sim.partition.plan import plan
 from sim.schemes import memory_check, unsupported
 from sim.simulate import simulate
+from stubs import StubCost
 
 SPEC = ModelSpec.preset("tiny-llama")  # 2 layers, fp16 below
 B = 2  # bytes per element
 
 
-class StubCost(CostModel):
-    def embed_s(self, tokens): return 1.0
-    def pre_attention_s(self, tokens): return float(tokens)
-    def kv_copy_s(self, tokens): return tokens / 10
-    def attention_s(self, queries, keys, pairs): return float(pairs)
-    def post_attention_s(self, tokens): return float(tokens)
-    def head_s(self): return 0.5
 
 
 def job(scheme, context, gpus, bandwidth):

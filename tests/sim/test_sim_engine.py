@@ -8,7 +8,7 @@ from sim.hardware import GpuSpec
 from sim.model import ModelSpec
 from sim.engine.network import Network
 from sim.job import BUILTIN, SchemeSpec
-from sim.cost import CostModel
+from stubs import StubCost
 from sim.engine import Segment, Sim
 from sim.job import Job
 from sim.simulate import simulate
@@ -113,16 +113,6 @@ def test_ring_all_gather_step_waits_for_its_slowest_transfer():
     assert sim.env.now == pytest.approx(2 * 1.0)  # two steps, each as slow as the 1 GB/s link
 
 
-class StubCost(CostModel):
-    """Round numbers: embed 1 s, QKV = tokens s, KV copy = tokens / 10 s, attention = pairs s,
-    MLP = tokens s, head 0.5 s."""
-
-    def embed_s(self, tokens): return 1.0
-    def pre_attention_s(self, tokens): return float(tokens)
-    def kv_copy_s(self, tokens): return tokens / 10
-    def attention_s(self, queries, keys, pairs): return float(pairs)
-    def post_attention_s(self, tokens): return float(tokens)
-    def head_s(self): return 0.5
 
 
 def test_kvr_timeline_runs_ahead_and_sends_without_waiting():

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from sim.cluster import ClusterSpec
-from sim.cost import CostModel, causal_pairs
+from sim.cost import causal_pairs
 from sim.cost.tensor_parallel import TensorParallelCost, allreduce_s
 from sim.hardware import GpuSpec
 from sim.job import BUILTIN, Job, SchemeSpec
@@ -14,18 +14,12 @@ from sim.partition.plan import plan
 from sim.scenario import ScenarioError, parse
 from sim.schemes import memory_check
 from sim.simulate import simulate
+from stubs import StubCost
 from sim import multinode
 
 SPEC = ModelSpec.preset("tiny-llama")
 
 
-class StubCost(CostModel):
-    def embed_s(self, tokens): return 1.0
-    def pre_attention_s(self, tokens): return float(tokens)
-    def kv_copy_s(self, tokens): return tokens / 10
-    def attention_s(self, queries, keys, pairs): return float(pairs)
-    def post_attention_s(self, tokens): return float(tokens)
-    def head_s(self): return 0.5
 
 
 def cluster(nodes=2, node="dgx-h100", fabric="ib-ndr", nics="rail"):
