@@ -14,6 +14,7 @@ from .partition.plan import plan
 from .scenario import Scenario, ScenarioError, load
 from .simulate import simulate
 from .validation.measured import MeasuredError, measured_trace
+from .validation.ranks import TraceError
 
 
 class UsageError(ValueError):
@@ -88,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             check_writable(args.out)  # before the sweep: a bad folder must not cost the run
         measured = load_measured(scenario, args.scenario)  # an unreadable results file, before the sweep too
+        companion = None
+        if scenario.validated_on is not None:
+            from .validation import companion as companion_check
+            companion = companion_check.load(scenario, args.scenario)
     except (ScenarioError, UsageError, OutputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -97,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(text)
     try:
         plots, validation_text = compare_measured(scenario, table, measured) if measured is not None else ([], "")
+        if companion is not None:  # the same shapes, measured on a cluster of CPU processes
+            more_plots, more_text = companion_check.run(scenario, table, *companion, jobs=args.jobs)
+            plots, validation_text = plots + more_plots, validation_text + more_text
         sys.stdout.write(validation_text)
         out_dir = args.out
         if plots and out_dir is None:  # validation plots never go into the repository: a folder of their own
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if out_dir:
             write_outputs(scenario, table, timelines, plots, out_dir, everything=args.out is not None,
                           text_report=text, validation_text=validation_text, made_by=made_by)
-    except (OutputError, MeasuredError) as e:  # a disk that filled, a measured trace that cannot be read
+    except (OutputError, MeasuredError, TraceError) as e:  # a disk that filled, a measured trace that cannot be read
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
@@ -131,7 +139,7 @@ def compare_measured(scenario: Scenario, table, measured) -> tuple[list[tuple[st
     """Simulated against measured TTFT and MAPE (and the replays'): the plots to draw as (file name,
     draw(path)), and the text."""
     from .validation import measured as validate
-    from .validation import replay
+    from .validation import ranks, replay
 
     results, replays = measured
     for _, cost in scenario.profiles:  # count only the measured configurations' questions below
@@ -146,6 +154,10 @@ def compare_measured(scenario: Scenario, table, measured) -> tuple[list[tuple[st
     plots = []
     if comparisons:
         plots.append(("validation.png", lambda path: validate.plot(comparisons, scenario.name, path)))
+        rank_rows = ranks.compare(comparisons)  # each rank's compute and waits, where the rounds were traced
+        out += ranks.text(rank_rows)
+        if rank_rows:
+            plots.append(("validation-waits.png", lambda path: ranks.plot(rank_rows, scenario.name, path)))
     if replays:  # each rank's compute run alone, against its simulated busy time
         rows = replay.compare(scenario, replays)
         out += replay.text(rows) + "\n"

@@ -7,6 +7,8 @@ The SimPy side (links shared by concurrent transfers) is in ``network.py``.
 """
 from __future__ import annotations
 
+import random
+
 from dataclasses import dataclass
 from typing import Union
 
@@ -36,7 +38,8 @@ class LinkSpec:
 class BackgroundFlow:
     """Competing traffic on one directed link: ``flows`` greedy flows that take their fair share of the
     link while on. Constant when ``on_s`` is None, else on for ``on_s``, off for ``off_s``, repeating,
-    from ``start_s``."""
+    from ``start_s``; with ``seed``, each on and off period is drawn at random (exponential, means
+    ``on_s`` and ``off_s``) by ``periods()``."""
 
     src: Node
     dst: Node
@@ -44,6 +47,23 @@ class BackgroundFlow:
     start_s: float = 0.0
     on_s: float | None = None
     off_s: float | None = None
+    seed: int | None = None
+
+    def periods(self):
+        """(on seconds, off seconds) for ever: fixed, or drawn from ``random.Random(seed)`` (the shaped
+        CPU cluster's noise senders draw theirs with this same generator)."""
+        return onoff_periods(self.on_s, self.off_s, self.seed)
+
+
+def onoff_periods(on_s: float, off_s: float, seed: int | None):
+    """(on, off) seconds for ever: ``(on_s, off_s)`` each time, or with ``seed`` exponential draws of those
+    means from ``random.Random(seed)`` (a Poisson-like on/off source)."""
+    if seed is None:
+        while True:
+            yield on_s, off_s
+    rng = random.Random(seed)
+    while True:
+        yield rng.expovariate(1 / on_s), (rng.expovariate(1 / off_s) if off_s > 0 else 0.0)
 
 
 @dataclass(frozen=True, kw_only=True)

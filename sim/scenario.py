@@ -46,6 +46,15 @@ class MeasuredSpec:
         return [(at, p) for at, p in pairs if not glob.has_magic(p) and not os.path.isfile(p)]
 
 
+@dataclass(frozen=True)
+class ValidatedOn:
+    """The ``validated_on`` section: a scenario of measured shaped-link CPU clusters of this scenario's
+    shapes, and which of its clusters to compare (``sim/validation/companion.py``)."""
+
+    scenario: str
+    clusters: tuple[str, ...]
+
+
 @dataclass(frozen=True, kw_only=True)
 class Scenario:
     name: str
@@ -59,6 +68,7 @@ class Scenario:
     schemes: tuple[SchemeSpec, ...]
     profiles: tuple[tuple[str, ProfileCost], ...] = ()  # (model name, cost model); else analytic
     measured: MeasuredSpec | None = None
+    validated_on: ValidatedOn | None = None
 
     def jobs(self) -> Iterator[Job]:
         """Every simulation of the sweep, in report order; ``single`` runs once per context on 1 GPU;
@@ -118,7 +128,7 @@ def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scena
     paths in it (model config.json files, profiles, kvr-p tables, measured results and their plot) are
     relative to ``base_dir`` (the scenario file's folder)."""
     top = mapping(doc, "(top level)", required=("models", "hardware", "clusters", "workload"),
-                   optional=("name", "description", "measured"))
+                   optional=("name", "description", "measured", "validated_on"))
     hw = mapping(top["hardware"], "hardware",
                   optional=("gpu", "profile", "dtype", "peak_tflops", "hbm_gb_per_s", "matmul_efficiency",
                             "attention_efficiency", "memory_efficiency", "launch_overhead_us", "memory_gb",
@@ -169,7 +179,8 @@ def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scena
         description=text(top["description"], "description") if "description" in top else "",
         models=models, gpu=gpu, dtype=dtype, clusters=clusters,
         contexts=contexts, gpu_counts=counts, schemes=schemes, profiles=profiles,
-        measured=_measured(top["measured"], base_dir) if "measured" in top else None)
+        measured=_measured(top["measured"], base_dir) if "measured" in top else None,
+        validated_on=_validated_on(top["validated_on"], base_dir) if "validated_on" in top else None)
 
 
 # ----- sections --------------------------------------------------------------------------------------
@@ -261,6 +272,12 @@ def _measured(value: Any, base_dir: str) -> MeasuredSpec:
         replays=tuple(scenario_path(text(p, f"measured.replays[{i}]"), base_dir) for i, p in enumerate(replays)),
         labels=tuple(at.format(i) for i in range(len(patterns))),
         replay_labels=tuple(f"measured.replays[{i}]" for i in range(len(replays))))
+
+
+def _validated_on(value: Any, base_dir: str) -> ValidatedOn:
+    d = mapping(value, "validated_on", required=("scenario", "clusters"))
+    clusters = tuple(text(c, f"validated_on.clusters[{i}]") for i, c in enumerate(listed(d["clusters"], "validated_on.clusters")))
+    return ValidatedOn(scenario=scenario_path(text(d["scenario"], "validated_on.scenario"), base_dir), clusters=clusters)
 
 
 def _scheme(value: Any, at: str, contexts: tuple[int, ...], counts: tuple[int, ...], base_dir: str = "") -> SchemeSpec:

@@ -128,13 +128,17 @@ def _endpoint(value: Any, at: str, endpoints: set) -> int | str:
 
 
 def _background(value: Any, at: str, endpoints: set) -> BackgroundFlow:
-    d = mapping(value, at, required=("link",), optional=("flows", "start_us", "on_us", "off_us"))
+    d = mapping(value, at, required=("link",), optional=("flows", "start_us", "on_us", "off_us", "random_seed"))
     link = listed(d["link"], f"{at}.link")
     need(len(link) == 2, f"{at}.link", "must be [from, to]", d["link"])
     src, dst = (_endpoint(e, f"{at}.link[{j}]", endpoints) for j, e in enumerate(link))
     need(("on_us" in d) == ("off_us" in d), at, "on_us and off_us go together", sorted(d))
     on_s = number(d["on_us"], f"{at}.on_us") / US_PER_S if "on_us" in d else None
     off_s = number(d["off_us"], f"{at}.off_us") / US_PER_S if "off_us" in d else None
+    need("random_seed" not in d or "on_us" in d, f"{at}.random_seed", "needs on_us and off_us (the mean periods)",
+         d.get("random_seed"))
+    need(on_s is None or (on_s > 0 and off_s >= 0), f"{at}.on_us", "must be > 0 (and off_us >= 0)", d.get("on_us"))
+    seed = integer(d["random_seed"], f"{at}.random_seed", minimum=0) if "random_seed" in d else None
     return BackgroundFlow(src=src, dst=dst, flows=integer(d.get("flows", 1), f"{at}.flows"),
                           start_s=number(d.get("start_us", 0), f"{at}.start_us", minimum=0) / US_PER_S,
-                          on_s=on_s, off_s=off_s)
+                          on_s=on_s, off_s=off_s, seed=seed)

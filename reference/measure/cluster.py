@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -44,19 +45,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clusters", help="comma-separated cluster names (default: all)")
     p.add_argument("--schemes", help="comma-separated scheme names (default: all but single)")
     p.add_argument("--contexts", help="comma-separated contexts (default: the scenario's)")
+    p.add_argument("--gpus", help="comma-separated rank counts (default: the scenario's)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per launch (default 600)")
     p.add_argument("--dtype", help="default: the scenario's hardware.dtype")
+    p.add_argument("--no-trace", dest="trace", action="store_false",
+                   help="no traced prefill (by default every launch adds one, for each rank's compute, waits and "
+                   "sends: traces/NAME.trace.json beside its results NAME.json)")
     return p
 
 
 def _select(jobs, args):
     pick = lambda text: None if text is None else set(text.split(","))  # noqa: E731
     clusters, schemes = pick(args.clusters), pick(args.schemes)
-    contexts = None if args.contexts is None else {int(c) for c in args.contexts.split(",")}
+    def numbers(text: str | None, flag: str) -> set[int] | None:
+        try:
+            return None if text is None else {int(c) for c in text.split(",")}
+        except ValueError:
+            raise HarnessError(f"{flag} {text!r}: expected comma-separated integers") from None
+    contexts, gpus = numbers(args.contexts, "--contexts"), numbers(args.gpus, "--gpus")
     return [j for j in jobs
             if (clusters is None or j.cluster.name in clusters)
             and (j.scheme.name in schemes if schemes is not None else j.scheme.kind != "single")
-            and (contexts is None or j.context in contexts)]
+            and (contexts is None or j.context in contexts) and (gpus is None or j.num_gpus in gpus)]
 
 
 def result_path(out_dir: str, job, round_: int) -> str:
@@ -124,13 +134,19 @@ def job_chunks(job) -> list[int]:
     return list(p.chunks)
 
 
+def trace_path(out: str) -> str:
+    """A launch's trace: ``traces/NAME.trace.json`` beside its results ``NAME.json`` (not matched by a
+    scenario's ``results/*.json``)."""
+    return os.path.join(os.path.dirname(out), "traces", os.path.basename(out).removesuffix(".json") + ".trace.json")
+
+
 def launch_argv(job, *, model_arg: str, dtype: str, args, out: str, link: str) -> list[str]:
     chunks = job_chunks(job)
     return ["env", f"LOCAL_WORLD_SIZE={os.cpu_count() or 1}",  # -> 1 torch thread per rank
             sys.executable, "-m", "reference.launch", "--model", model_arg, "--scheme", job.scheme.kind,
             "--partition", ",".join(map(str, chunks)), "--context", str(job.context), "--dtype", dtype,
             "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--out", out, "--link", link,
-            "--timeout", str(args.timeout)]
+            "--timeout", str(args.timeout), *(["--trace", trace_path(out)] if args.trace else [])]
 
 
 def run(args: argparse.Namespace, say=print) -> list[str]:
@@ -142,25 +158,46 @@ def run(args: argparse.Namespace, say=print) -> list[str]:
     model_args = _model_args(args.scenario)
     jobs = _select(list(scenario.jobs()), args)
     if not jobs:
-        raise HarnessError("no job of the scenario matches --clusters/--schemes/--contexts")
+        raise HarnessError("no job of the scenario matches --clusters/--schemes/--contexts/--gpus")
     dtype = args.dtype or scenario.dtype
-    os.makedirs(args.out_dir, exist_ok=True)
+    os.makedirs(os.path.join(args.out_dir, "traces") if args.trace else args.out_dir, exist_ok=True)
     written = []
-    clusters = {j.cluster.name: j.cluster for j in jobs}
+    # One shaped cluster per (cluster, P): ranks 0..P-1 on the cluster's GPUs 0..P-1, as the simulator
+    # places them. Single-rank jobs run as one plain process.
+    groups: dict[tuple[str, int], list] = {}
+    for j in jobs:
+        groups.setdefault((j.cluster.name, j.num_gpus), []).append(j)
+    total, done, t_start = len(jobs) * args.rounds, 0, time.monotonic()
     for round_ in range(1, args.rounds + 1):
-        for name, spec in clusters.items():
-            mine = [j for j in jobs if j.cluster.name == name]
-            width = max(j.num_gpus for j in mine)
-            matrix, noise = from_cluster_spec(spec)
-            # Latency cannot be shaped here (no netem); the scenario's latency is this machine's own.
-            matrix = [[None if m is None else LinkSpec(bandwidth_bytes_per_s=m.bandwidth_bytes_per_s)
-                       for m in row[:width]] for row in matrix[:width]]
-            noise = [n for n in noise if n.src < width and n.dst < width]
-            with ShapedCluster(width, matrix, noise=noise) as cluster:
+        for (name, width), mine in groups.items():
+            matrix, noise, nodes = shaped_links(mine[0].cluster, width, round_)
+            with ShapedCluster(width, matrix, noise=noise, nodes=nodes) as cluster:
                 for job in mine:
                     written.append(_run_one(cluster, job, round_=round_, model_arg=model_args[job.model.name],
                                             dtype=dtype, args=args, say=say))
+                    done += 1
+                    elapsed = time.monotonic() - t_start
+                    say(f"  [{done}/{total}] {elapsed / 60:.1f} min, about {elapsed / done * (total - done) / 60:.0f} "
+                        "min left")
     return written
+
+
+def shaped_links(spec, width: int, round_: int):
+    """The link matrix, noise flows and nodes of ranks 0..width-1 of the simulator's cluster ``spec``
+    (``netcluster.from_cluster_spec``). Latency is not shaped (this kernel has no netem): a scenario's
+    latency is this machine's own. A random noise flow's seed changes with the round, so that rounds
+    see different draws."""
+    matrix, noise, nodes = from_cluster_spec(spec)
+    matrix = [[None if m is None else LinkSpec(bandwidth_bytes_per_s=m.bandwidth_bytes_per_s)
+               for m in row[:width]] for row in matrix[:width]]
+    noise = [n if n.seed is None else dataclasses.replace(n, seed=n.seed + 7919 * round_)
+             for n in noise if n.src < width and n.dst < width]
+    if nodes is not None:
+        nodes = nodes.first(width)
+        if nodes is not None:
+            nodes = dataclasses.replace(nodes, uplink=LinkSpec(bandwidth_bytes_per_s=nodes.uplink.bandwidth_bytes_per_s),
+                                        downlink=LinkSpec(bandwidth_bytes_per_s=nodes.downlink.bandwidth_bytes_per_s))
+    return matrix, noise, nodes
 
 
 def _run_one(cluster: ShapedCluster, job, *, round_: int, model_arg: str, dtype: str, args, say) -> str:
@@ -175,9 +212,6 @@ def _run_one(cluster: ShapedCluster, job, *, round_: int, model_arg: str, dtype:
         p = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=args.timeout)
         results = [RankResult(rank=0, args=argv, returncode=p.returncode, stdout=p.stdout, stderr=p.stderr,
                               timed_out=False, wall_s=time.monotonic() - t0)]
-    elif job.num_gpus < cluster.world_size:
-        raise HarnessError(f"{job.scheme.name} on {job.num_gpus} of {cluster.world_size} ranks: run one GPU "
-                           "count per cluster")
     else:
         results = cluster.run(argv, timeout_s=args.timeout)
     bad = [r for r in results if r.returncode != 0]

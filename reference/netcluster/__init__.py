@@ -17,10 +17,10 @@ docs/netcluster.md.
 References: tc-htb(8), tc-netem(8), ip-netns(8); torch.distributed env:// initialisation.
 """
 from reference.netcluster.cluster import RankResult, ShapedCluster
-from reference.netcluster.links import (LinksArg, LinkSpec, NetClusterError, NoiseFlow, from_cluster_spec,
+from reference.netcluster.links import (LinksArg, LinkSpec, NetClusterError, Nodes, NoiseFlow, from_cluster_spec,
                                         link_matrix, parse_bandwidth, parse_duration, scale_links)
 from reference.netcluster.net import cleanup_stale, namespaces_available, netem_available, our_namespaces
 
-__all__ = ["LinkSpec", "LinksArg", "NetClusterError", "NoiseFlow", "RankResult", "ShapedCluster", "cleanup_stale",
+__all__ = ["LinkSpec", "LinksArg", "NetClusterError", "Nodes", "NoiseFlow", "RankResult", "ShapedCluster", "cleanup_stale",
            "from_cluster_spec", "link_matrix", "namespaces_available", "netem_available", "our_namespaces",
            "parse_bandwidth", "parse_duration", "scale_links"]

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from reference.netcluster.links import LinksArg, NetClusterError, NoiseFlow, link_matrix
+from reference.netcluster.links import LinksArg, NetClusterError, Nodes, NoiseFlow, link_matrix
 from reference.netcluster.net import (NAME_PREFIX, REPO_ROOT, SUBNET_PREFIX, cleanup_stale, cmd, delete_namespace,
                                       ip, kill_group, namespaces_available, netem_available, noise_ports,
-                                      shaping_commands)
+                                      shaping_commands, uplink_commands)
 
 MASTER_PORT = 29500  # ports are per namespace, so parallel clusters cannot collide
 TCP_LIMIT_OUTPUT_BYTES = 65536  # per rank namespace; see _create
@@ -46,13 +46,15 @@ class ShapedCluster:
     """P ranks, each in its own network namespace, joined by shaped directed links. A context manager.
 
     ``links``: one LinkSpec for every pair, a function (i, j) -> LinkSpec, or a P x P matrix of
-    LinkSpec (diagonal ignored). ``noise``: competing flows started with every ``run``.
+    LinkSpec (diagonal ignored). ``noise``: competing flows started with every ``run``. ``nodes``: ranks
+    grouped into nodes, each node's bridge joined to a spine bridge by a shaped uplink and downlink
+    (give the pairs in different nodes unshaped links, ``math.inf``, so the uplinks set their rate).
     Where namespaces are not permitted, ranks run as plain loopback processes: ``shaped`` is False and
     ``fallback_reason`` says why (``allow_fallback=False`` raises instead).
     """
 
     def __init__(self, world_size: int, links: LinksArg, *, noise: Sequence[NoiseFlow] = (),
-                 allow_fallback: bool = True):
+                 nodes: Nodes | None = None, allow_fallback: bool = True):
         if world_size < 1 or world_size > 200:
             raise NetClusterError(f"world_size={world_size} must be in 1..200")
         self.world_size = world_size
@@ -61,6 +63,9 @@ class ShapedCluster:
         for f in self.noise:
             if not (0 <= f.src < world_size and 0 <= f.dst < world_size):
                 raise NetClusterError(f"noise flow {f.src}->{f.dst}: ranks must be in 0..{world_size - 1}")
+        if nodes is not None:
+            nodes.check(world_size)
+        self.nodes = nodes
         self.allow_fallback = allow_fallback
         self.prefix = f"{NAME_PREFIX}{os.getpid()}-{next(_seq)}-"
         self.hub = self.prefix + "hub"
@@ -111,9 +116,8 @@ class ShapedCluster:
         for ns in [self.hub, *self.namespaces]:
             ip("netns", "add", ns)
             self._created.append(ns)
-        ip("-n", self.hub, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0")
-        ip("-n", self.hub, "link", "set", "br0", "up")
         use_netem = netem_available(self.hub)
+        bridge_of = self._bridges(use_netem)
         wants_latency = any(l is not None and l.latency_s > 0 for row in self.links for l in row)
         self.latency_applied = use_netem or not wants_latency
         if wants_latency and not use_netem:
@@ -129,11 +133,34 @@ class ShapedCluster:
             cmd(["ip", "netns", "exec", ns, "sh", "-c",
                  f"echo {TCP_LIMIT_OUTPUT_BYTES} > /proc/sys/net/ipv4/tcp_limit_output_bytes"])
             ip("-n", ns, "link", "set", "eth0", "up")
-            ip("-n", self.hub, "link", "set", f"r{r}", "master", "br0")
+            ip("-n", self.hub, "link", "set", f"r{r}", "master", bridge_of[r])
             ip("-n", self.hub, "link", "set", f"r{r}", "up")
             noise = [(f, p) for f, p in zip(self.noise, noise_ports(self.noise)) if f.src == r]
             for argv in shaping_commands(ns, r, self.links[r], use_netem=use_netem, noise=noise):
                 cmd(argv)
+
+    def _bridges(self, use_netem: bool) -> list[str]:
+        """The hub's bridges: one for all ranks, or one per node plus a spine joined to each node's by a
+        veth pair (``u<n>`` on the node's bridge, ``s<n>`` on the spine) shaped at both ends; returns
+        the bridge of each rank."""
+        def bridge(name: str) -> None:
+            ip("-n", self.hub, "link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0")
+            ip("-n", self.hub, "link", "set", name, "up")
+        if self.nodes is None:
+            bridge("br0")
+            return ["br0"] * self.world_size
+        bridge("spine")
+        for n in range(len(self.nodes.groups)):
+            bridge(f"br{n}")
+            ip("-n", self.hub, "link", "add", f"u{n}", "type", "veth", "peer", "name", f"s{n}")
+            ip("-n", self.hub, "link", "set", f"u{n}", "master", f"br{n}")
+            ip("-n", self.hub, "link", "set", f"s{n}", "master", "spine")
+            group = self.nodes.groups[n]
+            for dev, link, match in ((f"u{n}", self.nodes.uplink, "src"), (f"s{n}", self.nodes.downlink, "dst")):
+                ip("-n", self.hub, "link", "set", dev, "up")
+                for argv in uplink_commands(self.hub, dev, link, group, match, use_netem=use_netem):
+                    cmd(argv)
+        return [f"br{self.nodes.node_of(r)}" for r in range(self.world_size)]
 
     def close(self) -> None:
         """Kill every process in our namespaces and delete them (with their veths and qdiscs). Idempotent."""

@@ -160,20 +160,10 @@ def shaping_commands(ns: str, rank: int, row: Sequence[LinkSpec | None], *, use_
     other is idle.
     """
     tc, dev = ["tc", "-n", ns], ["dev", "eth0"]
-    cmds = [[*tc, "qdisc", "add", *dev, "root", "handle", "1:", "htb"],
-            # Pure TCP ACKs (52-byte IP packets: 20 IP + 32 TCP with timestamps) skip the shaping (flowid
-            # 1: is htb's direct queue). Otherwise the ACKs of flow i -> j wait behind the data of j -> i
-            # in j's queue, and a two-way exchange (an all-gather) gets ~65% of the rate on each link.
-            [*tc, "filter", "add", *dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
-             "match", "ip", "protocol", "6", "0xff", "match", "u16", "52", "0xffff", "at", "2", "flowid", "1:"]]
+    cmds = _htb_root(tc, dev)
 
     def add_class(parent: str, minor: int, rate: float, ceil: float) -> str:
-        # A burst of 64 KiB (one GSO segment on veth) or 1 ms of traffic keeps htb from rounding the
-        # rate down at high rates while staying small next to the messages we time.
-        burst = str(max(64 * 1024, int(ceil * 1e-3)))
-        cmds.append([*tc, "class", "add", *dev, "parent", parent, "classid", f"1:{minor:x}", "htb",
-                     "rate", _rate_bits(rate), "ceil", _rate_bits(ceil), "burst", burst, "cburst", burst,
-                     "quantum", "65536"])
+        cmds.append(_htb_class(tc, dev, parent, minor, rate, ceil))
         return f"1:{minor:x}"
 
     def add_leaf(classid: str, link: LinkSpec) -> None:
@@ -208,4 +198,46 @@ def shaping_commands(ns: str, rank: int, row: Sequence[LinkSpec | None], *, use_
             for port in ports:
                 add_filter(2, j, noise_cls, dport=port)
         add_filter(3, j, ranks_cls)
+    return cmds
+
+
+def _htb_root(tc: list[str], dev: list[str], default: int | None = None) -> list[list[str]]:
+    """An htb root on ``dev`` (unclassified traffic to class 1:``default``, or unshaped without one), and
+    the filter that lets pure TCP ACKs skip the shaping."""
+    return [[*tc, "qdisc", "add", *dev, "root", "handle", "1:", "htb",
+             *(["default", f"{default:x}"] if default is not None else [])],
+            # Pure TCP ACKs (52-byte IP packets: 20 IP + 32 TCP with timestamps) skip the shaping (flowid
+            # 1: is htb's direct queue). Otherwise the ACKs of flow i -> j wait behind the data of j -> i
+            # in j's queue, and a two-way exchange (an all-gather) gets ~65% of the rate on each link.
+            [*tc, "filter", "add", *dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+             "match", "ip", "protocol", "6", "0xff", "match", "u16", "52", "0xffff", "at", "2", "flowid", "1:"]]
+
+
+def _htb_class(tc: list[str], dev: list[str], parent: str, minor: int, rate: float, ceil: float) -> list[str]:
+    # A burst of 64 KiB (one GSO segment on veth) or 1 ms of traffic keeps htb from rounding the
+    # rate down at high rates while staying small next to the messages we time.
+    burst = str(max(64 * 1024, int(ceil * 1e-3)))
+    return [*tc, "class", "add", *dev, "parent", parent, "classid", f"1:{minor:x}", "htb",
+            "rate", _rate_bits(rate), "ceil", _rate_bits(ceil), "burst", burst, "cburst", burst, "quantum", "65536"]
+
+
+def uplink_commands(ns: str, dev: str, link: LinkSpec, ranks: Sequence[int], match: str, *,
+                    use_netem: bool) -> list[list[str]]:
+    """The tc commands that shape one node uplink (or downlink), interface ``dev`` of the hub namespace: all
+    its packets together at the link's rate (TCP payload bytes, as for the ranks' links), shared fairly
+    between ``ranks`` (matched by their ``src`` or ``dst`` address): each has a class assured an equal
+    share that borrows up to the whole link when the others are idle (this kernel has neither sfq nor
+    fq_codel), the simulator's max-min fair share for one flow a rank. Latency by netem where present."""
+    tc, where = ["tc", "-n", ns], ["dev", dev]
+    cmds = _htb_root(tc, where)
+    rate = link.bandwidth_bytes_per_s * WIRE_OVER_PAYLOAD
+    cmds.append(_htb_class(tc, where, "1:", 0x10, rate, rate))
+    for r in ranks:
+        minor = 0x100 + r
+        cmds.append(_htb_class(tc, where, "1:10", minor, rate / len(ranks), rate))
+        if use_netem and link.latency_s > 0:
+            cmds.append([*tc, "qdisc", "add", *where, "parent", f"1:{minor:x}", "handle", f"{minor:x}:", "netem",
+                         "delay", f"{link.latency_s * 1e6:.0f}us", "limit", "100000"])
+        cmds.append([*tc, "filter", "add", *where, "parent", "1:", "protocol", "ip", "prio", "3", "u32",
+                     "match", "ip", match, f"{SUBNET_PREFIX}{r + 1}/32", "flowid", f"1:{minor:x}"])
     return cmds

@@ -1,8 +1,9 @@
 """Competing traffic for ``reference.netcluster``: an iperf-like greedy TCP sender and a sink.
 
 ``python -m reference.netcluster.noise sink PORT DURATION_S`` reads and discards until the sender closes
-or DURATION_S passes. ``... send HOST PORT DURATION_S START_S ON_S OFF_S`` connects and writes as fast as
-TCP allows while "on" (ON_S = 0 means always on), and stops by itself after DURATION_S. Both run inside
+or DURATION_S passes. ``... send HOST PORT DURATION_S START_S ON_S OFF_S [SEED]`` connects and writes as fast
+as TCP allows while "on" (ON_S = 0 means always on; with SEED the on and off periods are random, drawn
+by ``sim.cluster.onoff_periods`` as the simulator draws them), and stops by itself after DURATION_S. Both run inside
 the cluster's namespaces, so the flow crosses (and competes on) the shaped link src -> dst.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 
 from reference.netcluster.net import REPO_ROOT, kill_group, noise_ports
+from sim.cluster import onoff_periods
 
 _CHUNK = b"\0" * 65536
 
@@ -28,8 +30,9 @@ def start_noise(cluster, flows, *, max_duration_s: float) -> list[subprocess.Pop
         for port in ports:
             procs.append(cluster.popen(f.dst, [*py, "sink", str(port), duration], env=env,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            seed = [] if f.seed is None else [str(f.seed * 1000 + port)]  # each connection its own draws
             procs.append(cluster.popen(f.src, [*py, "send", cluster.addresses[f.dst], str(port), duration,
-                                               str(f.start_s), str(f.on_s or 0), str(f.off_s or 0)],
+                                               str(f.start_s), str(f.on_s or 0), str(f.off_s or 0), *seed],
                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs
 
@@ -51,7 +54,8 @@ def _sink(port: int, duration_s: float) -> None:
                 pass
 
 
-def _send(host: str, port: int, *, duration_s: float, start_s: float, on_s: float, off_s: float) -> None:
+def _send(host: str, port: int, *, duration_s: float, start_s: float, on_s: float, off_s: float,
+          seed: int | None = None) -> None:
     t0 = time.monotonic()
     end = t0 + duration_s
     while True:  # the sink may not listen yet
@@ -66,12 +70,19 @@ def _send(host: str, port: int, *, duration_s: float, start_s: float, on_s: floa
         # A small send buffer, so that little queued data keeps flowing into an "off" phase.
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 128 * 1024)
         conn.settimeout(1.0)
-        begin = t0 + start_s
+        periods = onoff_periods(on_s, off_s, seed) if on_s > 0 else None
+        on, switch_s, off_for = False, t0 + start_s, 0.0  # off until the start
         while (now := time.monotonic()) < end:
-            phase = now - begin
-            on = phase >= 0 and (on_s == 0 or phase % (on_s + off_s) < on_s)
+            while now >= switch_s:  # walk the schedule up to now
+                if periods is None:
+                    on, switch_s = True, end
+                elif on:
+                    on, switch_s = False, switch_s + off_for
+                else:
+                    on_for, off_for = next(periods)
+                    on, switch_s = True, switch_s + on_for
             if not on:
-                time.sleep(0.005)
+                time.sleep(min(0.005, max(0.0, switch_s - now)))
                 continue
             try:
                 conn.send(_CHUNK)
@@ -88,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             _sink(int(args[1]), float(args[2]))
         else:
             _send(args[1], int(args[2]), duration_s=float(args[3]), start_s=float(args[4]), on_s=float(args[5]),
-                  off_s=float(args[6]))
+                  off_s=float(args[6]), seed=int(args[7]) if len(args) > 7 else None)
     except OSError:
         return 1
     return 0

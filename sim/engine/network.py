@@ -189,12 +189,14 @@ class Network:
         link = (bg.src, bg.dst)
         flows = [_Flow((link,), self.capacity[link], float("inf"), None) for _ in range(bg.flows)]
         yield self.env.timeout(bg.start_s)
-        while True:
+        if bg.on_s is None:
             for f in flows:
                 self._add(f)
-            if bg.on_s is None:
-                return
-            yield self.env.timeout(bg.on_s)
+            return
+        for on_s, off_s in bg.periods():
+            for f in flows:
+                self._add(f)
+            yield self.env.timeout(on_s)
             for f in flows:
                 self._remove(f)
-            yield self.env.timeout(bg.off_s)
+            yield self.env.timeout(off_s)

@@ -47,6 +47,7 @@ class Measured:
     files: tuple[str, ...]
     probes_s: tuple[float | None, ...] = ()  # each round's machine-speed probe (mean of before, after)
     contention: tuple[float | None, ...] = ()  # each round's workload (else GEMM) probe in P processes over one
+    traces: tuple[str | None, ...] = ()  # each round's traced prefill (reference.launch --trace), absolute
 
     @property
     def contention_range(self) -> str:
@@ -80,13 +81,14 @@ def load_measured(files: list[str]) -> dict[tuple, Measured]:
             if r.get("workload_probe_s") and r.get("contended_workload_probe_s"):
                 # the ranks' own work in P processes over one (reference.measure.cluster.workload_probe_s)
                 contention = statistics.fmean(r["contended_workload_probe_s"]) / statistics.fmean(r["workload_probe_s"])
-            by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path, probe, contention))
+            trace = os.path.join(os.path.dirname(os.path.abspath(path)), r["trace"]) if r.get("trace") else None
+            by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path, probe, contention, trace))
         except SchemaError as e:
             raise MeasuredError(f"measured results {e}") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise MeasuredError(f"measured results {path}: {e}") from None
     return {k: Measured(statistics.median(x[0] for x in v), tuple(x[0] for x in v), tuple(x[1] for x in v),
-                        tuple(x[2] for x in v), tuple(x[3] for x in v))
+                        tuple(x[2] for x in v), tuple(x[3] for x in v), tuple(x[4] for x in v))
             for k, v in by_key.items()}
 
 
@@ -101,6 +103,7 @@ class Comparison:
     simulated_s: float  # median over the rounds of each round's simulation; else the row's TTFT
     speed_factors: tuple[float, ...] = ()  # per round: its probe / the profile's
     round_errors: tuple[float, ...] = ()  # per round: (its simulation - its measurement) / its measurement
+    round_results: tuple = ()  # per round: its simulation (``engine.Result``, the first noise phase)
 
     @property
     def error(self) -> float:
@@ -125,9 +128,11 @@ def compare(table: list[Row], measured: dict[tuple, Measured]) -> list[Compariso
         if m is not None:
             factors = _speed_factors(row.job, m)
             contention = m.contention if len(m.contention) == len(factors) else (None,) * len(factors)
-            sims = [_resimulate(row, f, c) for f, c in zip(factors, contention)]
+            runs = [resimulate(row, f, c) for f, c in zip(factors, contention)]
+            sims = [ttft for ttft, _ in runs]
             errors = tuple((s - t) / t for s, t in zip(sims, m.rounds_s))
-            out.append(Comparison(row, m, statistics.median(sims) if sims else row.result.ttft_s, factors, errors))
+            out.append(Comparison(row, m, statistics.median(sims) if sims else row.result.ttft_s, factors, errors,
+                                  tuple(result for _, result in runs)))
     return out
 
 
@@ -140,17 +145,41 @@ def _speed_factors(job, m: Measured) -> tuple[float, ...]:
     return tuple(p / ref if ref and p else 1.0 for p in m.probes_s)
 
 
-def _resimulate(row: Row, factor: float, contention: float | None = None) -> float:
-    """The row's job at ``factor`` times the profile's compute time, as gloo processes on one host
-    (``cpu_cluster_sim``): with ``contention`` (the probe with every rank busy over the probe alone)
-    its ranks share P / contention cores."""
+# On and off competing flows start with the measured run's processes, seconds before the timed prefills,
+# so a prefill meets them at an unknown phase: the simulation is the mean over this many phases (a
+# periodic flow's start shifted by k/PHASES of its period; a random flow's seed advanced by k).
+NOISE_PHASES = 4
+
+
+def noise_phases(cluster) -> list:
+    """The cluster as a prefill may meet its on/off competing flows: ``NOISE_PHASES`` variants, or the
+    cluster alone when its flows are constant."""
+    if not any(bg.on_s is not None for bg in cluster.background):
+        return [cluster]
+    def shifted(bg, k):
+        if bg.on_s is None:
+            return bg
+        if bg.seed is not None:
+            return dataclasses.replace(bg, seed=bg.seed + k)
+        return dataclasses.replace(bg, start_s=bg.start_s + (bg.on_s + bg.off_s) * k / NOISE_PHASES)
+    return [dataclasses.replace(cluster, background=tuple(shifted(bg, k) for bg in cluster.background))
+            for k in range(NOISE_PHASES)]
+
+
+def resimulate(row: Row, factor: float, contention: float | None = None):
+    """(TTFT, the first phase's ``Result``) of the row's job at ``factor`` times the profile's compute
+    time, as gloo processes on one host (``cpu_cluster_sim``): with ``contention`` (the probe with every
+    rank busy over the probe alone) its ranks share P / contention cores; with on/off competing flows,
+    the mean TTFT over ``noise_phases``."""
     job = row.job
     # kvr: the partition that was measured (not a new search at this speed), ranks on GPUs 0..P-1 as
     # the shaped cluster runs them; tsp: its plan.
     planned = Plan(tuple(row.result.chunks), tuple(range(job.num_gpus))) if job.scheme.kind == "kvr" else plan(job)
     job = dataclasses.replace(job, cost_model=job.cost_model.scaled(factor))
     cores = None if not contention else min(job.num_gpus, job.num_gpus / contention)
-    return run(job, planned, sim_class=cpu_cluster_sim(cores)).ttft_s
+    results = [run(dataclasses.replace(job, cluster=c), planned, sim_class=cpu_cluster_sim(cores))
+               for c in noise_phases(job.cluster)]
+    return statistics.fmean(r.ttft_s for r in results), results[0]
 
 
 def mape(comparisons: list[Comparison]) -> float:
@@ -203,11 +232,12 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
     return "\n".join(lines) + "\n"
 
 
-def plot(comparisons: list[Comparison], title: str, path: str) -> None:
-    """Simulated against measured TTFT, one marker per scheme, one colour per cluster, the ideal line."""
+def plot(comparisons: list[Comparison], title: str, path: str, band: float = 0.10) -> None:
+    """Simulated against measured TTFT, one marker per scheme, one colour per cluster, the ideal line
+    and a +-``band`` band."""
     points = [(c.row.job.scheme.name, c.row.job.cluster.name, c.measured.ttft_s * 1e3, c.simulated_s * 1e3)
               for c in comparisons]
-    scatter_plot(points, f"{title}: MAPE {mape(comparisons):.1f}% over {len(comparisons)}", "TTFT", path)
+    scatter_plot(points, f"{title}: MAPE {mape(comparisons):.1f}% over {len(comparisons)}", "TTFT", path, band=band)
 
 
 def measured_trace(job, chunks, files: list[str]) -> list[dict] | None:

@@ -6,8 +6,8 @@ import os
 
 
 def scatter_plot(points: list[tuple[str, str, float, float]], title: str, what: str, path: str,
-                 log: bool = False) -> None:
-    """Simulated against measured milliseconds, the ideal line and a +-10% band. ``points`` are
+                 log: bool = False, band: float = 0.10) -> None:
+    """Simulated against measured milliseconds, the ideal line and a +-``band`` band. ``points`` are
     (marker label, colour label, measured ms, simulated ms): one marker per marker label (a scheme),
     one colour per colour label (a cluster, a model), each in sorted order."""
     import matplotlib
@@ -27,7 +27,8 @@ def scatter_plot(points: list[tuple[str, str, float, float]], title: str, what: 
     values = [v for p in points for v in p[2:]]
     lo, hi = min(values) * 0.85, max(values) * 1.15
     ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="ideal (simulated = measured)")
-    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="grey", alpha=0.15, label="±10%")
+    ax.fill_between([lo, hi], [lo * (1 - band), hi * (1 - band)], [lo * (1 + band), hi * (1 + band)], color="grey",
+                    alpha=0.15, label=f"±{band:.0%}")
     if log:
         from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
         ax.set_xscale("log")

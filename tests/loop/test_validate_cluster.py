@@ -61,3 +61,33 @@ def test_every_configuration_is_measured_and_compared(loop, capsys):
     assert all(abs(e) < (60 if shaped else 400) for e in errors), out
     assert re.search(r"MAPE [\d.]+% over 2 configurations", out)
     assert (d / "sim" / "validation.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not namespaces_available()[0], reason="a 4-rank shaped cluster needs network namespaces")
+def test_a_four_rank_cluster_is_measured_and_compared_in_under_a_minute(tmp_path, capsys):
+    """The 4-rank loop of scenarios/validate-cluster.yaml on its host-10 cluster (20 MB/s links), one
+    round: four gloo ranks in their namespaces, then ``python -m sim`` on the fresh results, with each
+    rank's waits from the traced prefill. A broken loop (lost shaping, wrong matching, a trace that
+    cannot be read) is off by far more than the bound."""
+    import time
+
+    scenario = str(REPO / "scenarios" / "validate-cluster.yaml")
+    t0 = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "reference.measure.cluster", scenario, "--out-dir", str(tmp_path),
+                          "--clusters", "host-10", "--schemes", "tsp,kvr-e", "--gpus", "4", "--rounds", "1",
+                          "--warmup", "1", "--repeat", "1"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == ["host-10_kvr-e_P4_C2048_r1.json",
+                                                             "host-10_tsp_P4_C2048_r1.json"]
+    assert sim_main([scenario, "--no-progress", "--out", str(tmp_path / "sim"), "--set",
+                     f"measured.results=[{tmp_path}/*.json]"]) == 0
+    elapsed = time.monotonic() - t0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("cpu-llama-h512 ")]
+    assert [r.split()[1:4] for r in rows] == [["host-10", "tsp", "4"], ["host-10", "kvr-e", "4"]]
+    errors = [float(re.findall(r"(-?[\d.]+)%", r)[0]) for r in rows]
+    assert all(abs(e) < 15 for e in errors), out
+    assert re.search(r"P=4: \d of 8 ranks agree on their wait", out), out
+    assert (tmp_path / "sim" / "validation.png").stat().st_size > 0
+    assert (tmp_path / "sim" / "validation-waits.png").stat().st_size > 0
+    assert elapsed < 60, elapsed

@@ -213,8 +213,76 @@ def test_a_simulator_cluster_becomes_a_scaled_link_matrix_and_noise():
     from sim.cluster import BackgroundFlow, ClusterSpec
 
     spec = ClusterSpec.uniform("u", 3, 300e9, 2e-6, background=(BackgroundFlow(src=0, dst=1, on_s=1e-3, off_s=2e-3),))
-    matrix, noise = from_cluster_spec(spec, cpu_over_gpu_slowdown=1000)
+    matrix, noise, nodes = from_cluster_spec(spec, cpu_over_gpu_slowdown=1000)
+    assert nodes is None
     assert [[None if l is None else l.bandwidth_bytes_per_s for l in row] for row in matrix] == [
         [None, 300e6, 300e6], [300e6, None, 300e6], [300e6, 300e6, None]]
     assert matrix[0][1].latency_s == pytest.approx(2e-3)
     assert [(f.src, f.dst, f.flows, f.on_s, f.off_s) for f in noise] == [(0, 1, 1, 1.0, 2.0)]
+
+
+def _two_nodes_spec():
+    from sim.scenario import load
+
+    return {c.name: c for c in load(os.path.join(os.path.dirname(__file__), "..", "..", "scenarios",
+                                                 "validate-cluster.yaml")).clusters}["two-nodes"]
+
+
+def test_a_cluster_of_nodes_becomes_node_groups_with_shared_uplinks():
+    matrix, noise, nodes = from_cluster_spec(_two_nodes_spec())
+    assert noise == []
+    assert nodes.groups == ((0, 1, 2, 3), (4, 5, 6, 7))
+    assert (nodes.uplink.bandwidth_bytes_per_s, nodes.downlink.bandwidth_bytes_per_s) == (20 * MB, 20 * MB)
+    assert matrix[0][3].bandwidth_bytes_per_s == 100 * MB and matrix[4][7].bandwidth_bytes_per_s == 100 * MB
+    assert math.isinf(matrix[0][4].bandwidth_bytes_per_s) and math.isinf(matrix[7][3].bandwidth_bytes_per_s)
+    assert nodes.first(4) is None  # ranks 0..3: one node, no uplink crossed
+    assert nodes.first(6).groups == ((0, 1, 2, 3), (4, 5))
+
+
+def test_uplink_commands_shape_the_node_link_and_share_it_between_the_node_ranks():
+    from reference.netcluster.net import uplink_commands
+
+    cmds = [" ".join(c) for c in uplink_commands("hub", "u0", LinkSpec(bandwidth_bytes_per_s=10 * MB), (0, 1),
+                                                 "src", use_netem=False)]
+    assert cmds[0] == "tc -n hub qdisc add dev u0 root handle 1: htb"
+    # the link's rate (TCP payload at 10 MB/s: wire bytes 1514/1448 of it), and an equal share for each rank
+    assert "classid 1:10 htb rate 83646409bit ceil 83646409bit" in cmds[2]
+    assert [c.split("classid ")[1].split(" ")[0] for c in cmds if " class " in c] == ["1:10", "1:100", "1:101"]
+    assert "parent 1:10 classid 1:100 htb rate 41823204bit ceil 83646409bit" in cmds[3]
+    assert cmds[-1].endswith("match ip src 10.213.0.2/32 flowid 1:101")
+
+
+def test_switches_other_than_nodes_and_a_spine_are_refused():
+    from sim.cluster import ClusterSpec, LinkSpec as SimLink
+
+    links = tuple(SimLink(src=a, dst=b, bandwidth_bytes_per_s=bw, latency_s=0.0)
+                  for a, b, bw in ((0, "s", 10e6), ("s", 0, 10e6), (1, "s", 10e6), ("s", 1, 10e6)))
+    spec = ClusterSpec(name="star", num_gpus=2, links=links, switches=("s",))
+    with pytest.raises(NetClusterError, match=r"cluster 'star': link 0->s at 1e\+07 B/s is shaped"):
+        from_cluster_spec(spec)
+
+
+def test_a_random_noise_flow_needs_its_mean_periods():
+    with pytest.raises(NetClusterError, match=r"a seed needs on_s and off_s"):
+        NoiseFlow(src=0, dst=1, seed=3)
+    with pytest.raises(NetClusterError, match=r"need on_s > 0"):
+        NoiseFlow(src=0, dst=1, on_s=0.0, off_s=1.0)
+    assert NoiseFlow(src=0, dst=1, on_s=0.2, off_s=0.3, seed=3).seed == 3
+
+
+@needs_netns
+def test_flows_between_nodes_share_the_node_uplink():
+    """Two nodes of two ranks, 10 MB/s uplinks, unshaped inside a node; a greedy flow 1 -> 3 crosses
+    node 0's uplink, so rank 0's messages to node 1 get half of it, the other direction all of it, and
+    rank 0 -> 1 (inside the node) never touches it."""
+    from reference.netcluster import Nodes
+
+    uplink = LinkSpec(bandwidth_bytes_per_s=10 * MB)
+    nodes = Nodes(groups=((0, 1), (2, 3)), uplink=uplink, downlink=uplink)
+    noise = [NoiseFlow(src=1, dst=3, max_duration_s=30)]
+    with ShapedCluster(4, LinkSpec(bandwidth_bytes_per_s=math.inf), noise=noise, nodes=nodes) as c:
+        report = probe(c, [2 << 20], repeats=2, pairs=[(0, 2), (2, 0), (0, 1)], all_gather=False, timeout_s=60)
+    got = {(p["src"], p["dst"]): p["achieved_bytes_per_s"] / MB for p in report["pairs"]}
+    assert got[0, 2] == pytest.approx(5, rel=0.25), got
+    assert got[2, 0] == pytest.approx(10, rel=0.2), got
+    assert got[0, 1] > 40, got

@@ -1,0 +1,143 @@
+"""A front-door scenario's measured counterpart: its ``validated_on`` section names a scenario of real
+shaped-link CPU clusters of the same shapes (``scenarios/validate-cluster.yaml``) and which of its
+clusters stand for this scenario's. ``python -m sim FRONT.yaml`` prints, after its GPU prediction,
+that scenario's simulated-against-measured comparison for those clusters, each configuration's
+compute-to-communication ratio beside the GPU one it stands for, the per-rank waits, and how much the
+measured competing traffic slowed each scheme (a cluster ``X`` against ``X-quiet``, its links
+without the flows). docs/validation.md, section 8.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from .. import report
+from ..simulate import simulate
+from . import measured as validate
+from . import ranks as rank_check
+
+QUIET = "-quiet"
+
+
+def comm_ratio(result) -> float:
+    """Compute over communication: every rank's compute seconds over every rank's seconds receiving
+    (the summed durations of the transfers it is the destination of); inf without transfers."""
+    received: dict[int, float] = {}
+    for seg in result.segments:
+        if seg.kind == "transfer":
+            received[seg.peer] = received.get(seg.peer, 0.0) + seg.end_s - seg.start_s
+    wire = sum(received.values())
+    return sum(r.busy_s for r in result.ranks) / wire if wire > 0 else float("inf")
+
+
+def load(front, path: str):
+    """(companion scenario restricted to its named clusters, its measured results), read before any
+    simulation so that bad input fails at once."""
+    from ..scenario import ScenarioError, load as load_scenario
+
+    spec = front.validated_on
+    try:
+        comp = load_scenario(spec.scenario)
+    except ScenarioError as e:
+        raise ScenarioError(f"{path}: validated_on.scenario: {e}") from None
+    have = [c.name for c in comp.clusters]
+    for i, name in enumerate(spec.clusters):
+        if name not in have:
+            raise ScenarioError(f"{path}: validated_on.clusters[{i}]: {spec.scenario} has no cluster {name!r} "
+                                f"(it has {have})")
+    comp = dataclasses.replace(comp, clusters=tuple(c for c in comp.clusters if c.name in spec.clusters))
+    if comp.measured is None:
+        raise ScenarioError(f"{path}: validated_on.scenario: {spec.scenario} has no `measured` section")
+    missing = comp.measured.missing()
+    if missing:
+        raise ScenarioError(f"{spec.scenario}: {missing[0][0]}: no such file {missing[0][1]}")
+    return comp, validate.load_measured(comp.measured.files())
+
+
+def run(front, front_table, comp, results, *, jobs: int = 1, progress: bool = False
+        ) -> tuple[list[tuple[str, Callable[[str], None]]], str]:
+    """The companion's sweep, compared with its measurements: (plots as (file name, draw(path)), text)."""
+    import os
+
+    table = report.run(comp, progress=progress, jobs=jobs)
+    comparisons = validate.compare(table, results)
+    head = (f"\n== measured: the same shapes on a real cluster of CPU processes ({os.path.basename(front.validated_on.scenario)}"
+            f", clusters {', '.join(front.validated_on.clusters)}) ==")
+    out = head + validate.text(comp, comparisons).removeprefix("\n== simulated against measured ==")
+    if not comparisons:
+        return [], out
+    out += ratios_text(front, front_table, comparisons)
+    out += noise_text(front_table, comparisons)
+    rows = rank_check.compare(comparisons)
+    out += rank_check.text(rows)
+    stem = f"validation-{comp.name}"
+    plots = [(f"{stem}.png", lambda p: validate.plot(comparisons, f"{comp.name} ({front.name}'s shapes)", p, band=0.05))]
+    if rows:
+        plots.append((f"{stem}-waits.png", lambda p: rank_check.plot(rows, comp.name, p)))
+    return plots, out
+
+
+def _gpu_row(front_table, cluster: str, scheme: str, gpus: int, context: int):
+    """The front door's row that a measured configuration stands for: same cluster name (``X-quiet``:
+    ``X``), scheme, GPU count, the first model, and the nearest context."""
+    base = cluster.removesuffix(QUIET)
+    cands = [r for r in front_table if r.result is not None and r.job.cluster.name == base
+             and r.job.scheme.name == scheme and r.job.num_gpus == gpus
+             and r.job.model.name == front_table[0].job.model.name]
+    if not cands:
+        return None
+    return min(cands, key=lambda r: abs(r.job.context - context))
+
+
+def _quiet(row):
+    """The row's job on its cluster without the competing flows, simulated."""
+    job = dataclasses.replace(row.job, cluster=dataclasses.replace(row.job.cluster, background=()))
+    return simulate(job)
+
+
+def ratios_text(front, front_table, comparisons) -> str:
+    lines = ["", "compute-to-communication ratio (all ranks' compute seconds over their seconds receiving): each "
+             f"measured configuration (shared cores) beside the {front.name} GPU configuration it stands for "
+             f"({front_table[0].job.model.name}, same scheme and GPUs, nearest context; the GPUs' range over "
+             "its contexts)"]
+    grid = [["cluster", "scheme", "P", "C", "CPU", "GPU", "GPU C", "GPU range"]]
+    for c in comparisons:
+        j = c.row.job
+        gpu = _gpu_row(front_table, j.cluster.name, j.scheme.name, j.num_gpus, j.context)
+        cpu = comm_ratio(c.round_results[len(c.round_results) // 2]) if c.round_results else comm_ratio(c.row.result)
+        if gpu is None:
+            grid.append([j.cluster.name, j.scheme.name, str(j.num_gpus), str(j.context), f"{cpu:.2f}", "-", "-", "-"])
+            continue
+        quiet = j.cluster.name.endswith(QUIET)
+        same = [r for r in front_table if r.result is not None and r.job.cluster.name == gpu.job.cluster.name
+                and r.job.scheme.name == j.scheme.name and r.job.num_gpus == j.num_gpus
+                and r.job.model.name == gpu.job.model.name]
+        values = [comm_ratio(_quiet(r) if quiet else r.result) for r in same]
+        grid.append([j.cluster.name, j.scheme.name, str(j.num_gpus), str(j.context), f"{cpu:.2f}",
+                     f"{comm_ratio(_quiet(gpu) if quiet else gpu.result):.2f}", str(gpu.job.context),
+                     f"{min(values):.2f}-{max(values):.2f}"])
+    return "\n".join(lines + report.columns(grid, left=2)) + "\n"
+
+
+def noise_text(front_table, comparisons) -> str:
+    """How much competing traffic slows each scheme: TTFT on ``X`` over TTFT on ``X-quiet``, measured,
+    simulated, and on the GPU cluster ``X`` of the front door (its flows removed for the quiet run)."""
+    by = {(c.row.job.cluster.name, c.row.job.scheme.name, c.row.job.num_gpus): c for c in comparisons}
+    grid = [["cluster", "scheme", "P", "measured", "rounds", "simulated", "GPU sim."]]
+    for (cluster, scheme, p), quiet in by.items():
+        if not cluster.endswith(QUIET) or (noisy := by.get((cluster.removesuffix(QUIET), scheme, p))) is None:
+            continue
+        per_round = [n / q for n in noisy.measured.rounds_s for q in [quiet.measured.ttft_s]]
+        gpu = [r for r in front_table if r.result is not None and r.job.cluster.name == cluster.removesuffix(QUIET)
+               and r.job.scheme.name == scheme and r.job.num_gpus == p
+               and r.job.model.name == front_table[0].job.model.name]
+        gpu_text = "/".join(f"{r.result.ttft_s / _quiet(r).ttft_s:.2f}" for r in gpu) or "-"
+        grid.append([cluster.removesuffix(QUIET), scheme, str(p), f"{noisy.measured.ttft_s / quiet.measured.ttft_s:.2f}x",
+                     f"{min(per_round):.2f}-{max(per_round):.2f}", f"{noisy.simulated_s / quiet.simulated_s:.2f}x",
+                     gpu_text])
+    if len(grid) == 1:
+        return ""
+    head = ["", "competing traffic: TTFT with the flows over TTFT without them (measured: medians, and each round over "
+            "the quiet median; simulated: the same rounds re-simulated; GPU sim.: the front door's cluster at each of "
+            "its contexts, first model)"]
+    return "\n".join(head + report.columns(grid, left=2)) + "\n"
