@@ -14,7 +14,6 @@ from .partition.plan import plan
 from .scenario import Scenario, ScenarioError, load
 from .simulate import simulate
 from .validation.measured import MeasuredError, measured_trace
-from .validation.ranks import TraceError
 
 
 class UsageError(ValueError):
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         if out_dir:
             write_outputs(scenario, table, timelines, plots, out_dir, everything=args.out is not None,
                           text_report=text, validation_text=validation_text, made_by=made_by)
-    except (OutputError, MeasuredError, TraceError) as e:  # a disk that filled, a measured trace that cannot be read
+    except (OutputError, MeasuredError) as e:  # a disk that filled, a measured trace that cannot be read
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

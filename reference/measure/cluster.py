@@ -77,10 +77,14 @@ def result_path(out_dir: str, job, round_: int) -> str:
 _POOL: concurrent.futures.ProcessPoolExecutor | None = None
 
 
+_COLD = True  # the pool's workers have not run the workload probe yet
+
+
 def _pool(ranks: int) -> concurrent.futures.ProcessPoolExecutor:
-    global _POOL
+    global _POOL, _COLD
     if _POOL is None or _POOL._max_workers < ranks:  # forked once: workers start at once
         _POOL = concurrent.futures.ProcessPoolExecutor(ranks, mp_context=multiprocessing.get_context("fork"))
+        _COLD = True
     return _POOL
 
 
@@ -116,9 +120,17 @@ def workload_probe_s(model_arg: str, dtype: str, tokens: int = 256, repeat: int 
 
 
 def workload_probes_s(model_arg: str, dtype: str, ranks: int) -> tuple[float, float]:
-    """(``workload_probe_s`` in one pool process, its mean over ``ranks`` processes at once)."""
-    alone = _pool(ranks).submit(workload_probe_s, model_arg, dtype).result()
-    futures = [_pool(ranks).submit(workload_probe_s, model_arg, dtype) for _ in range(ranks)]
+    """(``workload_probe_s`` in one pool process, its mean over ``ranks`` processes at once). A new
+    pool's workers first run it once each, untimed: a worker's first forwards are up to 3x slower
+    (allocations, kernel selection), and one such "alone" probe once made 4 ranks look uncontended."""
+    global _COLD
+    pool = _pool(ranks)
+    if _COLD:
+        for f in [pool.submit(workload_probe_s, model_arg, dtype) for _ in range(pool._max_workers)]:
+            f.result()
+        _COLD = False
+    alone = pool.submit(workload_probe_s, model_arg, dtype).result()
+    futures = [pool.submit(workload_probe_s, model_arg, dtype) for _ in range(ranks)]
     return alone, statistics.fmean(f.result() for f in futures)
 
 

@@ -2,11 +2,16 @@
 
     python -m reference.netcluster --world-size 2 --bandwidth 100MB/s --latency 1ms -- CMD ARGS...
     python -m reference.netcluster probe --world-size 3 --bandwidth "x,20MB/s,5MB/s;20MB/s,x,inf;5MB/s,inf,x"
+    python -m reference.netcluster cpu --world-size 2 --bandwidth 100MB/s --sizes 32MB --repeats 4
+    python -m reference.netcluster latency --world-size 2 --busy 2
     python -m reference.netcluster cleanup
 
 ``--bandwidth`` and ``--latency`` take one value for every directed pair, or a P x P matrix written as
 rows separated by ``;`` and entries by ``,`` (row i, column j is link i -> j; the diagonal, e.g. ``x``, is ignored).
-``--noise SRC-DST[:ON_S/OFF_S]`` (repeatable) adds a competing flow on link SRC -> DST.
+``--noise SRC-DST[:ON_S/OFF_S]`` (repeatable) adds a competing flow on link SRC -> DST. ``cpu`` measures the
+host CPU seconds a byte moved from rank 0 to rank 1 costs (``probe.cpu_probe``), ``latency`` a small
+message's one-way latency on an idle host and with ``--busy N`` processes spinning (``probe.latency_probe``);
+run both on a quiet machine.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import sys
 from reference.netcluster.cluster import ShapedCluster
 from reference.netcluster.links import LinkSpec, NetClusterError, NoiseFlow, parse_bandwidth, parse_duration
 from reference.netcluster.net import cleanup_stale
-from reference.netcluster.probe import format_probe, probe
+from reference.netcluster.probe import cpu_probe, format_probe, latency_probe, probe
 
 
 def _matrix(text: str, world_size: int, parse) -> list[list[float]]:
@@ -49,7 +54,7 @@ def _cluster(a: argparse.Namespace) -> ShapedCluster:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m reference.netcluster [run|probe|cleanup]", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m reference.netcluster [run|probe|cpu|latency|cleanup]", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world-size", type=int, default=2)
     ap.add_argument("--bandwidth", default="inf", help="e.g. 100MB/s, or a matrix (see above)")
@@ -59,12 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--sizes", default="1MB,4MB", help="probe: message sizes")
     ap.add_argument("--repeats", type=int, default=3, help="probe: timed repeats per size")
     ap.add_argument("--json", default=None, help="probe: also write the report here")
+    ap.add_argument("--busy", type=int, default=2, help="latency: processes kept spinning (default 2)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    mode = args.pop(0) if args[:1] and args[0] in ("run", "probe", "cleanup") else "run"
+    mode = args.pop(0) if args[:1] and args[0] in ("run", "probe", "cpu", "latency", "cleanup") else "run"
     command = args[args.index("--") + 1:] if "--" in args else []
     a = _parser().parse_args(args[:args.index("--")] if "--" in args else args)
     a.mode = mode
@@ -75,6 +81,19 @@ def main(argv: list[str] | None = None) -> int:
         if a.mode == "run" and not command:
             raise NetClusterError("nothing to run: give -- CMD ARGS...")
         with _cluster(a) as cluster:
+            if a.mode == "cpu":
+                report = cpu_probe(cluster, int(parse_bandwidth(a.sizes.split(",")[0])), repeats=a.repeats,
+                                   timeout_s=a.timeout)
+                print(f"{report['bytes'] / 1e6:.0f} MB in {report['seconds']:.2f} s: host busy {report['busy_s']:.2f} s "
+                      f"(idle spell: {report['idle_busy_s']:.2f} s) -> {report['cpu_s_per_byte'] * 1e9:.2f} ns of CPU a byte")
+                return 0
+            if a.mode == "latency":
+                report = latency_probe(cluster, busy=a.busy, repeats=a.repeats, timeout_s=a.timeout)
+                for label in ("idle", "busy"):
+                    r = report[label]
+                    print(f"{label:>4} ({0 if label == 'idle' else a.busy} spinning): one way median "
+                          f"{r['one_way_median_s'] * 1e3:.3f} ms, p90 {r['one_way_p90_s'] * 1e3:.3f} ms")
+                return 0
             if a.mode == "probe":
                 sizes = [int(parse_bandwidth(s)) for s in a.sizes.split(",")]
                 report = probe(cluster, sizes, repeats=a.repeats, timeout_s=a.timeout)

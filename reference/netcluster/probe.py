@@ -12,6 +12,7 @@ repeats; the round trip is the fastest one (the latency floor; slower ones met a
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import time
@@ -185,6 +186,113 @@ def _rank_main(sizes: list[int], *, repeats: int, pairs: list[tuple[int, int]] |
     dist.destroy_process_group()
 
 
+def host_busy_s() -> float:
+    """Seconds of CPU time every core of the host has spent busy since boot (``/proc/stat``: user, nice,
+    system, irq, softirq, steal; all namespaces see the same host)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        fields = f.readline().split()
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_probe(cluster, size_bytes: int = 32 << 20, *, repeats: int = 4, timeout_s: float = 120.0) -> dict:
+    """The host CPU time a message costs on ``cluster``'s link 0 -> 1: rank 0 sends ``size_bytes`` to rank
+    1 ``repeats`` times (gloo), and the host's busy seconds over those sends, less the busy seconds of
+    an equally long idle spell right after, are divided by the bytes. That CPU (both ranks' gloo
+    threads, the kernel's TCP, veth, bridge and htb work) is what moving a byte takes from the ranks'
+    compute on a host whose ranks share its cores (``sim.engine.cpu_cluster.NET_CPU_S_PER_BYTE``).
+    Run it with nothing else on the machine."""
+    argv = [sys.executable, "-m", "reference.netcluster.probe", "--cpu", "--sizes", str(size_bytes),
+            "--repeats", str(repeats)]
+    results = cluster.run(argv, timeout_s=timeout_s)
+    bad = [r for r in results if r.returncode != 0]
+    if bad:
+        raise RuntimeError(f"cpu probe rank {bad[0].rank} failed: {bad[0].stderr[-2000:]}")
+    line = next(l for l in results[0].stdout.splitlines() if l.startswith(_MARK))
+    return json.loads(line[len(_MARK):])
+
+
+def latency_probe(cluster, *, busy: int, repeats: int = 200, timeout_s: float = 120.0) -> dict:
+    """One-way latency of a 4-byte gloo message between ranks 0 and 1 of ``cluster`` (half the round trip,
+    median of ``repeats``), on an idle host and while ``busy`` other processes keep cores busy (a
+    plain loop each, as ranks that compute): the time a waiting rank needs to be woken, get a core
+    and answer when every core is taken (``sim.engine.cpu_cluster.BUSY_WAKE_S``). Run it with nothing
+    else on the machine."""
+    import subprocess
+
+    argv = [sys.executable, "-m", "reference.netcluster.probe", "--latency", "--repeats", str(repeats)]
+    out = {}
+    for label, n in (("idle", 0), ("busy", busy)):
+        spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+        try:
+            results = cluster.run(argv, timeout_s=timeout_s)
+        finally:
+            for p in spinners:
+                p.kill()
+                p.wait()
+        bad = [r for r in results if r.returncode != 0]
+        if bad:
+            raise RuntimeError(f"latency probe rank {bad[0].rank} failed: {bad[0].stderr[-2000:]}")
+        line = next(l for l in results[0].stdout.splitlines() if l.startswith(_MARK))
+        out[label] = json.loads(line[len(_MARK):])
+    return {"busy_processes": busy, **out}
+
+
+def _latency_main(repeats: int) -> None:
+    import torch
+    import torch.distributed as dist
+    from datetime import timedelta
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    rank = dist.get_rank()
+    x = torch.zeros(1)
+    rtts = []
+    for i in range(repeats + 10):
+        t0 = time.perf_counter()
+        if rank == 0:
+            dist.send(x, 1)
+            dist.recv(x, 1)
+        elif rank == 1:
+            dist.recv(x, 0)
+            dist.send(x, 0)
+        if i >= 10:
+            rtts.append(time.perf_counter() - t0)
+        time.sleep(0.002)  # as a rank: the message finds its receiver asleep, not spinning
+    if rank == 0:
+        one_way = sorted(r / 2 for r in rtts)
+        print(_MARK + json.dumps({"one_way_median_s": statistics.median(one_way),
+                                  "one_way_p90_s": one_way[int(0.9 * len(one_way))]}), flush=True)
+    dist.destroy_process_group()
+
+
+def _cpu_main(size: int, repeats: int) -> None:
+    import torch
+    import torch.distributed as dist
+    from datetime import timedelta
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    rank = dist.get_rank()
+    x = torch.zeros(max(1, size // 4))
+    for _ in range(2):  # warm the connection up
+        (dist.send if rank == 0 else dist.recv)(x, 1 - rank)
+    dist.barrier()
+    busy0, t0 = host_busy_s(), time.perf_counter()
+    for _ in range(repeats):
+        (dist.send if rank == 0 else dist.recv)(x, 1 - rank)
+    dist.barrier()
+    busy1, t1 = host_busy_s(), time.perf_counter()
+    time.sleep(t1 - t0)  # the same spell, idle: what the rest of the host burns meanwhile
+    busy2 = host_busy_s()
+    if rank == 0:
+        moved = repeats * x.numel() * 4
+        busy, idle = busy1 - busy0, busy2 - busy1
+        print(_MARK + json.dumps({"bytes": moved, "seconds": t1 - t0, "busy_s": busy, "idle_busy_s": idle,
+                                  "cpu_s_per_byte": max(0.0, busy - idle) / moved}), flush=True)
+    dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
@@ -193,7 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--pairs", default=None, help="e.g. 0-1,1-0")
     ap.add_argument("--no-all-gather", action="store_true")
+    ap.add_argument("--cpu", action="store_true", help="the host CPU a byte costs (cpu_probe)")
+    ap.add_argument("--latency", action="store_true", help="a small message's one-way latency (latency_probe)")
     a = ap.parse_args(argv)
+    if a.cpu:
+        _cpu_main(int(a.sizes.split(",")[0]), a.repeats)
+        return 0
+    if a.latency:
+        _latency_main(a.repeats)
+        return 0
     pairs = None if a.pairs is None else [tuple(map(int, p.split("-"))) for p in a.pairs.split(",")]
     _rank_main([int(s) for s in a.sizes.split(",")], repeats=a.repeats, pairs=pairs,
                do_all_gather=not a.no_all_gather)

@@ -29,6 +29,9 @@ def send(sim, src: int, dst: int, nbytes: float, tag: int, layer: int | None = N
         start_s = sim.env.now
         yield from sim.network.transfer(sim.flows(src, dst, nbytes))
     sim.record_transfer("send", src, dst, nbytes, start_s, sim.env.now, tag if layer is None else layer)
+    delay_s = sim.delivery_delay_s(dst)
+    if delay_s:
+        yield sim.env.timeout(delay_s)
     sim.message(src, dst, tag).succeed()
 
 

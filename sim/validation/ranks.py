@@ -13,18 +13,13 @@ A rank **agrees** when the simulated wait is within ``TOLERANCE`` of the measure
 """
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 
-from ..schemas import SchemaError, validate
+from .measured import read_trace
 
 TOLERANCE = 0.10
 FLOOR_S = 1e-3
-
-
-class TraceError(ValueError):
-    """A measured trace that cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -61,18 +56,6 @@ def simulated_ranks(result) -> list[RankTimes]:
     return [RankTimes(compute_s=busy[r], wait_s=max(0.0, hi - lo - busy[r])) for r, (lo, hi) in sorted(spans.items())]
 
 
-def _read_trace(path: str) -> list[dict]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-        validate(doc, "trace", path)
-        return doc["traceEvents"]
-    except SchemaError as e:
-        raise TraceError(f"measured trace {e}") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise TraceError(f"measured trace {path}: {e}") from None
-
-
 @dataclass(frozen=True)
 class RankRow:
     comparison: object  # measured.Comparison
@@ -95,7 +78,7 @@ def compare(comparisons) -> list[RankRow]:
     """Per rank of every configuration whose rounds have traces: simulated and measured compute and wait."""
     rows = []
     for c in comparisons:
-        pairs = [(simulated_ranks(sim), measured_ranks(_read_trace(trace)))
+        pairs = [(simulated_ranks(sim), measured_ranks(read_trace(trace)))
                  for sim, trace in zip(c.round_results, c.measured.traces) if trace]
         if not pairs:
             continue

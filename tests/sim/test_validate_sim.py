@@ -120,3 +120,32 @@ def test_contention_comes_from_the_workload_probe_where_a_result_has_one(tmp_pat
     by_cluster = {key[1]: m for key, m in measured.items()}
     assert by_cluster["a"].contention == (pytest.approx(2.1),)
     assert by_cluster["b"].contention == (pytest.approx(1.3),)
+
+
+def test_a_message_costs_the_host_cpu_that_the_ranks_compute_on():
+    """One core, a 1 s compute op on rank 0 and, at the same moment, a message whose bytes cost the host
+    1 core-second: they share the core half-half, so the op ends at 2 s (alone: 1 s)."""
+    j = job("tsp", Stub())
+    for c, expected in ((0.0, 1.0), (1e-6, 2.0)):
+        sim = cpu_cluster_sim(1.0, c)(j, 2)
+
+        def op():
+            sim.net_work(1e6)
+            yield from sim.compute(0, 0, ("mlp", 1.0))
+        sim.env.process(op())
+        sim.env.run()
+        assert sim.segments[-1].end_s == pytest.approx(expected)
+
+
+def test_a_message_reaches_a_rank_later_while_every_core_computes():
+    """One core; a message of 1 s on the wire to rank 1: it is acted on at 1 s on an idle host, at
+    1.25 s while rank 0 holds the core computing (busy_wake_s = 0.25)."""
+    nbytes = 32 * SPEC.kv_bytes_per_token_per_layer("fp32")
+    for compute_s, expected in ((0.0, 1.0), (2.0, 1.25)):
+        sim = cpu_cluster_sim(1.0, 0.0, 0.25)(job("kvr-e", Stub(), bandwidth=nbytes), 2)
+        arrived = sim.message(0, 1, "m")  # rank 1 has posted its receive
+        sim.send(0, 1, nbytes, "m")
+        if compute_s:
+            sim.env.process(sim.compute(0, 0, ("mlp", compute_s)))
+        sim.env.run(until=arrived)
+        assert sim.env.now == pytest.approx(expected)
