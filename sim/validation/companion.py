@@ -96,10 +96,11 @@ def _quiet(row):
 
 
 def ratios_text(front, front_table, comparisons) -> str:
-    lines = ["", "compute-to-communication ratio (all ranks' compute seconds over their seconds receiving): each "
-             f"measured configuration (shared cores) beside the {front.name} GPU configuration it stands for "
-             f"({front_table[0].job.model.name}, same scheme and GPUs, nearest context; the GPUs' range over "
-             "its contexts)"]
+    lines = ["", "compute-to-communication ratio: all ranks' compute seconds over their seconds receiving;",
+             "CPU: the measured configuration as simulated (shared cores, median round); GPU: the "
+             f"{front.name} configuration it stands for",
+             f"({front_table[0].job.model.name}, same cluster, scheme and GPUs, at the nearest context GPU C, "
+             "and the range over its contexts)"]
     grid = [["cluster", "scheme", "P", "C", "CPU", "GPU", "GPU C", "GPU range"]]
     for c in comparisons:
         j = c.row.job
@@ -137,7 +138,8 @@ def noise_text(front_table, comparisons) -> str:
                      gpu_text])
     if len(grid) == 1:
         return ""
-    head = ["", "competing traffic: TTFT with the flows over TTFT without them (measured: medians, and each round over "
-            "the quiet median; simulated: the same rounds re-simulated; GPU sim.: the front door's cluster at each of "
-            "its contexts, first model)"]
+    head = ["", "competing traffic: TTFT with the flows over TTFT without them; measured: the medians, and each "
+            "round over the quiet median;",
+            "simulated: the measured rounds re-simulated; GPU sim.: the front door's cluster with and without its "
+            "flows, at each of its contexts (first model)"]
     return "\n".join(head + report.columns(grid, left=2)) + "\n"
