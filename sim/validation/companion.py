@@ -12,7 +12,8 @@ import dataclasses
 from typing import Callable
 
 from .. import report
-from ..simulate import simulate
+from ..engine import run as run_plan
+from ..partition import Plan
 from . import measured as validate
 from . import ranks as rank_check
 
@@ -90,9 +91,10 @@ def _gpu_row(front_table, cluster: str, scheme: str, gpus: int, context: int):
 
 
 def _quiet(row):
-    """The row's job on its cluster without the competing flows, simulated."""
+    """The row's job on its cluster without the competing flows, simulated with the row's own plan
+    (a KVR-S or KVR-P partition is the noisy cluster's)."""
     job = dataclasses.replace(row.job, cluster=dataclasses.replace(row.job.cluster, background=()))
-    return simulate(job)
+    return run_plan(job, Plan(tuple(row.result.chunks), tuple(row.result.gpus)))
 
 
 def ratios_text(front, front_table, comparisons) -> str:

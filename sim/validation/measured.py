@@ -233,7 +233,7 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
     return "\n".join(lines) + "\n"
 
 
-def plot(comparisons: list[Comparison], title: str, path: str, band: float = 0.10) -> None:
+def plot(comparisons: list[Comparison], title: str, path: str, band: float = 0.05) -> None:
     """Simulated against measured TTFT, one marker per scheme, one colour per cluster, the ideal line
     and a +-``band`` band."""
     points = [(c.row.job.scheme.name, c.row.job.cluster.name, c.measured.ttft_s * 1e3, c.simulated_s * 1e3)

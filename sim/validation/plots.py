@@ -42,7 +42,7 @@ def scatter_plot(points: list[tuple[str, str, float, float]], title: str, what: 
     ax.set_xlabel(f"measured {what} (ms)")
     ax.set_ylabel(f"simulated {what} (ms)")
     ax.set_title(title)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=6, loc="lower right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
