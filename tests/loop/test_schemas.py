@@ -27,7 +27,8 @@ def test_checked_in_files_match_their_schemas():
         doc = json.load(open(path))
         if "meta" in doc or "components" in doc:  # benchmark tables and profile copies
             continue
-        validate(doc, "replay" if "replays" in doc else "results", path)
+        kind = "trace" if "traceEvents" in doc else "replay" if "replays" in doc else "results"
+        validate(doc, kind, path)
         checked += 1
     for path in _files("scenarios/tables/*.json"):
         validate(json.load(open(path)), "kvr-table", path)
