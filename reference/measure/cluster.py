@@ -200,15 +200,13 @@ def shaped_links(spec, width: int, round_: int):
     latency is this machine's own. A random noise flow's seed changes with the round, so that rounds
     see different draws."""
     matrix, noise, nodes = from_cluster_spec(spec)
-    matrix = [[None if m is None else LinkSpec(bandwidth_bytes_per_s=m.bandwidth_bytes_per_s)
-               for m in row[:width]] for row in matrix[:width]]
+    bare = lambda link: LinkSpec(bandwidth_bytes_per_s=link.bandwidth_bytes_per_s)  # noqa: E731 (no latency)
+    matrix = [[None if m is None else bare(m) for m in row[:width]] for row in matrix[:width]]
     noise = [n if n.seed is None else dataclasses.replace(n, seed=n.seed + 7919 * round_)
              for n in noise if n.src < width and n.dst < width]
+    nodes = nodes.first(width) if nodes is not None else None
     if nodes is not None:
-        nodes = nodes.first(width)
-        if nodes is not None:
-            nodes = dataclasses.replace(nodes, uplink=LinkSpec(bandwidth_bytes_per_s=nodes.uplink.bandwidth_bytes_per_s),
-                                        downlink=LinkSpec(bandwidth_bytes_per_s=nodes.downlink.bandwidth_bytes_per_s))
+        nodes = dataclasses.replace(nodes, uplink=bare(nodes.uplink), downlink=bare(nodes.downlink))
     return matrix, noise, nodes
 
 

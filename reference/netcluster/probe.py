@@ -21,6 +21,30 @@ _MARK = "NETCLUSTER_PROBE_JSON "
 _SMALL_BYTES = 4
 
 
+def _run_ranks(cluster, argv: list[str], what: str, timeout_s: float) -> dict:
+    """Run the rank program ``argv`` on every rank of ``cluster``; rank 0's report (the line after
+    ``_MARK``). A failed rank raises ``RuntimeError`` with its stderr."""
+    results = cluster.run(argv, timeout_s=timeout_s)
+    bad = [r for r in results if r.returncode != 0]
+    if bad:
+        r = bad[0]
+        raise RuntimeError(f"{what} rank {r.rank} failed (returncode {r.returncode}, timed out {r.timed_out}):\n"
+                           f"{r.stderr[-2000:]}")
+    line = next(l for l in results[0].stdout.splitlines() if l.startswith(_MARK))
+    return json.loads(line[len(_MARK):])
+
+
+def _gloo():
+    """Rank side: one torch thread, the gloo process group from the env:// variables; (dist, rank)."""
+    import torch
+    import torch.distributed as dist
+    from datetime import timedelta
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    return dist, dist.get_rank()
+
+
 def probe(cluster, sizes_bytes=(1 << 20, 4 << 20), *, repeats: int = 3,
           pairs: list[tuple[int, int]] | None = None, all_gather: bool = True,
           timeout_s: float = 120.0) -> dict:
@@ -36,14 +60,7 @@ def probe(cluster, sizes_bytes=(1 << 20, 4 << 20), *, repeats: int = 3,
         argv += ["--pairs", ",".join(f"{s}-{d}" for s, d in pairs)]
     if not all_gather:
         argv += ["--no-all-gather"]
-    results = cluster.run(argv, timeout_s=timeout_s)
-    bad = [r for r in results if r.returncode != 0]
-    if bad:
-        r = bad[0]
-        raise RuntimeError(f"probe rank {r.rank} failed (returncode {r.returncode}, timed out {r.timed_out}):\n"
-                           f"{r.stderr[-2000:]}")
-    line = next(l for l in results[0].stdout.splitlines() if l.startswith(_MARK))
-    report = json.loads(line[len(_MARK):])
+    report = _run_ranks(cluster, argv, "probe", timeout_s)
     report["shaped"] = cluster.shaped
     report["latency_applied"] = cluster.latency_applied
     for p in report["pairs"]:
@@ -94,12 +111,9 @@ def socket_held_bytes(report: dict, size_bytes: int, rank_entry: dict) -> float 
 
 def _rank_main(sizes: list[int], *, repeats: int, pairs: list[tuple[int, int]] | None, do_all_gather: bool) -> None:
     import torch
-    import torch.distributed as dist
-    from datetime import timedelta
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
-    rank, world = dist.get_rank(), dist.get_world_size()
+    dist, rank = _gloo()
+    world = dist.get_world_size()
     if pairs is None:
         pairs = [(s, d) for s in range(world) for d in range(world) if s != d]
     small = torch.zeros(_SMALL_BYTES // 4)
@@ -204,12 +218,7 @@ def cpu_probe(cluster, size_bytes: int = 32 << 20, *, repeats: int = 4, timeout_
     Run it with nothing else on the machine."""
     argv = [sys.executable, "-m", "reference.netcluster.probe", "--cpu", "--sizes", str(size_bytes),
             "--repeats", str(repeats)]
-    results = cluster.run(argv, timeout_s=timeout_s)
-    bad = [r for r in results if r.returncode != 0]
-    if bad:
-        raise RuntimeError(f"cpu probe rank {bad[0].rank} failed: {bad[0].stderr[-2000:]}")
-    line = next(l for l in results[0].stdout.splitlines() if l.startswith(_MARK))
-    return json.loads(line[len(_MARK):])
+    return _run_ranks(cluster, argv, "cpu probe", timeout_s)
 
 
 def latency_probe(cluster, *, busy: int, repeats: int = 200, timeout_s: float = 120.0) -> dict:
@@ -225,27 +234,18 @@ def latency_probe(cluster, *, busy: int, repeats: int = 200, timeout_s: float = 
     for label, n in (("idle", 0), ("busy", busy)):
         spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
         try:
-            results = cluster.run(argv, timeout_s=timeout_s)
+            out[label] = _run_ranks(cluster, argv, "latency probe", timeout_s)
         finally:
             for p in spinners:
                 p.kill()
                 p.wait()
-        bad = [r for r in results if r.returncode != 0]
-        if bad:
-            raise RuntimeError(f"latency probe rank {bad[0].rank} failed: {bad[0].stderr[-2000:]}")
-        line = next(l for l in results[0].stdout.splitlines() if l.startswith(_MARK))
-        out[label] = json.loads(line[len(_MARK):])
     return {"busy_processes": busy, **out}
 
 
 def _latency_main(repeats: int) -> None:
     import torch
-    import torch.distributed as dist
-    from datetime import timedelta
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
-    rank = dist.get_rank()
+    dist, rank = _gloo()
     x = torch.zeros(1)
     rtts = []
     for i in range(repeats + 10):
@@ -268,12 +268,8 @@ def _latency_main(repeats: int) -> None:
 
 def _cpu_main(size: int, repeats: int) -> None:
     import torch
-    import torch.distributed as dist
-    from datetime import timedelta
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
-    rank = dist.get_rank()
+    dist, rank = _gloo()
     x = torch.zeros(max(1, size // 4))
     for _ in range(2):  # warm the connection up
         (dist.send if rank == 0 else dist.recv)(x, 1 - rank)

@@ -67,8 +67,9 @@ def run(front, front_table, comp, results, *, jobs: int = 1, progress: bool = Fa
     out = head + validate.text(comp, comparisons).removeprefix("\n== simulated against measured ==")
     if not comparisons:
         return [], out
-    out += ratios_text(front, front_table, comparisons)
-    out += noise_text(front_table, comparisons)
+    fronts = _Front(front_table)
+    out += ratios_text(front, fronts, comparisons)
+    out += noise_text(fronts, comparisons)
     rows = rank_check.compare(comparisons)
     out += rank_check.text(rows)
     stem = f"validation-{comp.name}"
@@ -78,51 +79,56 @@ def run(front, front_table, comp, results, *, jobs: int = 1, progress: bool = Fa
     return plots, out
 
 
-def _gpu_row(front_table, cluster: str, scheme: str, gpus: int, context: int):
-    """The front door's row that a measured configuration stands for: same cluster name (``X-quiet``:
-    ``X``), scheme, GPU count, the first model, and the nearest context."""
-    base = cluster.removesuffix(QUIET)
-    cands = [r for r in front_table if r.result is not None and r.job.cluster.name == base
-             and r.job.scheme.name == scheme and r.job.num_gpus == gpus
-             and r.job.model.name == front_table[0].job.model.name]
-    if not cands:
-        return None
-    return min(cands, key=lambda r: abs(r.job.context - context))
+class _Front:
+    """The front door's rows a measured configuration stands for: same cluster name (``X-quiet``: ``X``
+    without its flows), scheme, GPU count and the first model; each quiet run simulated once."""
+
+    def __init__(self, front_table):
+        self.table = front_table
+        self.model = front_table[0].job.model.name
+        self._quiet: dict[int, object] = {}
+
+    def rows(self, cluster: str, scheme: str, gpus: int) -> list:
+        base = cluster.removesuffix(QUIET)
+        return [r for r in self.table if r.result is not None and r.job.cluster.name == base
+                and r.job.scheme.name == scheme and r.job.num_gpus == gpus and r.job.model.name == self.model]
+
+    def quiet(self, row):
+        """The row's job on its cluster without the competing flows, simulated with the row's own plan
+        (a KVR-S or KVR-P partition is the noisy cluster's)."""
+        if id(row) not in self._quiet:
+            job = dataclasses.replace(row.job, cluster=dataclasses.replace(row.job.cluster, background=()))
+            self._quiet[id(row)] = run_plan(job, Plan(tuple(row.result.chunks), tuple(row.result.gpus)))
+        return self._quiet[id(row)]
+
+    def result(self, row, cluster: str):
+        """The row's result as the cluster ``cluster`` stands for it (quiet for an ``X-quiet``)."""
+        return self.quiet(row) if cluster.endswith(QUIET) else row.result
 
 
-def _quiet(row):
-    """The row's job on its cluster without the competing flows, simulated with the row's own plan
-    (a KVR-S or KVR-P partition is the noisy cluster's)."""
-    job = dataclasses.replace(row.job, cluster=dataclasses.replace(row.job.cluster, background=()))
-    return run_plan(job, Plan(tuple(row.result.chunks), tuple(row.result.gpus)))
-
-
-def ratios_text(front, front_table, comparisons) -> str:
+def ratios_text(front, fronts: _Front, comparisons) -> str:
     lines = ["", "compute-to-communication ratio: all ranks' compute seconds over their seconds receiving;",
              "CPU: the measured configuration as simulated (shared cores, median round); GPU: the "
              f"{front.name} configuration it stands for",
-             f"({front_table[0].job.model.name}, same cluster, scheme and GPUs, at the nearest context GPU C, "
+             f"({fronts.model}, same cluster, scheme and GPUs, at the nearest context GPU C, "
              "and the range over its contexts)"]
     grid = [["cluster", "scheme", "P", "C", "CPU", "GPU", "GPU C", "GPU range"]]
     for c in comparisons:
         j = c.row.job
-        gpu = _gpu_row(front_table, j.cluster.name, j.scheme.name, j.num_gpus, j.context)
         cpu = comm_ratio(c.round_results[len(c.round_results) // 2]) if c.round_results else comm_ratio(c.row.result)
-        if gpu is None:
-            grid.append([j.cluster.name, j.scheme.name, str(j.num_gpus), str(j.context), f"{cpu:.2f}", "-", "-", "-"])
+        cells = [j.cluster.name, j.scheme.name, str(j.num_gpus), str(j.context), f"{cpu:.2f}"]
+        same = fronts.rows(j.cluster.name, j.scheme.name, j.num_gpus)
+        if not same:
+            grid.append(cells + ["-", "-", "-"])
             continue
-        quiet = j.cluster.name.endswith(QUIET)
-        same = [r for r in front_table if r.result is not None and r.job.cluster.name == gpu.job.cluster.name
-                and r.job.scheme.name == j.scheme.name and r.job.num_gpus == j.num_gpus
-                and r.job.model.name == gpu.job.model.name]
-        values = [comm_ratio(_quiet(r) if quiet else r.result) for r in same]
-        grid.append([j.cluster.name, j.scheme.name, str(j.num_gpus), str(j.context), f"{cpu:.2f}",
-                     f"{comm_ratio(_quiet(gpu) if quiet else gpu.result):.2f}", str(gpu.job.context),
-                     f"{min(values):.2f}-{max(values):.2f}"])
+        gpu = min(same, key=lambda r: abs(r.job.context - j.context))
+        values = [comm_ratio(fronts.result(r, j.cluster.name)) for r in same]
+        grid.append(cells + [f"{comm_ratio(fronts.result(gpu, j.cluster.name)):.2f}", str(gpu.job.context),
+                             f"{min(values):.2f}-{max(values):.2f}"])
     return "\n".join(lines + report.columns(grid, left=2)) + "\n"
 
 
-def noise_text(front_table, comparisons) -> str:
+def noise_text(fronts: _Front, comparisons) -> str:
     """How much competing traffic slows each scheme: TTFT on ``X`` over TTFT on ``X-quiet``, measured,
     simulated, and on the GPU cluster ``X`` of the front door (its flows removed for the quiet run)."""
     by = {(c.row.job.cluster.name, c.row.job.scheme.name, c.row.job.num_gpus): c for c in comparisons}
@@ -130,11 +136,8 @@ def noise_text(front_table, comparisons) -> str:
     for (cluster, scheme, p), quiet in by.items():
         if not cluster.endswith(QUIET) or (noisy := by.get((cluster.removesuffix(QUIET), scheme, p))) is None:
             continue
-        per_round = [n / q for n in noisy.measured.rounds_s for q in [quiet.measured.ttft_s]]
-        gpu = [r for r in front_table if r.result is not None and r.job.cluster.name == cluster.removesuffix(QUIET)
-               and r.job.scheme.name == scheme and r.job.num_gpus == p
-               and r.job.model.name == front_table[0].job.model.name]
-        gpu_text = "/".join(f"{r.result.ttft_s / _quiet(r).ttft_s:.2f}" for r in gpu) or "-"
+        per_round = [n / quiet.measured.ttft_s for n in noisy.measured.rounds_s]
+        gpu_text = "/".join(f"{r.result.ttft_s / fronts.quiet(r).ttft_s:.2f}" for r in fronts.rows(cluster, scheme, p)) or "-"
         grid.append([cluster.removesuffix(QUIET), scheme, str(p), f"{noisy.measured.ttft_s / quiet.measured.ttft_s:.2f}x",
                      f"{min(per_round):.2f}-{max(per_round):.2f}", f"{noisy.simulated_s / quiet.simulated_s:.2f}x",
                      gpu_text])
