@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 
 
+COMMUNICATION = ("links", "nccl")
+ATTENTION_IMPLS = ("flash", "eager")
+
+
 class HardwareError(ValueError):
     """An unknown GPU preset or an impossible hardware parameter."""
 
@@ -33,6 +37,14 @@ class GpuSpec:
     # Device memory; None: unknown, the memory check is skipped. Not in the repr, which fingerprints
     # the hardware a KVR-P table was searched for (sim/partition/table.py): memory changes no time.
     memory_bytes: float | None = dataclass_field(default=None, repr=False)
+    # The runtime around the GPU (docs/cost_model.md): how its communication library moves bytes
+    # (``links``: each transfer its route's latency and full link rate, every ring step too; ``nccl``:
+    # NCCL's algorithms, protocols and channels, sim/engine/nccl.py), and its attention kernel
+    # (``flash``: fused, masked blocks skipped; ``eager``: materialised scores, fp32 softmax, masked
+    # work computed). Not in the repr: ``runtime_key`` adds them to a KVR-P table's fingerprint
+    # where they differ from the defaults, so tables built before they existed stay valid.
+    communication: str = dataclass_field(default="links", repr=False)
+    attention_impl: str = dataclass_field(default="flash", repr=False)
 
     def __post_init__(self) -> None:
         for field in ("peak_flops_per_s", "hbm_bytes_per_s"):
@@ -46,6 +58,17 @@ class GpuSpec:
             raise HardwareError(f"gpu {self.name!r}: launch_overhead_s={self.launch_overhead_s!r} must be >= 0")
         if self.memory_bytes is not None and not self.memory_bytes > 0:
             raise HardwareError(f"gpu {self.name!r}: memory_bytes={self.memory_bytes!r} must be > 0")
+        if self.communication not in COMMUNICATION:
+            raise HardwareError(f"gpu {self.name!r}: communication={self.communication!r} must be one of "
+                                f"{list(COMMUNICATION)}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise HardwareError(f"gpu {self.name!r}: attention_impl={self.attention_impl!r} must be one of "
+                                f"{list(ATTENTION_IMPLS)}")
+
+    def runtime_key(self) -> tuple[str, ...]:
+        """The runtime fields that differ from the defaults, as ``field=value`` strings (for digests)."""
+        return tuple(f"{k}={v}" for k, v, d in (("communication", self.communication, "links"),
+                                                 ("attention_impl", self.attention_impl, "flash")) if v != d)
 
     def replace(self, **changes: object) -> "GpuSpec":
         return dataclasses.replace(self, **changes)

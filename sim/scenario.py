@@ -13,7 +13,7 @@ import yaml
 from . import multinode
 from .cluster import ClusterSpec
 from .cost.profiled import ProfileCost, ProfileError
-from .hardware import GPU_PRESETS, GpuSpec, HardwareError, memory_of_device
+from .hardware import ATTENTION_IMPLS, COMMUNICATION, GPU_PRESETS, GpuSpec, HardwareError, memory_of_device
 from .job import ATTENTION, BUILTIN, ORDERS, PARTITIONERS, PIECE_SIZES, SCHEME_KINDS, Job, SchemeSpec
 from .model import DTYPE_BYTES, PRESETS, ModelSpec, ModelSpecError
 from .overrides import OverrideError
@@ -132,7 +132,7 @@ def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scena
     hw = mapping(top["hardware"], "hardware",
                   optional=("gpu", "profile", "dtype", "peak_tflops", "hbm_gb_per_s", "matmul_efficiency",
                             "attention_efficiency", "memory_efficiency", "launch_overhead_us", "memory_gb",
-                            "check_memory"))
+                            "check_memory", "communication", "attention"))
     need("gpu" in hw or "profile" in hw, "hardware", "needs `gpu` (analytic costs) or `profile`", sorted(hw))
     dtype = hw.get("dtype", "fp16")
     need(dtype in DTYPE_BYTES, "hardware.dtype", f"must be one of {sorted(DTYPE_BYTES)}", dtype)
@@ -170,7 +170,7 @@ def parse(doc: Any, default_name: str = "scenario", base_dir: str = "") -> Scena
     labels = [s.name for s in schemes]
     for i, label in enumerate(labels):
         need(labels.index(label) == i, f"workload.schemes[{i}]", "scheme names must be unique", label)
-    gpu = _memory(hw, _gpu(hw) if "gpu" in hw else _profile_gpu(profiles))
+    gpu = _runtime(hw, _memory(hw, _gpu(hw) if "gpu" in hw else _profile_gpu(profiles)), profiles)
     _check_tables(schemes, lambda i: f"workload.schemes[{i}]", lambda scheme: [
         Job(model=m, gpu=gpu, dtype=dtype, cluster=c, scheme=scheme, context=max(contexts), num_gpus=n)
         for m in models for c in clusters for n in counts])
@@ -256,6 +256,23 @@ def _memory(hw: dict, gpu: GpuSpec) -> GpuSpec:
         need(check, "hardware.memory_gb", "has no use with check_memory: false", hw["memory_gb"])
         return gpu.replace(memory_bytes=number(hw["memory_gb"], "hardware.memory_gb") * GB)
     return gpu if check else gpu.replace(memory_bytes=None)
+
+
+DEFAULT_GPU_COMMUNICATION = "links"  # TODO(issue 22): "nccl" once tables and goldens are rebuilt
+
+
+def _runtime(hw: dict, gpu: GpuSpec, profiles) -> GpuSpec:
+    """``hardware.communication`` (``nccl``, the default on GPUs; ``links``, the default for a CPU
+    profile, whose gloo ranks are not NCCL's) and ``hardware.attention`` (``flash``, the default, or
+    ``eager``: analytic costs only, a profile measured its runtime's own attention)."""
+    on_cpu = bool(profiles) and profiles[0][1].device.lower().startswith("cpu")
+    comm = hw.get("communication", "links" if on_cpu else DEFAULT_GPU_COMMUNICATION)
+    need(comm in COMMUNICATION, "hardware.communication", f"must be one of {list(COMMUNICATION)}", comm)
+    attention = hw.get("attention", "flash")
+    need(attention in ATTENTION_IMPLS, "hardware.attention", f"must be one of {list(ATTENTION_IMPLS)}", attention)
+    need(attention == "flash" or not profiles, "hardware.attention", "applies to analytic costs (hardware.gpu) "
+         "only: a profile measured its runtime's own attention", attention)
+    return gpu.replace(communication=comm, attention_impl=attention)
 
 
 def _measured(value: Any, base_dir: str) -> MeasuredSpec:
