@@ -28,8 +28,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sim", description="Simulate the time to first token of "
                                 "single, TSP and KV-Runahead prefill on the clusters of a YAML scenario.")
     p.add_argument("scenario", help="scenario YAML file (docs/scenarios.md)")
-    p.add_argument("--out", metavar="DIR", help="write report.json, ttft.csv, ranks.csv, links.csv and "
-                   "ttft_MODEL_CLUSTER.png plots into DIR (created if missing)")
+    p.add_argument("--out", metavar="DIR", help="write report.json, ttft.csv, ranks.csv, links.csv (and "
+                   "ttft_spread.csv with noise) and ttft_MODEL_CLUSTER.png plots into DIR (created if missing)")
     p.add_argument("--timeline", metavar="SPEC", action="append", default=[], help=TIMELINE_HELP)
     p.add_argument("--set", metavar="KEY.PATH=VALUE", action="append", default=[], dest="overrides",
                    help="override a scenario field, e.g. workload.contexts=[4096] or clusters[0].gpus=4 (the "

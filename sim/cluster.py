@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Union
 
 import networkx as nx
@@ -48,11 +48,28 @@ class BackgroundFlow:
     on_s: float | None = None
     off_s: float | None = None
     seed: int | None = None
+    rate_jitter: float = 0.0  # 0..1: each on-period, each flow is capped at a random fraction of the link
+
+    def __repr__(self) -> str:
+        # rate_jitter shows only when set: a cluster's repr fingerprints the KVR-P tables searched for it
+        shown = (f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "rate_jitter" or self.rate_jitter)
+        return f"BackgroundFlow({', '.join(shown)})"
 
     def periods(self):
         """(on seconds, off seconds) for ever: fixed, or drawn from ``random.Random(seed)`` (the shaped
         CPU cluster's noise senders draw theirs with this same generator)."""
         return onoff_periods(self.on_s, self.off_s, self.seed)
+
+    def rates(self):
+        """For each on-period, for ever: the fraction of the link each flow may take. 1 (greedy, no cap)
+        without ``rate_jitter``; else ``1 - rate_jitter * u``, u uniform in [0, 1) from a generator of its
+        own (``random.Random(f"rate:{seed}")``), so the on/off periods are the same with or without it."""
+        if not self.rate_jitter:
+            while True:
+                yield 1.0
+        rng = random.Random(f"rate:{self.seed}")
+        while True:
+            yield 1.0 - self.rate_jitter * rng.random()
 
 
 def onoff_periods(on_s: float, off_s: float, seed: int | None):
@@ -64,6 +81,28 @@ def onoff_periods(on_s: float, off_s: float, seed: int | None):
     rng = random.Random(seed)
     while True:
         yield rng.expovariate(1 / on_s), (rng.expovariate(1 / off_s) if off_s > 0 else 0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NoiseSpec:
+    """Noise as a random process (docs/scenarios.md, ``noise``): each configuration is simulated under
+    ``seeds`` draws; draw i puts ``flows`` competing flows on each of ``links`` (None: every link on the
+    routes between the GPUs a job uses), on and off for exponential periods of means ``on_s`` and
+    ``off_s`` (constant when None), each on-period capped at a random fraction of the link
+    (``rate_jitter``), and adds to every transfer's latency an exponential extra of mean
+    ``latency_jitter_s``. ``sim/noise.py`` turns draw i into a cluster with those flows."""
+
+    seeds: int
+    links: tuple[Link, ...] | None = None
+    flows: int = 1
+    on_s: float | None = None
+    off_s: float | None = None
+    rate_jitter: float = 0.0
+    latency_jitter_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        assert self.seeds >= 1 and self.flows >= 0 and 0 <= self.rate_jitter <= 1 and self.latency_jitter_s >= 0
+        assert (self.on_s is None) == (self.off_s is None)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,7 +119,9 @@ class ClusterSpec:
     """GPUs 0..num_gpus-1 and switches, joined by the explicit directed ``links`` or, for a full mesh,
     by ``mesh`` (then ``links`` and ``switches`` are empty). Ask for links and routes through
     ``link``, ``route`` and ``routes``: they work for both forms, and routes are found once per
-    cluster and source GPU, only for the GPUs asked about."""
+    cluster and source GPU, only for the GPUs asked about. ``noise`` is a random process the reports
+    simulate draw by draw (``sim/noise.py``); a drawn cluster carries its flows in ``background`` and its
+    ``latency_jitter_s``."""
 
     name: str
     num_gpus: int
@@ -89,6 +130,9 @@ class ClusterSpec:
     background: tuple[BackgroundFlow, ...] = ()
     mesh: MeshLinks | None = None
     gpus_per_node: int | None = None  # GPUs numbered node by node; None: no node structure
+    noise: NoiseSpec | None = None  # simulated once per seed (sim/noise.py); the planner ignores it
+    latency_jitter_s: float = 0.0  # mean of the exponential extra latency of every transfer
+    latency_seed: int = 0  # seeds the generator of those extras
 
     def __post_init__(self) -> None:
         if not (isinstance(self.num_gpus, int) and self.num_gpus >= 1):
@@ -118,11 +162,15 @@ class ClusterSpec:
         object.__setattr__(self, "_paths", {})
         object.__setattr__(self, "_graph", None)
         object.__setattr__(self, "_hash", hash((self.name, self.num_gpus, self.links, self.switches,
-                                                self.background, self.mesh, self.gpus_per_node)))
+                                                self.background, self.mesh, self.gpus_per_node, self.noise,
+                                                self.latency_jitter_s, self.latency_seed)))
         for bg in self.background:
             if not self.has_link(bg.src, bg.dst):
                 raise ClusterError(f"cluster {self.name!r}: background flow on {bg.src!r}->{bg.dst!r}, "
                                    "which is not a link")
+        for src, dst in (self.noise.links or ()) if self.noise is not None else ():
+            if not self.has_link(src, dst):
+                raise ClusterError(f"cluster {self.name!r}: noise on {src!r}->{dst!r}, which is not a link")
         if self.mesh is None:
             self._check_reachable()
 
@@ -133,9 +181,12 @@ class ClusterSpec:
         # The repr fingerprints the cluster a KVR-P table was searched for (sim/partition/table.py):
         # the fields that are set, so an explicit cluster reads as it did before meshes existed.
         form = f"mesh={self.mesh!r}" if self.mesh is not None else f"links={self.links!r}, switches={self.switches!r}"
+        # ``noise`` is left out: the planner plans on the quiet cluster (sim/noise.py), so a table fits both.
         nodes = f", gpus_per_node={self.gpus_per_node!r}" if self.gpus_per_node is not None else ""
+        jitter = (f", latency_jitter_s={self.latency_jitter_s!r}, latency_seed={self.latency_seed!r}"
+                  if self.latency_jitter_s else "")
         return (f"ClusterSpec(name={self.name!r}, num_gpus={self.num_gpus!r}, {form}, "
-                f"background={self.background!r}{nodes})")
+                f"background={self.background!r}{nodes}{jitter})")
 
     def _check_params(self, src: Node, dst: Node, bandwidth_bytes_per_s: float, latency_s: float) -> None:
         if not bandwidth_bytes_per_s > 0:

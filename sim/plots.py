@@ -19,7 +19,8 @@ OP_COLOURS = {"embed": "#7f7f7f", "qkv": "#1f77b4", "kv-pad": "#17becf", "kv-cat
 
 def ttft_plot(rows, model: str, cluster: str, path: str) -> None:
     """One column per GPU count: TTFT against context (log-log; ``single`` in every column) and, below,
-    the speedup over ``tsp`` on as many GPUs."""
+    the speedup over ``tsp`` on as many GPUs. On a noisy cluster the line is the mean over the draws
+    and a band spans their p50..p99."""
     rows = [r for r in rows if r.job.model.name == model and r.job.cluster.name == cluster
             and r.result is not None]  # a configuration that does not fit has no time to draw
     counts = sorted({r.job.num_gpus for r in rows if r.job.scheme.kind != "single"}) or [1]
@@ -36,6 +37,12 @@ def ttft_plot(rows, model: str, cluster: str, path: str) -> None:
             style = dict(ls="--" if scheme == "single" else "-", marker="osv^Dxp*"[i % 8], ms=4,
                          color=f"C{i}", alpha=0.85, label=scheme)
             top.plot([c for c, _ in mine], [r.result.ttft_s * 1e3 for _, r in mine], **style)
+            spread = [(c, r.spread) for c, r in mine if r.spread is not None]
+            if spread:
+                top.fill_between([c for c, _ in spread], [x.p50_s * 1e3 for _, x in spread],
+                                 [x.p99_s * 1e3 for _, x in spread], color=f"C{i}", alpha=0.2, lw=0)
+                top.vlines([c for c, _ in spread], [x.p50_s * 1e3 for _, x in spread],  # a lone context too
+                           [x.p99_s * 1e3 for _, x in spread], color=f"C{i}", alpha=0.6, lw=1.5)
             sped = [(c, r.speedup_vs_tsp) for c, r in mine if r.speedup_vs_tsp is not None]
             if sped:
                 bottom.plot(*zip(*sped), **style)

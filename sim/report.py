@@ -3,10 +3,13 @@
 Every TTFT is compared with ``tsp`` at the same model, cluster, GPU count and context (speedup =
 TTFT_tsp / TTFT_scheme). The detail section shows, for the largest GPU count and context of each model
 and cluster, every rank's busy and idle time and traffic, and the bytes each directed link carried.
+On a cluster with ``noise`` a configuration is run once per draw (``sim/noise.py``): its TTFT is the mean
+over the draws, and ``Row.spread`` holds their median and 99th percentile.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from dataclasses import dataclass
 from typing import Iterable
@@ -15,10 +18,10 @@ from .engine import Result
 from .engine import run as run_plan
 from .job import JOB_PARTITIONERS, Job
 from .memory import MemoryCheck
+from .noise import Spread, quiet, run_draws
 from .partition import Plan, even
 from .partition.plan import plan
 from .schemes import memory_check
-from .simulate import simulate
 
 MB = 1e6
 REPORT_SCHEMA_VERSION = 1
@@ -30,6 +33,7 @@ class Row:
     result: Result | None  # None: the job does not fit its GPUs' memory (``memory`` says why)
     speedup_vs_tsp: float | None
     memory: MemoryCheck | None = None
+    spread: Spread | None = None  # a noisy cluster's TTFT over its draws (``result.ttft_s`` is their mean)
 
     @property
     def key(self) -> tuple[str, str, str, int, int]:
@@ -37,13 +41,14 @@ class Row:
         return (j.model.name, j.cluster.name, j.scheme.name, j.num_gpus, j.context)
 
 
-def rows(triples: Iterable[tuple[Job, Result | None, MemoryCheck | None]]) -> list[Row]:
-    triples = list(triples)
+def rows(runs: Iterable[tuple]) -> list[Row]:
+    """Rows of ``(job, result, memory check[, spread])`` tuples, with the speedups over tsp."""
+    runs = [(*t, None) if len(t) == 3 else t for t in runs]
     tsp = {(j.model.name, j.cluster.name, j.num_gpus, j.context): r.ttft_s
-           for j, r, _ in triples if j.scheme.name == "tsp" and r is not None}
+           for j, r, _, _ in runs if j.scheme.name == "tsp" and r is not None}
     return [Row(j, r, (tsp[k] / r.ttft_s) if r is not None and (k := (j.model.name, j.cluster.name, j.num_gpus,
-                                                                      j.context)) in tsp else None, m)
-            for j, r, m in triples]
+                                                                      j.context)) in tsp else None, m, spread)
+            for j, r, m, spread in runs]
 
 
 def _blocks(table: list[Row]) -> dict[tuple[str, str], list[Row]]:
@@ -98,13 +103,8 @@ def text(scenario, table: list[Row]) -> str:
     for (model, cluster), block in _blocks(table).items():
         lines += ["", f"== {model} on {cluster} ==", "TTFT in ms (speedup over tsp on as many GPUs)"]
         contexts = sorted({r.job.context for r in block})
-        by_line: dict[tuple[str, int], dict[int, Row]] = {}
-        for r in block:
-            by_line.setdefault((r.job.scheme.name, r.job.num_gpus), {})[r.job.context] = r
-        grid = [["scheme", "GPUs", *map(str, contexts)]]
-        for (scheme, n), cells in sorted(by_line.items(), key=lambda kv: (kv[0][1], _order(s, kv[0][0]))):
-            grid.append([scheme, str(n), *(_cell(cells.get(c)) for c in contexts)])
-        lines += columns(grid)
+        lines += _grid(s, block, contexts, _cell)
+        lines += _spread_grid(s, block, contexts)
         lines += _skipped_notes(s, block[0].job.model)
         lines += _memory_notes(block)
         lines += _detail(block)
@@ -122,6 +122,28 @@ def _cell(row: Row | None) -> str:
         return "does not fit"
     ms = f"{row.result.ttft_s * 1e3:.2f}"
     return ms + (f" ({row.speedup_vs_tsp:.2f}x)" if row.speedup_vs_tsp is not None else " " * 8)
+
+
+def _grid(scenario, block: list[Row], contexts: list[int], cell) -> list[str]:
+    """A line per scheme and GPU count (GPU counts up, schemes in the scenario's order), a column per
+    context, each cell ``cell(row or None)``."""
+    by_line: dict[tuple[str, int], dict[int, Row]] = {}
+    for r in block:
+        by_line.setdefault((r.job.scheme.name, r.job.num_gpus), {})[r.job.context] = r
+    grid = [["scheme", "GPUs", *map(str, contexts)]]
+    for (scheme, n), cells in sorted(by_line.items(), key=lambda kv: (kv[0][1], _order(scenario, kv[0][0]))):
+        grid.append([scheme, str(n), *(cell(cells.get(c)) for c in contexts)])
+    return columns(grid)
+
+
+def _spread_grid(scenario, block: list[Row], contexts: list[int]) -> list[str]:
+    """A noisy cluster's median and 99th percentile TTFT beside the means above."""
+    noisy = [r for r in block if r.spread is not None]
+    if not noisy:
+        return []
+    return [f"TTFT p50 / p99 in ms over {noisy[0].spread.seeds} noise draws (the table shows the mean)",
+            *_grid(scenario, noisy, contexts, lambda r: "-" if r is None else
+                   f"{r.spread.p50_s * 1e3:.2f} / {r.spread.p99_s * 1e3:.2f}")]
 
 
 def _skipped_notes(scenario, model) -> list[str]:
@@ -257,6 +279,10 @@ def write_files(scenario, table: list[Row], stage, *, made_by: dict | None = Non
                 repr(x["bytes_received"])] for d in records for x in d["ranks"]))
     write_csv("links.csv", [*keys, "src", "dst", "bytes"],
               ([*(d[k] for k in keys), x["src"], x["dst"], repr(x["bytes"])] for d in records for x in d["links"]))
+    if any(c.noise is not None for c in scenario.clusters):
+        write_csv("ttft_spread.csv", [*keys, "seeds", "mean_ttft_s", "p50_ttft_s", "p99_ttft_s"],
+                  ([*row.key, row.spread.seeds, repr(row.spread.mean_s), repr(row.spread.p50_s),
+                    repr(row.spread.p99_s)] for row in table if row.spread is not None))
     with open(stage.path("report.json"), "w", encoding="utf-8") as f:
         json.dump({"schema_version": REPORT_SCHEMA_VERSION, "scenario": scenario.name, "gpu": scenario.gpu.name,
                    "dtype": scenario.dtype, "provenance": made_by or provenance(scenario), "results": records},
@@ -285,18 +311,31 @@ def run(scenario, *, progress: bool = True, jobs: int = 1) -> list[Row]:
         return rows(tqdm(pool.map(_run_one, todo, chunksize=chunk), **bar))
 
 
-def _run_one(job: Job) -> tuple[Job, Result | None, MemoryCheck | None]:
-    """Simulate a job that fits its GPUs' memory: checked first with its scheme's own plan (the even
-    partition for a searched or predicted one, so a hopeless job costs no search), then with the plan
-    it runs."""
+def _run_one(job: Job) -> tuple[Job, Result | None, MemoryCheck | None, Spread | None]:
+    """Simulate a job that fits its GPUs' memory (``_fitting_plan``). A job on a noisy cluster is
+    planned on the quiet cluster and that plan run under every draw (``sim/noise.py``)."""
+    planned, memory = _fitting_plan(job if job.cluster.noise is None
+                                    else dataclasses.replace(job, cluster=quiet(job.cluster)))
+    if planned is None:
+        return job, None, memory, None
+    if job.cluster.noise is None:
+        return job, run_plan(job, planned), memory, None
+    result, spread = run_draws(job, planned)
+    return job, result, memory, spread
+
+
+def _fitting_plan(job: Job) -> tuple[Plan | None, MemoryCheck | None]:
+    """The plan ``job`` runs and its memory check, or None where it does not fit: checked first with
+    its scheme's own plan (the even partition for a searched or predicted one, so a hopeless job
+    costs no search), then with the plan it runs."""
     capacity = job.gpu.memory_bytes
     if capacity is None:
-        return job, simulate(job), None
+        return plan(job), None
     searched = job.scheme.partitioner in JOB_PARTITIONERS and job.scheme.pinned_gpus is None
     first = Plan(tuple(even(job.context, job.num_gpus)), tuple(range(job.num_gpus))) if searched else plan(job)
     pre = memory_check(job, first, capacity)
     if not pre.fits:
-        return job, None, pre
+        return None, pre
     planned = plan(job)
     after = memory_check(job, planned, capacity) if searched else pre
-    return job, run_plan(job, planned) if after.fits else None, after
+    return (planned if after.fits else None), after

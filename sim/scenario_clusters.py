@@ -1,19 +1,30 @@
 """The ``clusters`` section of a scenario: uniform and throttled meshes, non-uniform links and nodes,
-and multi-node clusters from presets (``sim/multinode.py``), each to a ``ClusterSpec``; errors name
-the YAML path (docs/scenarios.md, "clusters[i]").
+host-staged PCIe trees, and multi-node clusters from presets (``sim/multinode.py``), each to a
+``ClusterSpec``, with its background flows and noise; errors name the YAML path (docs/scenarios.md,
+"clusters[i]"; the host-staged defaults and their sources: docs/cost_model.md, "Host-staged links").
 """
 from __future__ import annotations
 
 from typing import Any
 
 from . import multinode
-from .cluster import BackgroundFlow, ClusterError, ClusterSpec, LinkSpec, MeshLinks, duplex, mesh
+from .cluster import BackgroundFlow, ClusterError, ClusterSpec, LinkSpec, MeshLinks, NoiseSpec, duplex, mesh
 from .yaml_fields import ScenarioError, integer, listed, mapping, need, number, text
 
 GB = 1e9  # bytes: bandwidths are given in GB/s (10^9 bytes per second)
 US_PER_S = 1e6  # times are given in microseconds; value / 1e6 is exact for round values
 THROTTLED_GB_PER_S = 10.0
 NODES_SWITCH = "network"  # the switch that joins the nodes of a `nodes:` cluster
+# kind: host-staged (P2P disabled: every transfer GPU -> PCIe switch -> host -> PCIe switch -> GPU). Sources:
+# docs/cost_model.md, "Host-staged links".
+HOST_STAGED_DEFAULTS = {
+    "bandwidth_gb_per_s": THROTTLED_GB_PER_S,  # one staged transfer alone: KV-Runahead's 10 GB/s setting
+    "gpus_per_switch": 2,  # DGX A100: 8 GPUs on 4 PCIe Gen4 switches (nvidia-smi topo: GPU pairs PXB)
+    "switch_uplink_gb_per_s": 24.8,  # PCIe Gen4 x16 achieved: nvbandwidth host<->device on 8 x A100 SXM4
+    "sockets": 2,  # DGX A100: 2 AMD EPYC 7742
+    "socket_link_gb_per_s": 128.0,  # 4 xGMI x16 links at 16 Gb/s a lane, one way (assumed speed)
+    "latency_us": 5.7,  # NCCL's tuning model: a ring step over PCI, Simple protocol (src/graph/tuning.cc)
+}
 
 
 def _link_params(d: dict, at: str) -> tuple[float, float]:
@@ -24,7 +35,7 @@ def _link_params(d: dict, at: str) -> tuple[float, float]:
 def _multinode(d: dict, at: str) -> ClusterSpec:
     """``kind: multinode``: nodes of a node preset on a fabric preset (``sim/multinode.py``)."""
     d = mapping(d, at, required=("name", "kind", "nodes", "node", "fabric"),
-                optional=("gpus", "nics", "oversubscription", "background"))
+                optional=("gpus", "nics", "oversubscription", "background", "noise"))
     need(d["node"] in multinode.NODES, f"{at}.node", f"must be one of {list(multinode.NODES)}", d["node"])
     need(d["fabric"] in multinode.FABRICS, f"{at}.fabric", f"must be one of {list(multinode.FABRICS)}", d["fabric"])
     nics = d.get("nics", "rail")
@@ -35,12 +46,54 @@ def _multinode(d: dict, at: str) -> ClusterSpec:
                                          fabric=d["fabric"], nics=nics, oversubscription=over)
     if "gpus" in d:
         need(d["gpus"] == n, f"{at}.gpus", f"must be nodes x the node's GPUs = {n}, or left out", d["gpus"])
-    name = text(d["name"], f"{at}.name")
-    background = tuple(_background(b, f"{at}.background[{i}]", set(range(n)) | set(switches))
+    return _build(d, at, n, links=links, switches=switches,
+                  gpus_per_node=int(multinode.NODES[d["node"]]["gpus_per_node"]))
+
+
+def _host_staged(d: dict, at: str) -> ClusterSpec:
+    """``kind: host-staged``: GPUs without peer-to-peer (NCCL_P2P_DISABLE, NCCL's SHM transport). Each
+    GPU has its own PCIe link to a switch ``pcieS`` (``gpus_per_switch`` GPUs a switch), each switch an
+    uplink to its CPU socket ``hostK``, the sockets a link between every pair; no GPU-to-GPU link, so
+    every transfer is staged through host memory and concurrent ones share the uplinks and socket links.
+    A switch is two nodes, ``pcieS`` up and ``pcieS-down``, so that two GPUs of one switch also go
+    through the host. The transfer latency is split over the two GPU links."""
+    d = mapping(d, at, required=("name", "kind", "gpus"),
+                optional=(*HOST_STAGED_DEFAULTS, "background", "noise"))
+    p = {**HOST_STAGED_DEFAULTS, **d}
+    n = integer(d["gpus"], f"{at}.gpus")
+    per_switch = integer(p["gpus_per_switch"], f"{at}.gpus_per_switch")
+    need(n % per_switch == 0, f"{at}.gpus_per_switch", f"must divide gpus={n}", per_switch)
+    switches = n // per_switch
+    sockets = integer(p["sockets"], f"{at}.sockets")
+    need(sockets <= switches, f"{at}.sockets", f"must be at most the {switches} PCIe switches", sockets)
+    gpu_bw, half_s = _link_params({"bandwidth_gb_per_s": p["bandwidth_gb_per_s"], "latency_us": p["latency_us"]}, at)
+    half_s /= 2
+    uplink = number(p["switch_uplink_gb_per_s"], f"{at}.switch_uplink_gb_per_s") * GB
+    socket_link = number(p["socket_link_gb_per_s"], f"{at}.socket_link_gb_per_s") * GB
+    links: list[LinkSpec] = []
+    for g in range(n):
+        up, down = f"pcie{g // per_switch}", f"pcie{g // per_switch}-down"
+        links += [LinkSpec(src=g, dst=up, bandwidth_bytes_per_s=gpu_bw, latency_s=half_s),
+                  LinkSpec(src=down, dst=g, bandwidth_bytes_per_s=gpu_bw, latency_s=half_s)]
+    for sw in range(switches):
+        host = f"host{sw * sockets // switches}"
+        links += [LinkSpec(src=f"pcie{sw}", dst=host, bandwidth_bytes_per_s=uplink, latency_s=0.0),
+                  LinkSpec(src=host, dst=f"pcie{sw}-down", bandwidth_bytes_per_s=uplink, latency_s=0.0)]
+    links += mesh((f"host{k}" for k in range(sockets)), socket_link, 0.0)
+    names = (*(f"pcie{sw}{end}" for sw in range(switches) for end in ("", "-down")),
+             *(f"host{k}" for k in range(sockets)))
+    return _build(d, at, n, links=tuple(links), switches=names)
+
+
+def _build(d: dict, at: str, n: int, **spec) -> ClusterSpec:
+    """The ``ClusterSpec`` of ``d`` with its ``background`` and ``noise``; a ``ClusterError`` as one line."""
+    endpoints = set(range(n)) | set(spec.get("switches", ()))
+    background = tuple(_background(b, f"{at}.background[{i}]", endpoints)
                        for i, b in enumerate(listed(d.get("background", []), f"{at}.background", empty=True)))
+    noise = _noise(d["noise"], f"{at}.noise", endpoints) if "noise" in d else None
     try:
-        return ClusterSpec(name=name, num_gpus=n, links=links, switches=switches, background=background,
-                           gpus_per_node=int(multinode.NODES[d["node"]]["gpus_per_node"]))
+        return ClusterSpec(name=text(d["name"], f"{at}.name"), num_gpus=n, background=background, noise=noise,
+                           **spec)
     except ClusterError as e:
         raise ScenarioError(f"{at}: {e}") from None
 
@@ -48,16 +101,19 @@ def _multinode(d: dict, at: str) -> ClusterSpec:
 def parse_cluster(value: Any, at: str) -> ClusterSpec:
     if isinstance(value, dict) and value.get("kind") == "multinode":
         return _multinode(value, at)
+    if isinstance(value, dict) and value.get("kind") == "host-staged":
+        return _host_staged(value, at)
     d = mapping(value, at, required=("name", "kind", "gpus"),
-                 optional=("bandwidth_gb_per_s", "latency_us", "switches", "links", "nodes", "background"))
+                 optional=("bandwidth_gb_per_s", "latency_us", "switches", "links", "nodes", "background", "noise"))
     kind = d["kind"]
     need(kind in ("uniform", "throttled", "nonuniform"), f"{at}.kind",
-          "must be 'uniform', 'throttled', 'nonuniform' or 'multinode'", kind)
-    name, n = text(d["name"], f"{at}.name"), integer(d["gpus"], f"{at}.gpus")
+          "must be 'uniform', 'throttled', 'nonuniform', 'host-staged' or 'multinode'", kind)
+    text(d["name"], f"{at}.name")
+    n = integer(d["gpus"], f"{at}.gpus")
     own = {"uniform": ("bandwidth_gb_per_s", "latency_us"), "throttled": ("bandwidth_gb_per_s", "latency_us"),
            "nonuniform": ("switches", "links", "nodes")}[kind]
     for key in d:
-        need(key in own or key in ("name", "kind", "gpus", "background"), f"{at}.{key}",
+        need(key in own or key in ("name", "kind", "gpus", "background", "noise"), f"{at}.{key}",
               f"is not a field of a {kind} cluster", d[key])
     switches: list[str] = []
     links: tuple[LinkSpec, ...] = ()
@@ -70,15 +126,8 @@ def parse_cluster(value: Any, at: str) -> ClusterSpec:
             need("bandwidth_gb_per_s" in d, at, "a uniform cluster needs bandwidth_gb_per_s", None)
         bw, lat = _link_params({"bandwidth_gb_per_s": THROTTLED_GB_PER_S, **d}, at)
         full_mesh = MeshLinks(bandwidth_bytes_per_s=bw, latency_s=lat)
-    nodes = set(range(n)) | set(switches)
-    background = tuple(_background(b, f"{at}.background[{i}]", nodes)
-                       for i, b in enumerate(listed(d.get("background", []), f"{at}.background", empty=True)))
     per_node = d["nodes"]["gpus_per_node"] if kind == "nonuniform" and "nodes" in d else None
-    try:
-        return ClusterSpec(name=name, num_gpus=n, links=links, switches=tuple(switches), background=background,
-                           mesh=full_mesh, gpus_per_node=per_node)
-    except ClusterError as e:
-        raise ScenarioError(f"{at}: {e}") from None
+    return _build(d, at, n, links=links, switches=tuple(switches), mesh=full_mesh, gpus_per_node=per_node)
 
 
 def _nonuniform_links(d: dict, at: str, n: int, switches: list[str]) -> tuple[LinkSpec, ...]:
@@ -127,18 +176,54 @@ def _endpoint(value: Any, at: str, endpoints: set) -> int | str:
     return value
 
 
-def _background(value: Any, at: str, endpoints: set) -> BackgroundFlow:
-    d = mapping(value, at, required=("link",), optional=("flows", "start_us", "on_us", "off_us", "random_seed"))
-    link = listed(d["link"], f"{at}.link")
-    need(len(link) == 2, f"{at}.link", "must be [from, to]", d["link"])
-    src, dst = (_endpoint(e, f"{at}.link[{j}]", endpoints) for j, e in enumerate(link))
+def _link_pair(value: Any, at: str, endpoints: set) -> tuple:
+    link = listed(value, at)
+    need(len(link) == 2, at, "must be [from, to]", value)
+    return tuple(_endpoint(e, f"{at}[{j}]", endpoints) for j, e in enumerate(link))
+
+
+def _on_off(d: dict, at: str) -> tuple[float | None, float | None]:
+    """``on_us`` and ``off_us`` (both or neither) in seconds."""
     need(("on_us" in d) == ("off_us" in d), at, "on_us and off_us go together", sorted(d))
     on_s = number(d["on_us"], f"{at}.on_us") / US_PER_S if "on_us" in d else None
     off_s = number(d["off_us"], f"{at}.off_us") / US_PER_S if "off_us" in d else None
+    need(on_s is None or (on_s > 0 and off_s >= 0), f"{at}.on_us", "must be > 0 (and off_us >= 0)", d.get("on_us"))
+    return on_s, off_s
+
+
+def _fraction(d: dict, key: str, at: str) -> float:
+    value = number(d.get(key, 0.0), f"{at}.{key}", minimum=0)
+    need(value <= 1, f"{at}.{key}", "must be in [0, 1]", d.get(key))
+    return value
+
+
+def _background(value: Any, at: str, endpoints: set) -> BackgroundFlow:
+    d = mapping(value, at, required=("link",),
+                optional=("flows", "start_us", "on_us", "off_us", "random_seed", "rate_jitter"))
+    src, dst = _link_pair(d["link"], f"{at}.link", endpoints)
+    on_s, off_s = _on_off(d, at)
     need("random_seed" not in d or "on_us" in d, f"{at}.random_seed", "needs on_us and off_us (the mean periods)",
          d.get("random_seed"))
-    need(on_s is None or (on_s > 0 and off_s >= 0), f"{at}.on_us", "must be > 0 (and off_us >= 0)", d.get("on_us"))
     seed = integer(d["random_seed"], f"{at}.random_seed", minimum=0) if "random_seed" in d else None
     return BackgroundFlow(src=src, dst=dst, flows=integer(d.get("flows", 1), f"{at}.flows"),
                           start_s=number(d.get("start_us", 0), f"{at}.start_us", minimum=0) / US_PER_S,
-                          on_s=on_s, off_s=off_s, seed=seed)
+                          on_s=on_s, off_s=off_s, seed=seed, rate_jitter=_fraction(d, "rate_jitter", at))
+
+
+def _noise(value: Any, at: str, endpoints: set) -> NoiseSpec:
+    """A cluster's ``noise``: ``seeds`` draws of competing flows on ``links`` (``used`` or [from, to]
+    pairs) with random on/off periods, rate and latency jitter (docs/scenarios.md)."""
+    d = mapping(value, at, required=("seeds",),
+                optional=("links", "flows", "on_us", "off_us", "rate_jitter", "latency_jitter_us"))
+    links = d.get("links", "used")
+    if links != "used":
+        pairs = listed(links, f"{at}.links") if not isinstance(links, str) else None
+        need(pairs is not None, f"{at}.links", "must be 'used' or a list of [from, to] pairs", links)
+        links = tuple(_link_pair(pair, f"{at}.links[{i}]", endpoints) for i, pair in enumerate(pairs))
+        need(len(set(links)) == len(links), f"{at}.links", "must not repeat a link", d["links"])
+    on_s, off_s = _on_off(d, at)
+    return NoiseSpec(seeds=integer(d["seeds"], f"{at}.seeds"), links=None if links == "used" else links,
+                     flows=integer(d.get("flows", 1), f"{at}.flows", minimum=0), on_s=on_s, off_s=off_s,
+                     rate_jitter=_fraction(d, "rate_jitter", at),
+                     latency_jitter_s=number(d.get("latency_jitter_us", 0), f"{at}.latency_jitter_us",
+                                             minimum=0) / US_PER_S)

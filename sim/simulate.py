@@ -1,10 +1,15 @@
 """``simulate(job)``: the planner's plan run by the engine, ``run(job, plan(job))``.
 
 The one place that joins the two (``sim/partition/plan.py`` decides the chunks and the rank -> GPU
-order; ``sim/engine`` runs them): the reports, the CLI and the tests call this.
+order; ``sim/engine`` runs them): the reports, the CLI and the tests call this. On a cluster with
+``noise`` the plan is made on the quiet cluster and run under draw 0 (``sim/noise.py``; the reports
+run every draw).
 """
 from __future__ import annotations
 
+import dataclasses
+
+from . import noise
 from .cost import CostModel
 from .engine import Result, Sim, run
 from .job import Job
@@ -14,4 +19,8 @@ from .partition.plan import plan
 def simulate(job: Job, cost: CostModel | None = None, sim_class: type[Sim] | None = None) -> Result:
     """Plan ``job`` and run it; ``cost`` replaces the job's cost model (a measured profile, a test
     stub), ``sim_class`` the engine's ``Sim`` (``engine/cpu_cluster.py``)."""
-    return run(job, plan(job), cost=cost, sim_class=sim_class)
+    if job.cluster.noise is None:
+        return run(job, plan(job), cost=cost, sim_class=sim_class)
+    planned = plan(dataclasses.replace(job, cluster=noise.quiet(job.cluster)))
+    drawn = noise.draw(job.cluster, 0, noise.plan_gpus(planned))
+    return run(dataclasses.replace(job, cluster=drawn), planned, cost=cost, sim_class=sim_class)

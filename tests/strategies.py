@@ -112,3 +112,30 @@ def mesh_clusters(draw, num_gpus: int, background: bool = True):
         chosen = draw(st.lists(st.sampled_from(pairs), max_size=3, unique=True))
         flows = tuple(BackgroundFlow(src=a, dst=b, flows=draw(st.integers(1, 3))) for a, b in chosen)
     return ClusterSpec(name="random", num_gpus=num_gpus, links=links, background=flows)
+
+
+@st.composite
+def noise_specs(draw, seeds: int = 3):
+    """A cluster's noise (``sim.cluster.NoiseSpec``) on the links a job uses: 0-2 flows, on/off periods
+    of 5-200 us or constant, any rate and latency jitter."""
+    from sim.cluster import NoiseSpec
+
+    periodic = draw(st.booleans())
+    return NoiseSpec(seeds=seeds, flows=draw(st.integers(0, 2)),
+                     on_s=draw(st.floats(5e-6, 2e-4)) if periodic else None,
+                     off_s=draw(st.floats(5e-6, 2e-4)) if periodic else None,
+                     rate_jitter=draw(st.floats(0.0, 1.0)), latency_jitter_s=draw(st.sampled_from([0.0, 1e-6, 2e-5])))
+
+
+# ----- NCCL's model (sim/engine/nccl.py) -------------------------------------------------------------
+@st.composite
+def nccl_comms(draw):
+    """A random communicator for NCCL's tuning model: 2-64 ranks on one node or several, a transport,
+    a hop bandwidth of 1-900 GB/s, a GPU generation."""
+    from sim.engine.nccl import ARCHS, Comm
+
+    ranks = draw(st.integers(2, 64))
+    nodes = draw(st.sampled_from([n for n in (1, 2, 4, 8, ranks) if n <= ranks and ranks % n == 0]))
+    transport = draw(st.sampled_from(["nvlink", "pci"] + (["net"] if nodes > 1 else [])))
+    return Comm(ranks=ranks, nodes=nodes, transport=transport, arch=draw(st.sampled_from(ARCHS)),
+                bandwidth_bytes_per_s=draw(st.floats(1e9, 900e9)))

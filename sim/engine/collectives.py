@@ -13,11 +13,26 @@ an all-to-all.
 - ``AllToAll``: every rank sends its own block to every other rank at once (P(P-1) transfers sharing
   the links max-min fairly); it starts when every rank has entered and ends with the last transfer
   (NCCL's all-to-all is grouped point-to-point sends and receives).
+Under ``communication: nccl`` (``GpuSpec.communication``) each of them follows NCCL's own model
+(``nccl.py``): the collective's whole latency once, as NCCL's tuner predicts it for the algorithm and
+protocol it picks, then its steps' flows at the protocol's share of the links; a tree all-reduce is one
+pipelined pass down and up the chain of ranks; sends and the all-to-all use NCCL's p2p model
+(docs/cost_model.md, "NCCL's model").
 Reference: NCCL documentation, "Collective operations" and the ring algorithm.
 """
 from __future__ import annotations
 
 import simpy
+
+
+def communication_model(job):
+    """NCCL's model (``nccl.NcclModel``) for the job's cluster under ``communication: nccl``; None under
+    ``links``."""
+    if job.gpu.communication != "nccl":
+        return None
+    # imported here: ``python -m sim.engine.nccl`` must not find the module already loaded by the package
+    from .nccl import NcclModel, arch_of
+    return NcclModel(job.cluster, arch_of(job.gpu.name))
 
 
 def send(sim, src: int, dst: int, nbytes: float, tag: int, layer: int | None = None):
@@ -27,7 +42,13 @@ def send(sim, src: int, dst: int, nbytes: float, tag: int, layer: int | None = N
     with sim.channel(src, dst).request() as turn:
         yield turn
         start_s = sim.env.now
-        yield from sim.network.transfer(sim.flows(src, dst, nbytes))
+        if sim.nccl is None:
+            yield from sim.network.transfer(sim.flows(src, dst, nbytes))
+        else:  # each tensor-parallel lane is its own NCCL send of its share
+            choice, link_bytes_per_s = sim.nccl.send(sim.gpu_of[src], sim.gpu_of[dst], nbytes / sim.tp)
+            yield sim.env.timeout(choice.latency_s)
+            yield from sim.network.transfer(sim.flows(src, dst, nbytes), latency=False,
+                                            efficiency=choice.efficiency(link_bytes_per_s))
     sim.record_transfer("send", src, dst, nbytes, start_s, sim.env.now, tag if layer is None else layer)
     delay_s = sim.delivery_delay_s(dst)
     if delay_s:
@@ -39,6 +60,7 @@ class RingAllGather:
     """One all-gather among ranks 0..P-1; every rank contributes a chunk of ``chunk_bytes``."""
 
     op = "all-gather"
+    collective = "all-gather"  # NCCL's name of it
 
     def steps(self) -> int:
         return self.num_ranks - 1
@@ -61,17 +83,41 @@ class RingAllGather:
     def _run(self):
         sim, p = self.sim, self.num_ranks
         yield self._all_in
-        for step in range(self.steps()):
-            start_s = sim.env.now
-            moves = [(r, (r + 1) % p, self.chunk_bytes) for r in range(p)]
-            yield from _moves(sim, moves, self.op, start_s, self.layer)
+        if sim.nccl is not None:
+            yield from self._nccl()
+        else:
+            for step in range(self.steps()):
+                start_s = sim.env.now
+                moves = [(r, (r + 1) % p, self.chunk_bytes) for r in range(p)]
+                yield from _moves(sim, moves, self.op, start_s, self.layer)
         self.done.succeed()
+
+    def _nccl(self):
+        """Process body: NCCL's choice for the buffer (P chunks; per tensor-parallel lane, each lane its
+        own communicator): its latency once, then the ring's steps, or the tree's one pass both ways
+        along the chain of ranks, at the choice's share of the slowest hop's bandwidth."""
+        sim, p = self.sim, self.num_ranks
+        if p == 1:
+            return
+        buffer_bytes = self.chunk_bytes * p
+        choice, comm = sim.nccl.collective(self.collective, tuple(sim.gpu_of[r] for r in range(p)),
+                                           buffer_bytes / sim.tp)
+        yield sim.env.timeout(choice.latency_s)
+        efficiency = choice.efficiency(comm.bandwidth_bytes_per_s)
+        if choice.algorithm == "tree":
+            moves = [(r, r + 1, buffer_bytes) for r in range(p - 1)] + [(r + 1, r, buffer_bytes) for r in range(p - 1)]
+            yield from _moves(sim, moves, self.op, sim.env.now, self.layer, latency=False, efficiency=efficiency)
+            return
+        for step in range(self.steps()):
+            moves = [(r, (r + 1) % p, self.chunk_bytes) for r in range(p)]
+            yield from _moves(sim, moves, self.op, sim.env.now, self.layer, latency=False, efficiency=efficiency)
 
 
 class RingAllReduce(RingAllGather):
     """One all-reduce of a ``total_bytes`` buffer among ranks 0..P-1: 2(P-1) ring steps of 1/P of it."""
 
     op = "all-reduce"
+    collective = "all-reduce"
 
     def __init__(self, sim, num_ranks: int, total_bytes: float, tag, layer: int | None = None):
         super().__init__(sim, num_ranks, total_bytes / num_ranks, tag, layer)
@@ -94,20 +140,29 @@ class AllToAll(RingAllGather):
         yield self._all_in
         start_s = sim.env.now
         moves = [(a, b, self.pair_bytes[a][b]) for a in range(p) for b in range(p) if a != b]
-        if moves:
+        if moves and sim.nccl is None:
             yield from _moves(sim, moves, self.op, start_s, self.layer)
+        elif moves:  # NCCL's grouped sends: one launch, the slowest pair's latency, each pair's protocol
+            choices = [sim.nccl.send(sim.gpu_of[a], sim.gpu_of[b], nbytes / sim.tp) for a, b, nbytes in moves]
+            yield sim.env.timeout(max(choice.latency_s for choice, _ in choices))
+            yield from _moves(sim, moves, self.op, sim.env.now, self.layer, latency=False,
+                              efficiency=[choice.efficiency(bw) for choice, bw in choices])
         self.done.succeed()
 
 
-def _moves(sim, moves, op: str, start_s: float, layer):
+def _moves(sim, moves, op: str, start_s: float, layer, *, latency: bool = True,
+           efficiency: float | list[float] = 1.0):
     """Process body: rank-to-rank ``moves`` (src, dst, bytes) at once, each as its flows between the
-    ranks' GPUs (one a tensor-parallel lane); each move recorded when its last flow ends."""
+    ranks' GPUs (one a tensor-parallel lane); each move recorded when its last flow ends. ``latency``
+    and ``efficiency`` (one for all, or one a move) as ``Network.transfer``'s."""
     flows, owner = [], []
     for i, (src, dst, nbytes) in enumerate(moves):
         for flow in sim.flows(src, dst, nbytes):
             flows.append(flow)
             owner.append(i)
-    ends_s = yield from sim.network.transfer(flows)
+    if isinstance(efficiency, list):
+        efficiency = [efficiency[i] for i in owner]
+    ends_s = yield from sim.network.transfer(flows, latency=latency, efficiency=efficiency)
     last = [start_s] * len(moves)
     for i, end_s in zip(owner, ends_s):
         last[i] = max(last[i], end_s)

@@ -79,6 +79,7 @@ class Sim:
         self._messages: dict[tuple, simpy.Event] = {}
         self._channels: dict[tuple[int, int], simpy.Resource] = {}
         self._collectives: dict[tuple, collectives.RingAllGather] = {}  # (kind, tag) -> the collective
+        self.nccl = collectives.communication_model(job)  # NCCL's model, or None: each link's latency and rate
 
     def hold_gpu(self, rank: int, body):
         """Process body: the rank's process holds its GPU's compute stream for its whole life, so a

@@ -4,11 +4,15 @@ A transfer waits its route's latency (the sum of its links' latencies, once), th
 flows are active each gets its max-min fair rate over the links it crosses (progressive filling: the most
 loaded link fixes the rate of its flows, the rest share what is left), so two transfers on one link each
 take twice as long. Rates are recomputed when a flow starts or ends by one SimPy process, the link
-manager, which sleeps until the next flow ends or until it is woken by a change.
+manager, which sleeps until the next flow ends or until it is woken by a change. A background flow may be
+capped below its fair share (``rate_jitter``): progressive filling fixes it at its cap once the fair level
+passes it. With ``latency_jitter_s`` every transfer waits an exponential extra of that mean, drawn from a
+generator seeded by the cluster's ``latency_seed`` (docs/simulator.md, "Noise").
 Reference: Bertsekas and Gallager, Data Networks, max-min fairness.
 """
 from __future__ import annotations
 
+import random
 from collections import Counter, defaultdict
 
 import simpy
@@ -30,10 +34,11 @@ class _Group:
 class _Flow:
     """Bytes moving along ``links``: ``remaining`` at time ``since_s``, at ``rate`` since then."""
 
-    __slots__ = ("links", "cap", "remaining", "rate", "since_s", "finish_s", "group", "end_s")
+    __slots__ = ("links", "cap", "remaining", "rate", "since_s", "finish_s", "group", "end_s", "capped")
 
     def __init__(self, links: tuple[Link, ...], cap: float, size: float, group: _Group | None):
         self.links, self.cap, self.remaining = links, cap, size
+        self.capped = False  # cap below its links' bandwidth (a rate-jittered background flow)
         self.rate, self.since_s, self.finish_s = 0.0, 0.0, float("inf")
         self.group = group  # None for background flows, which never end
         self.end_s = 0.0
@@ -70,6 +75,8 @@ class Network:
         self._flows: dict[_Flow, None] = {}  # insertion-ordered set: deterministic
         self._users: Counter[Link] = Counter()  # active flows per link
         self._shared = 0  # links with two or more active flows
+        self._capped = 0  # active flows with a cap of their own
+        self._jitter = random.Random(cluster.latency_seed) if cluster.latency_jitter_s else None
         self._changed = False
         self._wake = env.event()
         env.process(self._manage())
@@ -89,30 +96,42 @@ class Network:
     def route_latency_s(self, src: int, dst: int) -> float:
         return self._pair(src, dst)[1]
 
-    def transfer(self, moves: list[tuple[int, int, float]], *, latency: bool = True):
+    def transfer(self, moves: list[tuple[int, int, float]], *, latency: bool = True,
+                 efficiency: float | list[float] = 1.0):
         """Process body: transfers that start now, each ``(src GPU, dst GPU, bytes)``; each waits its own
         route latency (unless ``latency`` is false: the rest of a message already under way), then flows.
+        ``efficiency`` (one for all, or one a move): the fraction of the link rate a protocol turns into
+        data (NCCL's, ``nccl.py``): a flow moves bytes / efficiency, the links are charged the bytes.
         Returns each one's end time, in order (the process ends with the last)."""
         group = _Group(self.env, len(moves))
         flows: dict[int, _Flow] = {}
         waited_s = 0.0
-        for i in sorted(range(len(moves)), key=lambda i: self._pair(moves[i][0], moves[i][1])[1]):
+        extra_s = [self._extra_latency_s() if latency else 0.0 for _ in moves]
+        for i in sorted(range(len(moves)), key=lambda i: self._pair(moves[i][0], moves[i][1])[1] + extra_s[i]):
             src, dst, nbytes = moves[i]
             links, route_latency_s, cap = self._pair(src, dst)
-            latency_s = route_latency_s if latency else 0.0
+            latency_s = route_latency_s + extra_s[i] if latency else 0.0
             if latency_s > waited_s:
                 yield self.env.timeout(latency_s - waited_s)
                 waited_s = latency_s
             for link in links:
                 self.bytes_carried[link] += nbytes
-            flows[i] = _Flow(links, cap, nbytes, group)
+            share = efficiency[i] if isinstance(efficiency, list) else efficiency
+            flows[i] = _Flow(links, cap, nbytes / share, group)
             self._add(flows[i])
         yield group.done
         return [flows[i].end_s for i in range(len(moves))]
 
+    def _extra_latency_s(self) -> float:
+        """A transfer's random extra latency (0 without latency jitter)."""
+        if self._jitter is None:
+            return 0.0
+        return self._jitter.expovariate(1 / self.cluster.latency_jitter_s)
+
     # ----- the link manager ----------------------------------------------------------------------
     def _add(self, flow: _Flow) -> None:
         self._flows[flow] = None
+        self._capped += flow.capped
         for link in flow.links:
             self._users[link] += 1
             if self._users[link] == 2:
@@ -121,6 +140,7 @@ class Network:
 
     def _remove(self, flow: _Flow) -> None:
         del self._flows[flow]
+        self._capped -= flow.capped
         for link in flow.links:
             self._users[link] -= 1
             if self._users[link] == 1:
@@ -169,11 +189,16 @@ class Network:
             for link in f.links:
                 on.setdefault(link, []).append(f)
         done: set[_Flow] = set()
+        capped = [f for f in self._flows if f.capped] if self._capped else []
         remaining = len(self._flows)
         while remaining:  # progressive filling: the most loaded link fixes its flows' rate
             bottleneck = min(users, key=lambda link: left[link] / users[link])
             rate = max(left[bottleneck], 0.0) / users[bottleneck]
             fixed = [f for f in on[bottleneck] if f not in done]
+            low = [f for f in capped if f not in done and f.cap < rate]
+            if low:  # a flow capped below the fair level takes its cap; the others share the rest
+                rate = min(f.cap for f in low)
+                fixed = [f for f in low if f.cap == rate]
             for f in fixed:
                 done.add(f)
                 f.set_rate(rate, now_s)
@@ -188,15 +213,24 @@ class Network:
         """Greedy competing flows on one link: never finish, switched on and off by this process."""
         link = (bg.src, bg.dst)
         flows = [_Flow((link,), self.capacity[link], float("inf"), None) for _ in range(bg.flows)]
+        rates = bg.rates()
         yield self.env.timeout(bg.start_s)
         if bg.on_s is None:
+            self._cap(flows, next(rates))
             for f in flows:
                 self._add(f)
             return
         for on_s, off_s in bg.periods():
+            self._cap(flows, next(rates))
             for f in flows:
                 self._add(f)
             yield self.env.timeout(on_s)
             for f in flows:
                 self._remove(f)
             yield self.env.timeout(off_s)
+
+    def _cap(self, flows: list[_Flow], fraction: float) -> None:
+        """Cap background flows (not active now) at ``fraction`` of their link for their next on-period."""
+        for f in flows:
+            f.cap = fraction * self.capacity[f.links[0]]
+            f.capped = fraction < 1.0

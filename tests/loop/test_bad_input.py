@@ -97,6 +97,20 @@ CASES = [
      "clusters[1].links[0].mesh[1]: must be a GPU index 0..3 or a listed switch, got 9"),
     ("efficiency above one", lambda d: d["hardware"].update(matmul_efficiency=1.2),
      "matmul_efficiency=1.2 must be in (0, 1]"),
+    ("noise without seeds", lambda d: d["clusters"][0].update(noise={"flows": 2}),
+     "clusters[0].noise: missing required key 'seeds'"),
+    ("noise rate jitter above one", lambda d: d["clusters"][0].update(noise={"seeds": 4, "rate_jitter": 2}),
+     "clusters[0].noise.rate_jitter: must be in [0, 1], got 2"),
+    ("noise on a missing link", lambda d: d["clusters"][1].update(noise={"seeds": 4, "links": [[0, 3]]}),
+     "clusters[1]: cluster 'split': noise on 0->3, which is not a link"),
+    ("noise links neither used nor pairs", lambda d: d["clusters"][0].update(noise={"seeds": 4, "links": "some"}),
+     "clusters[0].noise.links: must be 'used' or a list of [from, to] pairs, got 'some'"),
+    ("host-staged switch size", lambda d: d["clusters"].__setitem__(0, {"name": "fast", "kind": "host-staged",
+                                                                        "gpus": 4, "gpus_per_switch": 3}),
+     "clusters[0].gpus_per_switch: must divide gpus=4, got 3"),
+    ("host-staged sockets", lambda d: d["clusters"].__setitem__(0, {"name": "fast", "kind": "host-staged",
+                                                                    "gpus": 4, "sockets": 3}),
+     "clusters[0].sockets: must be at most the 2 PCIe switches, got 3"),
 ]
 
 
