@@ -42,6 +42,31 @@ def attention_s(gpu: GpuSpec, spec: ModelSpec, queries: int, keys: int, pairs: f
     return roofline_s(gpu, flops, nbytes, gpu.attention_efficiency)
 
 
+# Bytes an eager attention moves per element of its score matrix (queries x keys x heads), by the
+# passes transformers' ``eager_attention_forward`` makes, each a separate kernel over the whole matrix
+# (b: the dtype's bytes): Q K^T writes it (b); ``* scaling`` reads and writes it (2b); ``+ mask`` reads
+# it and the broadcast mask and writes it (3b); ``softmax(dtype=float32)`` reads b and writes fp32
+# (b + 4); ``.to(dtype)`` reads fp32 and writes b (4 + b); P V reads it (b). Checked against
+# transformers on an H200: docs/cost_model.md, "Attention implementations".
+def eager_score_bytes(elem_bytes: int) -> int:
+    return 9 * elem_bytes + 8
+
+
+def eager_attention_s(gpu: GpuSpec, spec: ModelSpec, queries: int, keys: int, elem_bytes: int) -> float:
+    """Eager attention of ``queries`` queries against ``keys`` keys: every query-key pair computed, the
+    masked ones too (no causal skipping), the scores materialised (``eager_score_bytes`` a score);
+    repeat_kv copies K and V to every query head (GQA/MQA); two batched GEMMs, five elementwise passes."""
+    scores = float(queries) * keys * spec.num_heads
+    groups_copy = 0.0
+    if spec.num_heads != spec.num_kv_heads:  # repeat_kv: read nkv heads, write nh heads, for K and V
+        groups_copy = memory_op_s(gpu, 2 * keys * (spec.kv_size + spec.q_size) * elem_bytes)
+    gemms = 2 * roofline_s(gpu, 2 * scores * spec.head_dim,
+                           (queries * spec.q_size + keys * spec.q_size) * elem_bytes, gpu.matmul_efficiency)
+    passes = memory_op_s(gpu, scores * eager_score_bytes(elem_bytes)) + 4 * gpu.launch_overhead_s
+    out = memory_op_s(gpu, 2 * queries * spec.q_size * elem_bytes)  # the output's transpose to contiguous
+    return groups_copy + gemms + passes + out
+
+
 @dataclass(frozen=True)
 class AnalyticCost(CostModel):
     """The roofline cost model of one decoder layer and the head, from shapes and a GPU."""
@@ -82,6 +107,10 @@ class AnalyticCost(CostModel):
         return memory_op_s(self.gpu, 2 * tokens * self.kv_bytes_per_token())
 
     def attention_s(self, queries: int, keys: int, pairs: float) -> float:
+        """Flash-style (the GPU's ``attention_impl``): the ``pairs`` computed, masked blocks skipped;
+        eager: all queries x keys pairs, the scores materialised."""
+        if self.gpu.attention_impl == "eager":
+            return eager_attention_s(self.gpu, self.spec, queries, keys, self._b)
         return attention_s(self.gpu, self.spec, queries, keys, pairs, self._b)
 
     def past_attention_s(self, queries: int, keys: int) -> float:

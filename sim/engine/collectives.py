@@ -35,6 +35,14 @@ def communication_model(job):
     return NcclModel(job.cluster, arch_of(job.gpu.name))
 
 
+def comm_slowdown(job) -> float:
+    """How much slower a GPU's compute runs while an NCCL kernel is resident on it (0.25: a quarter
+    longer), measured on an H200 (``python -m reference.measure.comm_cost``; docs/cost_model.md,
+    "Communication's cost to compute") and taken for every GPU."""
+    from .nccl import COMM_COMPUTE_SLOWDOWN
+    return COMM_COMPUTE_SLOWDOWN
+
+
 def send(sim, src: int, dst: int, nbytes: float, tag: int, layer: int | None = None):
     """Process body: rank ``src`` sends ``nbytes`` to rank ``dst``; the receiver waits on
     ``sim.message(src, dst, tag)``, which this process triggers on delivery. The timeline records
@@ -46,9 +54,11 @@ def send(sim, src: int, dst: int, nbytes: float, tag: int, layer: int | None = N
             yield from sim.network.transfer(sim.flows(src, dst, nbytes))
         else:  # each tensor-parallel lane is its own NCCL send of its share
             choice, link_bytes_per_s = sim.nccl.send(sim.gpu_of[src], sim.gpu_of[dst], nbytes / sim.tp)
+            sim.comm_kernel((src, dst), on=True)  # NCCL's send and receive kernels, for the whole transfer
             yield sim.env.timeout(choice.latency_s)
             yield from sim.network.transfer(sim.flows(src, dst, nbytes), latency=False,
                                             efficiency=choice.efficiency(link_bytes_per_s))
+            sim.comm_kernel((src, dst), on=False)
     sim.record_transfer("send", src, dst, nbytes, start_s, sim.env.now, tag if layer is None else layer)
     delay_s = sim.delivery_delay_s(dst)
     if delay_s:
@@ -84,7 +94,9 @@ class RingAllGather:
         sim, p = self.sim, self.num_ranks
         yield self._all_in
         if sim.nccl is not None:
+            sim.comm_kernel(range(p), on=True)
             yield from self._nccl()
+            sim.comm_kernel(range(p), on=False)
         else:
             for step in range(self.steps()):
                 start_s = sim.env.now
@@ -144,9 +156,11 @@ class AllToAll(RingAllGather):
             yield from _moves(sim, moves, self.op, start_s, self.layer)
         elif moves:  # NCCL's grouped sends: one launch, the slowest pair's latency, each pair's protocol
             choices = [sim.nccl.send(sim.gpu_of[a], sim.gpu_of[b], nbytes / sim.tp) for a, b, nbytes in moves]
+            sim.comm_kernel(range(p), on=True)
             yield sim.env.timeout(max(choice.latency_s for choice, _ in choices))
             yield from _moves(sim, moves, self.op, sim.env.now, self.layer, latency=False,
                               efficiency=[choice.efficiency(bw) for choice, bw in choices])
+            sim.comm_kernel(range(p), on=False)
         self.done.succeed()
 
 

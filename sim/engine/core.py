@@ -20,7 +20,7 @@ from ..cost.tensor_parallel import tensor_parallel
 from ..job import Job
 from ..schemes import rank_process
 from . import collectives
-from .network import Network
+from .network import _DONE_REL, Network
 
 
 class Segment(NamedTuple):
@@ -80,6 +80,11 @@ class Sim:
         self._channels: dict[tuple[int, int], simpy.Resource] = {}
         self._collectives: dict[tuple, collectives.RingAllGather] = {}  # (kind, tag) -> the collective
         self.nccl = collectives.communication_model(job)  # NCCL's model, or None: each link's latency and rate
+        # How much slower compute runs beside a communication kernel (NCCL's only: the ideal links model
+        # costs no compute); measured, docs/cost_model.md "Communication's cost to compute".
+        self.comm_slowdown = collectives.comm_slowdown(job) if self.nccl is not None else 0.0
+        self._kernels = [0] * num_ranks  # communication kernels resident on each rank's GPU
+        self._kernel_events: dict[int, simpy.Event] = {}
 
     def hold_gpu(self, rank: int, body):
         """Process body: the rank's process holds its GPU's compute stream for its whole life, so a
@@ -89,13 +94,50 @@ class Sim:
             yield from body
 
     def compute(self, rank: int, layer: int | None, *ops: tuple[str, float]):
-        """Process body: run ``ops`` (name, seconds) one after another on the rank's GPU (one timeout)."""
+        """Process body: run ``ops`` (name, seconds) one after another on the rank's GPU (one timeout).
+        While a communication kernel is resident on the GPU (``comm_kernel``) its work runs
+        ``1 + comm_slowdown`` times slower; the extra time is a ``comm-contention`` segment after them."""
         start_s = self.env.now
-        yield self.env.timeout(sum(seconds for _, seconds in ops))
+        work_s = sum(seconds for _, seconds in ops)
+        if not self.comm_slowdown or not work_s:
+            yield self.env.timeout(work_s)
+        else:
+            yield from self._contended(rank, work_s)
         for op, seconds in ops:
             self.busy_s[rank] += seconds
             self.segments.append(Segment(rank, "compute", op, start_s, start_s + seconds, layer))
             start_s += seconds
+        if self.env.now > start_s:
+            self.busy_s[rank] += self.env.now - start_s
+            self.segments.append(Segment(rank, "compute", "comm-contention", start_s, self.env.now, layer))
+
+    def _contended(self, rank: int, work_s: float):
+        """Process body: ``work_s`` seconds of compute at full speed, or at 1 / (1 + comm_slowdown) of it
+        while the rank's GPU holds a communication kernel; the rate changes as kernels come and go."""
+        left_s = work_s
+        while left_s > _DONE_REL * work_s:
+            rate = 1.0 / (1.0 + self.comm_slowdown) if self._kernels[rank] else 1.0
+            since_s = self.env.now
+            yield self.env.timeout(left_s / rate) | self._kernel_change(rank)
+            left_s -= (self.env.now - since_s) * rate
+
+    def _kernel_change(self, rank: int) -> simpy.Event:
+        """The event that fires when a communication kernel starts or ends on the rank's GPU."""
+        event = self._kernel_events.get(rank)
+        if event is None or event.triggered:
+            event = self._kernel_events[rank] = self.env.event()
+        return event
+
+    def comm_kernel(self, ranks, on: bool) -> None:
+        """A communication kernel starts (``on``) or ends on each of ``ranks``' GPUs: NCCL's kernels
+        hold SMs for the whole transfer, so compute beside them slows (``comm_slowdown``)."""
+        if not self.comm_slowdown:
+            return
+        for r in ranks:
+            self._kernels[r] += 1 if on else -1
+            event = self._kernel_events.get(r)
+            if event is not None and not event.triggered:
+                event.succeed()
 
     def lanes(self, rank: int) -> tuple[int, ...]:
         """The cluster GPUs of a rank (one, or its tensor-parallel group)."""

@@ -285,11 +285,12 @@ class NcclModel:
         self.cluster, self.arch = cluster, arch
         self._comms: dict[tuple[int, ...], Comm] = {}
 
-    def comm(self, gpus: tuple[int, ...]) -> Comm:
-        """The ring over ``gpus`` in order (each to the next, the last to the first)."""
-        comm = self._comms.get(gpus)
+    def comm(self, gpus: tuple[int, ...], *, ring: bool = True) -> Comm:
+        """The ring over ``gpus`` in order (each to the next, the last to the first); with ``ring`` false
+        the path one way only (a send: its reverse direction carries nothing)."""
+        comm = self._comms.get((gpus, ring))
         if comm is None:
-            hops = list(zip(gpus, gpus[1:] + gpus[:1])) if len(gpus) > 1 else []
+            hops = list(zip(gpus, gpus[1:] + (gpus[:1] if ring else ()))) if len(gpus) > 1 else []
             kinds = [transport(self.cluster, a, b) for a, b in hops]
             slowest = min((self._slowest(a, b) for a, b in hops), default=1.0)
             per_node = self.cluster.gpus_per_node
@@ -298,7 +299,7 @@ class NcclModel:
             else:
                 nodes = len(gpus) if "net" in kinds else 1
             intra = "pci" if "pci" in kinds else "nvlink"
-            comm = self._comms[gpus] = Comm(ranks=len(gpus), bandwidth_bytes_per_s=slowest, transport=intra,
+            comm = self._comms[gpus, ring] = Comm(ranks=len(gpus), bandwidth_bytes_per_s=slowest, transport=intra,
                                             nodes=nodes, arch=self.arch)
         return comm
 
@@ -311,7 +312,7 @@ class NcclModel:
 
     def send(self, src: int, dst: int, nbytes: float) -> tuple[Choice, float]:
         """The p2p choice for a send and the bandwidth of its route's slowest link."""
-        comm = self.comm((src, dst))
+        comm = self.comm((src, dst), ring=False)
         return p2p(comm, nbytes), comm.bandwidth_bytes_per_s
 
 
@@ -365,3 +366,7 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# How much slower a GPU's compute runs while an NCCL kernel is resident on it: TODO measured value.
+COMM_COMPUTE_SLOWDOWN = 0.0

@@ -1,6 +1,7 @@
 """Properties of the partitioners (sim/partition/): the search, the closed form it scores with, KVR-P's
 rounding and interpolation, and the chain order. Strategies are in tests/strategies.py."""
 import dataclasses
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -52,10 +53,15 @@ def test_closed_form_equals_the_simulator(data):
     context = data.draw(st.integers(n, 8192))
     chunks = tuple(data.draw(partitions(context, n)))
     gpus = tuple(data.draw(st.permutations(range(n))))
-    job = Job(model=data.draw(sim_models()), gpu=A100, dtype=data.draw(st.sampled_from(["fp16", "fp32"])),
-              cluster=cluster, scheme=KVR_S, context=context, num_gpus=n)
+    # the ideal links, or NCCL's p2p model with compute slowed beside its kernels (by a drawn amount)
+    communication = data.draw(st.sampled_from(["links", "nccl"]))
+    slowdown = data.draw(st.sampled_from([0.0, 0.3, 1.0])) if communication == "nccl" else 0.0
+    job = Job(model=data.draw(sim_models()), gpu=A100.replace(communication=communication),
+              dtype=data.draw(st.sampled_from(["fp16", "fp32"])), cluster=cluster, scheme=KVR_S, context=context,
+              num_gpus=n)
     assert exact_for(job, gpus)
-    fast, slow = chain_ttft_s(job, chunks, gpus), simulator_oracle(job, gpus)(chunks)
+    with mock.patch("sim.engine.nccl.COMM_COMPUTE_SLOWDOWN", slowdown):
+        fast, slow = chain_ttft_s(job, chunks, gpus), simulator_oracle(job, gpus)(chunks)
     assert abs(fast / slow - 1) <= 1e-9
 
 
