@@ -182,15 +182,24 @@ class Network:
                 if f.rate != f.cap:
                     f.set_rate(f.cap, now_s)
             return
-        left = {link: self.capacity[link] for link in self._users if self._users[link]}
-        users = +self._users
-        on: dict[Link, list[_Flow]] = {}  # the flows on each link, in the order they started
+        # A flow alone on every link it crosses runs at its cap; the rest share by progressive filling.
+        counts = self._users
+        shared = []
         for f in self._flows:
+            if all(counts[link] == 1 for link in f.links):
+                if f.rate != f.cap:
+                    f.set_rate(f.cap, now_s)
+            else:
+                shared.append(f)
+        users: Counter[Link] = Counter(link for f in shared for link in f.links)
+        left = {link: self.capacity[link] for link in users}
+        on: dict[Link, list[_Flow]] = {}  # the flows on each link, in the order they started
+        for f in shared:
             for link in f.links:
                 on.setdefault(link, []).append(f)
         done: set[_Flow] = set()
-        capped = [f for f in self._flows if f.capped] if self._capped else []
-        remaining = len(self._flows)
+        capped = [f for f in shared if f.capped] if self._capped else []
+        remaining = len(shared)
         while remaining:  # progressive filling: the most loaded link fixes its flows' rate
             bottleneck = min(users, key=lambda link: left[link] / users[link])
             rate = max(left[bottleneck], 0.0) / users[bottleneck]

@@ -1,7 +1,7 @@
 """The kvr chain's TTFT in closed form: the simulator's answer without SimPy, where the two are the same.
 
-When no two of the chain's routes (rank i's GPU -> rank i+1's GPU) share a link and none crosses a link
-with background traffic, every transfer runs alone on its links at its route's slowest bandwidth, and
+When the chain's routes (rank i's GPU -> rank i+1's GPU) cross no link with background traffic and those
+that share a link fit in it together, every transfer runs at its route's slowest bandwidth, and
 the simulation of ``schemes/kvr.py`` reduces to this recurrence per rank r and layer l (all ranks start
 at 0 with their embedding):
 
@@ -23,15 +23,21 @@ from ..cost import causal_pairs, layer_extra_s
 
 
 def exact_for(job, gpus: Sequence[int]) -> bool:
-    """Whether ``chain_ttft_s`` equals the simulator for this job's cluster under this rank -> GPU order."""
+    """Whether ``chain_ttft_s`` equals the simulator for this job's cluster under this rank -> GPU order:
+    no route of the chain crosses a link with background traffic, and where routes share a link, their
+    rates (each its route's slowest link) fit in it together, so no transfer is ever slowed by another
+    (the chain's own sends are its only traffic)."""
     busy = {(bg.src, bg.dst) for bg in job.cluster.background}
-    used: set = set()
+    load: dict = {}
     for a, b in zip(gpus, gpus[1:]):
-        links = set(job.cluster.route(a, b))
-        if links & used or links & busy:
+        route = job.cluster.route(a, b)
+        if set(route) & busy:
             return False
-        used |= links
-    return len(set(gpus)) == len(gpus)
+        rate = min(job.cluster.link(*link).bandwidth_bytes_per_s for link in route)
+        for link in route:
+            load[link] = load.get(link, 0.0) + rate
+    fits = all(total <= job.cluster.link(*link).bandwidth_bytes_per_s * (1 + 1e-12) for link, total in load.items())
+    return fits and len(set(gpus)) == len(gpus)
 
 
 def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:

@@ -151,3 +151,24 @@ def test_two_gpu_search_is_within_a_percent_of_every_split(data):
     result, gpus = search_job(job)
     best = min(chain_ttft_s(job, (s, context - s), gpus) for s in range(1, context))
     assert result.ttft_s <= best * (1 + 1e-2)
+
+
+@settings(max_examples=20)
+@given(st.data())
+def test_closed_form_equals_the_simulator_where_shared_links_fit(data):
+    """Host-staged GPUs: chain routes share PCIe uplinks; where their rates fit together the closed form
+    is used and equals SimPy; where an uplink is narrower than the flows it carries, it is not used."""
+    from sim.scenario_clusters import parse_cluster
+    uplink = data.draw(st.sampled_from([12.0, 24.8]))
+    cluster = parse_cluster({"name": "h", "kind": "host-staged", "gpus": 4, "bandwidth_gb_per_s": 10,
+                             "switch_uplink_gb_per_s": uplink}, "clusters[0]")
+    context = data.draw(st.integers(4, 4096))
+    chunks = tuple(data.draw(partitions(context, 4)))
+    communication = data.draw(st.sampled_from(["links", "nccl"]))
+    job = Job(model=data.draw(sim_models()), gpu=A100.replace(communication=communication), dtype="fp16",
+              cluster=cluster, scheme=KVR_S, context=context, num_gpus=4)
+    gpus = (0, 1, 2, 3)
+    assert exact_for(job, gpus) == (uplink >= 20)  # GPU 0 -> 1 and 1 -> 2 both climb switch 0's uplink
+    if uplink >= 20:
+        fast, slow = chain_ttft_s(job, chunks, gpus), simulator_oracle(job, gpus)(chunks)
+        assert abs(fast / slow - 1) <= 1e-9
