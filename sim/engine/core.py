@@ -99,15 +99,16 @@ class Sim:
         ``1 + comm_slowdown`` times slower; the extra time is a ``comm-contention`` segment after them."""
         start_s = self.env.now
         work_s = sum(seconds for _, seconds in ops)
-        if not self.comm_slowdown or not work_s:
-            yield self.env.timeout(work_s)
-        else:
+        contended = bool(self.comm_slowdown and work_s)
+        if contended:
             yield from self._contended(rank, work_s)
+        else:
+            yield self.env.timeout(work_s)
         for op, seconds in ops:
             self.busy_s[rank] += seconds
             self.segments.append(Segment(rank, "compute", op, start_s, start_s + seconds, layer))
             start_s += seconds
-        if self.env.now > start_s:
+        if contended and self.env.now > start_s + _DONE_REL * self.env.now:
             self.busy_s[rank] += self.env.now - start_s
             self.segments.append(Segment(rank, "compute", "comm-contention", start_s, self.env.now, layer))
 
