@@ -35,12 +35,14 @@ def communication_model(job):
     return NcclModel(job.cluster, arch_of(job.gpu.name))
 
 
-def comm_slowdown(job) -> float:
-    """How much slower a GPU's compute runs while an NCCL kernel is resident on it (0.25: a quarter
-    longer), measured on an H200 (``python -m reference.measure.comm_cost``; docs/cost_model.md,
-    "Communication's cost to compute") and taken for every GPU."""
-    from .nccl import COMM_COMPUTE_SLOWDOWN
-    return COMM_COMPUTE_SLOWDOWN
+def slowdown_model(job):
+    """Under NCCL's model, the slowdown of compute beside resident NCCL thread blocks
+    (``nccl.compute_slowdown``, measured: docs/cost_model.md "Communication's cost to compute"); None
+    under ``links``, where communication costs no compute."""
+    if job.gpu.communication != "nccl":
+        return None
+    from . import nccl
+    return nccl.compute_slowdown
 
 
 def send(sim, src: int, dst: int, nbytes: float, tag: int, layer: int | None = None):
@@ -54,11 +56,12 @@ def send(sim, src: int, dst: int, nbytes: float, tag: int, layer: int | None = N
             yield from sim.network.transfer(sim.flows(src, dst, nbytes))
         else:  # each tensor-parallel lane is its own NCCL send of its share
             choice, link_bytes_per_s = sim.nccl.send(sim.gpu_of[src], sim.gpu_of[dst], nbytes / sim.tp)
-            sim.comm_kernel((src, dst), on=True)  # NCCL's send and receive kernels, for the whole transfer
+            ctas = sim.nccl.send_ctas(sim.gpu_of[src], sim.gpu_of[dst])
+            sim.comm_kernel((src, dst), ctas, on=True)  # NCCL's send and receive kernels, the whole transfer
             yield sim.env.timeout(choice.latency_s)
             yield from sim.network.transfer(sim.flows(src, dst, nbytes), latency=False,
                                             efficiency=choice.efficiency(link_bytes_per_s))
-            sim.comm_kernel((src, dst), on=False)
+            sim.comm_kernel((src, dst), ctas, on=False)
     sim.record_transfer("send", src, dst, nbytes, start_s, sim.env.now, tag if layer is None else layer)
     delay_s = sim.delivery_delay_s(dst)
     if delay_s:
@@ -94,9 +97,10 @@ class RingAllGather:
         sim, p = self.sim, self.num_ranks
         yield self._all_in
         if sim.nccl is not None:
-            sim.comm_kernel(range(p), on=True)
+            ctas = sim.nccl.collective_ctas(tuple(sim.gpu_of[r] for r in range(p)))
+            sim.comm_kernel(range(p), ctas, on=True)
             yield from self._nccl()
-            sim.comm_kernel(range(p), on=False)
+            sim.comm_kernel(range(p), ctas, on=False)
         else:
             for step in range(self.steps()):
                 start_s = sim.env.now
@@ -156,11 +160,15 @@ class AllToAll(RingAllGather):
             yield from _moves(sim, moves, self.op, start_s, self.layer)
         elif moves:  # NCCL's grouped sends: one launch, the slowest pair's latency, each pair's protocol
             choices = [sim.nccl.send(sim.gpu_of[a], sim.gpu_of[b], nbytes / sim.tp) for a, b, nbytes in moves]
-            sim.comm_kernel(range(p), on=True)
+            ctas = [sum(sim.nccl.send_ctas(sim.gpu_of[a], sim.gpu_of[b]) for a, b, _ in moves if r in (a, b))
+                    for r in range(p)]  # one grouped kernel a rank: the blocks of all its sends and receives
+            for r in range(p):
+                sim.comm_kernel((r,), ctas[r], on=True)
             yield sim.env.timeout(max(choice.latency_s for choice, _ in choices))
             yield from _moves(sim, moves, self.op, sim.env.now, self.layer, latency=False,
                               efficiency=[choice.efficiency(bw) for choice, bw in choices])
-            sim.comm_kernel(range(p), on=False)
+            for r in range(p):
+                sim.comm_kernel((r,), ctas[r], on=False)
         self.done.succeed()
 
 

@@ -80,10 +80,10 @@ class Sim:
         self._channels: dict[tuple[int, int], simpy.Resource] = {}
         self._collectives: dict[tuple, collectives.RingAllGather] = {}  # (kind, tag) -> the collective
         self.nccl = collectives.communication_model(job)  # NCCL's model, or None: each link's latency and rate
-        # How much slower compute runs beside a communication kernel (NCCL's only: the ideal links model
-        # costs no compute); measured, docs/cost_model.md "Communication's cost to compute".
-        self.comm_slowdown = collectives.comm_slowdown(job) if self.nccl is not None else 0.0
-        self._kernels = [0] * num_ranks  # communication kernels resident on each rank's GPU
+        # How much slower compute runs beside resident communication kernels' thread blocks (NCCL's model
+        # only: the ideal links cost no compute); measured, docs/cost_model.md "Communication's cost to compute".
+        self.slowdown = collectives.slowdown_model(job) if self.nccl is not None else None
+        self._kernels = [0] * num_ranks  # thread blocks of communication kernels resident on each rank's GPU
         self._kernel_events: dict[int, simpy.Event] = {}
 
     def hold_gpu(self, rank: int, body):
@@ -95,11 +95,12 @@ class Sim:
 
     def compute(self, rank: int, layer: int | None, *ops: tuple[str, float]):
         """Process body: run ``ops`` (name, seconds) one after another on the rank's GPU (one timeout).
-        While a communication kernel is resident on the GPU (``comm_kernel``) its work runs
-        ``1 + comm_slowdown`` times slower; the extra time is a ``comm-contention`` segment after them."""
+        While communication kernels are resident on the GPU (``comm_kernel``) its work runs
+        ``1 + slowdown(their thread blocks)`` times slower; the extra time is a ``comm-contention``
+        segment after them."""
         start_s = self.env.now
         work_s = sum(seconds for _, seconds in ops)
-        contended = bool(self.comm_slowdown and work_s)
+        contended = bool(self.slowdown is not None and work_s)
         if contended:
             yield from self._contended(rank, work_s)
         else:
@@ -113,11 +114,11 @@ class Sim:
             self.segments.append(Segment(rank, "compute", "comm-contention", start_s, self.env.now, layer))
 
     def _contended(self, rank: int, work_s: float):
-        """Process body: ``work_s`` seconds of compute at full speed, or at 1 / (1 + comm_slowdown) of it
-        while the rank's GPU holds a communication kernel; the rate changes as kernels come and go."""
+        """Process body: ``work_s`` seconds of compute at full speed, or at 1 / (1 + slowdown(blocks)) of
+        it while the rank's GPU holds communication kernels; the rate changes as kernels come and go."""
         left_s = work_s
         while left_s > _DONE_REL * work_s:
-            rate = 1.0 / (1.0 + self.comm_slowdown) if self._kernels[rank] else 1.0
+            rate = 1.0 / (1.0 + self.slowdown(self._kernels[rank]))
             since_s = self.env.now
             yield self.env.timeout(left_s / rate) | self._kernel_change(rank)
             left_s -= (self.env.now - since_s) * rate
@@ -129,13 +130,13 @@ class Sim:
             event = self._kernel_events[rank] = self.env.event()
         return event
 
-    def comm_kernel(self, ranks, on: bool) -> None:
-        """A communication kernel starts (``on``) or ends on each of ``ranks``' GPUs: NCCL's kernels
-        hold SMs for the whole transfer, so compute beside them slows (``comm_slowdown``)."""
-        if not self.comm_slowdown:
+    def comm_kernel(self, ranks, ctas: int, *, on: bool) -> None:
+        """A communication kernel of ``ctas`` thread blocks starts (``on``) or ends on each of ``ranks``'
+        GPUs: NCCL's kernels hold SMs for the whole transfer, so compute beside them slows."""
+        if self.slowdown is None:
             return
         for r in ranks:
-            self._kernels[r] += 1 if on else -1
+            self._kernels[r] += ctas if on else -ctas
             event = self._kernel_events.get(r)
             if event is not None and not event.triggered:
                 event.succeed()

@@ -36,7 +36,7 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
         def __init__(self, job, num_ranks, cost=None, gpus=None):
             super().__init__(job, num_ranks, cost, gpus)
             self.nccl = None  # gloo ranks: each link's latency and rate, whatever the scenario's GPUs use
-            self.comm_slowdown = 0.0  # and their messages' CPU cost is net_work's, below
+            self.slowdown = None  # and their messages' CPU cost is net_work's, below
             self._posted: dict[tuple, object] = {}
             self._rank_of: dict[object, int] = {}
             self._rings: dict[int, _BufferedRing] = {}

@@ -43,18 +43,17 @@ def exact_for(job, gpus: Sequence[int]) -> bool:
 def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
     """TTFT of kvr with ``chunks`` on GPUs ``gpus`` (rank order), by the recurrence of the docstring.
     Under NCCL's model a send takes NCCL's p2p latency and moves at its protocol's share of the route,
-    and compute beside a send or receive runs ``1 + comm_slowdown`` times slower (``_advance``), as in
-    the engine."""
-    from ..engine.collectives import communication_model, comm_slowdown
+    and compute beside a send's or receive's kernel runs ``1 + slowdown(its thread blocks)`` times slower
+    (``_advance``), as in the engine."""
+    from ..engine.collectives import communication_model, slowdown_model
 
     cost = job.cost()
     cluster = job.cluster
     nccl = communication_model(job)
-    slow = comm_slowdown(job) if nccl is not None else 0.0
+    slowdown = slowdown_model(job) if nccl is not None else None
     kv = job.model.kv_bytes_per_token_per_layer(job.dtype)
     layers, last = job.model.num_layers, len(chunks) - 1
-    arrive_prev: list[float] = []  # arrival times of the previous rank's messages, per layer
-    send_prev: list[float] = []  # and when each began (its kernels' start on both GPUs)
+    received: list[tuple[float, float, int]] = []  # the previous rank's sends: (start, arrival, blocks)
     keys = 0
     for r, c in enumerate(chunks):
         keys += c
@@ -62,6 +61,7 @@ def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
         ops = ([cost.kv_copy_s(keys)] if r > 0 else []) + [cost.attention_s(c, keys, causal_pairs(c, keys)),
                                                           cost.post_attention_s(c)]
         rest_s = sum(ops) + layer_extra_s(cost, qkv_s, *ops, tokens=c, past=r > 0)
+        ctas = 0
         if r < last:
             nbytes = keys * kv
             if nccl is None:
@@ -71,54 +71,40 @@ def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
             else:
                 choice, _ = nccl.send(gpus[r], gpus[r + 1], nbytes)
                 lat_s, flow_s = choice.latency_s, nbytes / choice.bus_bytes_per_s
+                ctas = nccl.send_ctas(gpus[r], gpus[r + 1])
         t = cost.embed_s(c)
-        arrive: list[float] = []
-        began: list[float] = []
-        # the communication kernels on this rank's GPU: its receives (known) and its sends (as they come)
-        busy = list(zip(send_prev, arrive_prev)) if slow else []
+        sends: list[tuple[float, float, int]] = []
+        busy = list(received) if slowdown else []  # the kernels on this rank's GPU: receives, then sends
         sent = 0.0
         for layer in range(layers):
-            ready = _advance(t, qkv_s, busy, slow)
-            if r > 0 and arrive_prev[layer] > ready:
-                ready = arrive_prev[layer]
+            ready = _advance(t, qkv_s, busy, slowdown)
+            if r > 0 and received[layer][1] > ready:
+                ready = received[layer][1]
             if r < last:
                 start = ready if ready > sent else sent
                 sent = start + lat_s + flow_s
-                arrive.append(sent)
-                began.append(start)
-                if slow:
-                    busy.append((start, sent))
-            t = _advance(ready, rest_s, busy, slow)
-        arrive_prev, send_prev = arrive, began
+                sends.append((start, sent, ctas))
+                if slowdown:
+                    busy.append(sends[-1])
+            t = _advance(ready, rest_s, busy, slowdown)
+        received = sends
     return t + cost.head_s()
 
 
-def _advance(t: float, work_s: float, busy: list[tuple[float, float]], slow: float) -> float:
-    """When ``work_s`` seconds of compute begun at ``t`` end, running ``1 + slow`` times slower inside
-    any of the ``busy`` intervals (communication kernels on the GPU)."""
-    if not slow or not busy:
+def _advance(t: float, work_s: float, busy: list[tuple[float, float, int]], slowdown) -> float:
+    """When ``work_s`` seconds of compute begun at ``t`` end, running ``1 + slowdown(blocks)`` times
+    slower while ``busy`` kernels (start, end, thread blocks) are resident on the GPU (those that
+    ended by ``t`` are dropped from the list: a rank's clock only moves forward)."""
+    if slowdown is None or not busy:
         return t + work_s
+    busy[:] = [kernel for kernel in busy if kernel[1] > t]  # ended ones never matter again: t only grows
+    edges = sorted({x for a, b, _ in busy for x in (a, b) if x > t})
     left = work_s
-    for a, b in _union_after(busy, t):
-        if a > t:  # full speed until the interval
-            if t + left <= a:
-                return t + left
-            left -= a - t
-            t = a
-        span = (b - t) / (1 + slow)  # work done inside the interval
-        if left <= span:
-            return t + left * (1 + slow)
-        left -= span
-        t = b
+    for edge in edges + [float("inf")]:
+        blocks = sum(k for a, b, k in busy if a <= t < b)
+        rate = 1.0 / (1.0 + slowdown(blocks))
+        if t + left / rate <= edge:
+            return t + left / rate
+        left -= (edge - t) * rate
+        t = edge
     return t + left
-
-
-def _union_after(busy: list[tuple[float, float]], t: float) -> list[tuple[float, float]]:
-    """The union of the ``busy`` intervals, clipped to begin no earlier than ``t``, sorted."""
-    out: list[list[float]] = []
-    for a, b in sorted((max(a, t), b) for a, b in busy if b > t):
-        if out and a <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], b)
-        else:
-            out.append([a, b])
-    return [(a, b) for a, b in out]
