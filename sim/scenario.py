@@ -258,7 +258,7 @@ def _memory(hw: dict, gpu: GpuSpec) -> GpuSpec:
     return gpu if check else gpu.replace(memory_bytes=None)
 
 
-DEFAULT_GPU_COMMUNICATION = "links"  # TODO(issue 22): "nccl" once tables and goldens are rebuilt
+DEFAULT_GPU_COMMUNICATION = "nccl"  # GPUs talk through NCCL; "links" is the ideal model, kept as an option
 
 
 def _runtime(hw: dict, gpu: GpuSpec, profiles) -> GpuSpec:

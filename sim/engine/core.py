@@ -120,6 +120,8 @@ class Sim:
         while left_s > _DONE_REL * work_s:
             rate = 1.0 / (1.0 + self.slowdown(self._kernels[rank]))
             since_s = self.env.now
+            if since_s + left_s / rate == since_s:  # below the clock's resolution: done
+                break
             yield self.env.timeout(left_s / rate) | self._kernel_change(rank)
             left_s -= (self.env.now - since_s) * rate
 

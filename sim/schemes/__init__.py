@@ -8,9 +8,12 @@ tokens per rank), ``rank_memory(model, dtype, plan, r)``, rank r's memory at its
 """
 from __future__ import annotations
 
+import dataclasses
+
 from types import ModuleType
 
 from ..memory import MemoryCheck, RankMemory, check
+from ..model import dtype_bytes
 from . import kvr, pipeline, ring, ring_zigzag, single, tp, tsp, ulysses
 
 SCHEMES: dict[str, ModuleType] = {"single": single, "tsp": tsp, "kvr": kvr, "ring": ring,
@@ -34,11 +37,27 @@ def unsupported(kind: str, model, num_gpus: int, context: int, tp: int = 1) -> s
     return SCHEMES[kind].supports(model, num_gpus, context)
 
 
+def eager_scores_bytes(job, plan, r: int) -> float:
+    """Eager attention's materialised scores at their peak, rank r's largest attention call: the fp32
+    softmax output and its dtype copy (4 + b bytes a score) over queries x keys x heads. Keys: the end of
+    the rank's tokens (single, tsp, kvr; tsp's ``masked`` the whole context), else the largest block."""
+    chunks = plan.chunks
+    c = chunks[r]
+    if job.scheme.kind in ("single", "tsp", "kvr"):
+        keys = sum(chunks) if job.scheme.attention == "masked" else sum(chunks[: r + 1])
+    else:
+        keys = max(chunks)
+    return float(c) * keys * job.model.num_heads * (4 + dtype_bytes(job.dtype))
+
+
 def memory_check(job, plan, capacity_bytes: float | None) -> MemoryCheck:
     """Every rank's memory under ``plan`` against the GPU's (a tensor-parallel group's GPU holds
     1/tp of its rank's weights, activations and K/V heads, or one replicated K/V head)."""
     module = SCHEMES[job.scheme.kind]
     ranks = [module.rank_memory(job.model, job.dtype, plan, r) for r in range(len(plan.chunks))]
+    if job.gpu.attention_impl == "eager":
+        ranks = [dataclasses.replace(m, activations=m.activations + eager_scores_bytes(job, plan, r))
+                 for r, m in enumerate(ranks)]
     if plan.tp > 1:
         t, nkv = plan.tp, job.model.num_kv_heads
         kv = max(nkv / t, 1.0) / nkv
