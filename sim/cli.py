@@ -36,6 +36,10 @@ def parser() -> argparse.ArgumentParser:
                    "value is YAML; validated like the file); repeatable")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
                    help="simulate on N processes (default: the machine's cores); the results are the same")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="simulate as tasks on a Ray cluster instead (the [ray] extra): ADDRESS as ray.init takes "
+                   "it (auto, ray://HOST:10001); none: a Ray instance started on this machine; the results "
+                   "are the same")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
 
@@ -85,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--timeline: needs --out DIR, got no --out")
         if args.jobs < 1:
             raise UsageError(f"--jobs: must be >= 1, got {args.jobs}")
+        if args.ray is not None:
+            from . import ray_sweep
+            ray_sweep.check()
         if args.out:
             check_writable(args.out)  # before the sweep: a bad folder must not cost the run
         measured = load_measured(scenario, args.scenario)  # an unreadable results file, before the sweep too
@@ -95,7 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ScenarioError, UsageError, OutputError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    table = report.run(scenario, progress=not args.no_progress, jobs=args.jobs)
+    try:
+        table = report.run(scenario, progress=not args.no_progress, jobs=args.jobs, ray=args.ray)
+    except ValueError as e:  # ray_sweep.RayError: its cluster cannot be joined
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     made_by = report.provenance(scenario, args.overrides)  # before the comparison asks the profiles more
     text = report.text(scenario, table)
     sys.stdout.write(text)

@@ -290,15 +290,19 @@ def write_files(scenario, table: list[Row], stage, *, made_by: dict | None = Non
         f.write("\n")
 
 
-def run(scenario, *, progress: bool = True, jobs: int = 1) -> list[Row]:
-    """Simulate every job of the scenario's sweep, on ``jobs`` processes (the results are the same
-    either way: every job is deterministic and the rows keep the sweep's order); a progress bar
-    (stderr) appears after a second."""
+def run(scenario, *, progress: bool = True, jobs: int = 1, ray: str | None = None) -> list[Row]:
+    """Simulate every job of the scenario's sweep, on ``jobs`` processes, or as tasks on the Ray cluster
+    at ``ray`` (``ray_sweep.run``: ``"local"`` starts one here); the results are the same either way
+    (every job is deterministic and the rows keep the sweep's order). A progress bar (stderr) appears
+    after a second."""
     from tqdm import tqdm
 
     todo = list(scenario.jobs())
     bar = dict(total=len(todo), desc=scenario.name, unit="sim", delay=1.0, disable=None if progress else True,
                leave=False)
+    if ray is not None:
+        from . import ray_sweep
+        return rows(ray_sweep.run(todo, _run_one, ray, bar))
     if jobs <= 1 or len(todo) < 2:
         return rows(_run_one(job) for job in tqdm(todo, **bar))
     import concurrent.futures

@@ -160,8 +160,11 @@ class AllToAll(RingAllGather):
             yield from _moves(sim, moves, self.op, start_s, self.layer)
         elif moves:  # NCCL's grouped sends: one launch, the slowest pair's latency, each pair's protocol
             choices = [sim.nccl.send(sim.gpu_of[a], sim.gpu_of[b], nbytes / sim.tp) for a, b, nbytes in moves]
-            ctas = [sum(sim.nccl.send_ctas(sim.gpu_of[a], sim.gpu_of[b]) for a, b, _ in moves if r in (a, b))
-                    for r in range(p)]  # one grouped kernel a rank: the blocks of all its sends and receives
+            ctas = [0] * p  # one grouped kernel a rank: the blocks of all its sends and receives
+            for a, b, _ in moves:
+                blocks = sim.nccl.send_ctas(sim.gpu_of[a], sim.gpu_of[b])
+                ctas[a] += blocks
+                ctas[b] += blocks
             for r in range(p):
                 sim.comm_kernel((r,), ctas[r], on=True)
             yield sim.env.timeout(max(choice.latency_s for choice, _ in choices))

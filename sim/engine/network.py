@@ -4,16 +4,18 @@ A transfer waits its route's latency (the sum of its links' latencies, once), th
 flows are active each gets its max-min fair rate over the links it crosses (progressive filling: the most
 loaded link fixes the rate of its flows, the rest share what is left), so two transfers on one link each
 take twice as long. Rates are recomputed when a flow starts or ends by one SimPy process, the link
-manager, which sleeps until the next flow ends or until it is woken by a change. A background flow may be
-capped below its fair share (``rate_jitter``): progressive filling fixes it at its cap once the fair level
-passes it. With ``latency_jitter_s`` every transfer waits an exponential extra of that mean, drawn from a
+manager, which sleeps until the next flow ends or until it is woken by a change; flows that start or
+end at one instant are one change, and the next bottleneck comes from a heap of the links' fair levels.
+A background flow may be capped below its fair share (``rate_jitter``): progressive filling fixes it at
+its cap once the fair level passes it. With ``latency_jitter_s`` every transfer waits an exponential extra of that mean, drawn from a
 generator seeded by the cluster's ``latency_seed`` (docs/simulator.md, "Noise").
 Reference: Bertsekas and Gallager, Data Networks, max-min fairness.
 """
 from __future__ import annotations
 
+import heapq
 import random
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import simpy
 
@@ -73,7 +75,7 @@ class Network:
         self._pairs: dict[tuple[int, int], tuple[tuple[Link, ...], float, float]] = {}
         self.bytes_carried: dict[Link, float] = defaultdict(float)
         self._flows: dict[_Flow, None] = {}  # insertion-ordered set: deterministic
-        self._users: Counter[Link] = Counter()  # active flows per link
+        self._on: dict[Link, dict[_Flow, None]] = {}  # the active flows on each link, in the order they started
         self._shared = 0  # links with two or more active flows
         self._capped = 0  # active flows with a cap of their own
         self._jitter = random.Random(cluster.latency_seed) if cluster.latency_jitter_s else None
@@ -104,23 +106,29 @@ class Network:
         data (NCCL's, ``nccl.py``): a flow moves bytes / efficiency, the links are charged the bytes.
         Returns each one's end time, in order (the process ends with the last)."""
         group = _Group(self.env, len(moves))
-        flows: dict[int, _Flow] = {}
-        waited_s = 0.0
+        pairs = [self._pair(src, dst) for src, dst, _ in moves]
         extra_s = [self._extra_latency_s() if latency else 0.0 for _ in moves]
-        for i in sorted(range(len(moves)), key=lambda i: self._pair(moves[i][0], moves[i][1])[1] + extra_s[i]):
-            src, dst, nbytes = moves[i]
-            links, route_latency_s, cap = self._pair(src, dst)
-            latency_s = route_latency_s + extra_s[i] if latency else 0.0
+        due_s = [pair[1] + extra for pair, extra in zip(pairs, extra_s)]
+        flows: list[_Flow] = [None] * len(moves)  # type: ignore[list-item]
+        starting: list[_Flow] = []  # flows that start at the same instant join the network together
+        waited_s = 0.0
+        for i in sorted(range(len(moves)), key=due_s.__getitem__):
+            links, _, cap = pairs[i]
+            latency_s = due_s[i] if latency else 0.0
             if latency_s > waited_s:
+                self._add(starting)
+                starting = []
                 yield self.env.timeout(latency_s - waited_s)
                 waited_s = latency_s
+            nbytes = moves[i][2]
             for link in links:
                 self.bytes_carried[link] += nbytes
             share = efficiency[i] if isinstance(efficiency, list) else efficiency
             flows[i] = _Flow(links, cap, nbytes / share, group)
-            self._add(flows[i])
+            starting.append(flows[i])
+        self._add(starting)
         yield group.done
-        return [flows[i].end_s for i in range(len(moves))]
+        return [flow.end_s for flow in flows]
 
     def _extra_latency_s(self) -> float:
         """A transfer's random extra latency (0 without latency jitter)."""
@@ -129,22 +137,35 @@ class Network:
         return self._jitter.expovariate(1 / self.cluster.latency_jitter_s)
 
     # ----- the link manager ----------------------------------------------------------------------
-    def _add(self, flow: _Flow) -> None:
-        self._flows[flow] = None
-        self._capped += flow.capped
-        for link in flow.links:
-            self._users[link] += 1
-            if self._users[link] == 2:
-                self._shared += 1
+    def _add(self, flows: list[_Flow]) -> None:
+        """``flows`` start now: one change of rates for all of them."""
+        if not flows:
+            return
+        on = self._on
+        for flow in flows:
+            self._flows[flow] = None
+            self._capped += flow.capped
+            for link in flow.links:
+                users = on.get(link)
+                if users is None:
+                    users = on[link] = {}
+                users[flow] = None
+                if len(users) == 2:
+                    self._shared += 1
         self._poke()
 
-    def _remove(self, flow: _Flow) -> None:
-        del self._flows[flow]
-        self._capped -= flow.capped
-        for link in flow.links:
-            self._users[link] -= 1
-            if self._users[link] == 1:
-                self._shared -= 1
+    def _remove(self, flows: list[_Flow]) -> None:
+        """``flows`` stop now: one change of rates for all of them."""
+        if not flows:
+            return
+        for flow in flows:
+            del self._flows[flow]
+            self._capped -= flow.capped
+            for link in flow.links:
+                users = self._on[link]
+                del users[flow]
+                if len(users) == 1:
+                    self._shared -= 1
         self._poke()
 
     def _poke(self) -> None:
@@ -160,8 +181,10 @@ class Network:
         """Sleep until a flow starts or stops or the next flow ends; then end flows, share, repeat."""
         while True:
             now_s = self.env.now
-            for f in [f for f in self._flows if f.finish_s <= now_s + _DONE_REL * now_s]:
-                self._remove(f)
+            due_s = now_s + _DONE_REL * now_s
+            ended = [f for f in self._flows if f.finish_s <= due_s]
+            self._remove(ended)
+            for f in ended:
                 f.end_s = now_s
                 f.group.left -= 1
                 if not f.group.left:
@@ -183,39 +206,51 @@ class Network:
                     f.set_rate(f.cap, now_s)
             return
         # A flow alone on every link it crosses runs at its cap; the rest share by progressive filling.
-        counts = self._users
+        on = self._on
         shared = []
         for f in self._flows:
-            if all(counts[link] == 1 for link in f.links):
+            if all(len(on[link]) == 1 for link in f.links):
                 if f.rate != f.cap:
                     f.set_rate(f.cap, now_s)
             else:
                 shared.append(f)
-        users: Counter[Link] = Counter(link for f in shared for link in f.links)
-        left = {link: self.capacity[link] for link in users}
-        on: dict[Link, list[_Flow]] = {}  # the flows on each link, in the order they started
-        for f in shared:
-            for link in f.links:
-                on.setdefault(link, []).append(f)
+        # The links of the shared flows, numbered as first met: of equally loaded links the first is the
+        # bottleneck. Every flow on one of them is shared, so ``on`` lists them in the order they started.
+        first = {link: i for i, link in enumerate(dict.fromkeys(link for f in shared for link in f.links))}
+        users = {link: len(on[link]) for link in first}
+        left = {link: self.capacity[link] for link in first}
+        # The fair level of each link in a heap; an entry whose level is no longer the link's is stale.
+        levels = [(left[link] / users[link], i, link) for link, i in first.items()]
+        heapq.heapify(levels)
         done: set[_Flow] = set()
         capped = [f for f in shared if f.capped] if self._capped else []
         remaining = len(shared)
         while remaining:  # progressive filling: the most loaded link fixes its flows' rate
-            bottleneck = min(users, key=lambda link: left[link] / users[link])
+            while True:
+                level, _, bottleneck = levels[0]
+                if bottleneck in users and left[bottleneck] / users[bottleneck] == level:
+                    break
+                heapq.heappop(levels)
             rate = max(left[bottleneck], 0.0) / users[bottleneck]
             fixed = [f for f in on[bottleneck] if f not in done]
             low = [f for f in capped if f not in done and f.cap < rate]
             if low:  # a flow capped below the fair level takes its cap; the others share the rest
                 rate = min(f.cap for f in low)
                 fixed = [f for f in low if f.cap == rate]
+            changed: dict[Link, None] = {}
             for f in fixed:
                 done.add(f)
                 f.set_rate(rate, now_s)
                 for link in f.links:
                     left[link] -= rate
                     users[link] -= 1
-                    if not users[link]:
+                    if users[link]:
+                        changed[link] = None
+                    else:
                         del users[link]
+            for link in changed:
+                if link in users:
+                    heapq.heappush(levels, (left[link] / users[link], first[link], link))
             remaining -= len(fixed)
 
     def _background(self, bg):
@@ -226,16 +261,13 @@ class Network:
         yield self.env.timeout(bg.start_s)
         if bg.on_s is None:
             self._cap(flows, next(rates))
-            for f in flows:
-                self._add(f)
+            self._add(flows)
             return
         for on_s, off_s in bg.periods():
             self._cap(flows, next(rates))
-            for f in flows:
-                self._add(f)
+            self._add(flows)
             yield self.env.timeout(on_s)
-            for f in flows:
-                self._remove(f)
+            self._remove(flows)
             yield self.env.timeout(off_s)
 
     def _cap(self, flows: list[_Flow], fraction: float) -> None:
