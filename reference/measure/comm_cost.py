@@ -25,7 +25,7 @@ import statistics
 import sys
 from datetime import datetime, timezone
 
-from reference.measure.timing import MeasureError, device_name, measurement_main
+from reference.measure.timing import MeasureError, device_name, events_per_call_s, measurement_main
 
 SCHEMA = "comm-cost/1"
 UNITS = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -120,13 +120,7 @@ def measure(args) -> dict:
     def timed(fn, n: int) -> float:
         """Seconds per call of n back-to-back calls on the current stream."""
         torch.cuda.synchronize()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(n):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / n
+        return events_per_call_s(fn, n)
 
     def side_ops(size: int):
         src = torch.empty(size, dtype=torch.uint8, device=device).random_()
