@@ -489,3 +489,27 @@ def test_a_damaged_safetensors_file_is_one_line(broken_checkpoint, damage):
         f.write(blob)
     line = one_error_line(run([*LAUNCH, "--model", folder, "--scheme", "single", "--context", "4"]))
     assert line.startswith(f"reference.launch: error: {path}: not a readable safetensors file (")
+
+
+@pytest.mark.parametrize("module,args,message", [
+    ("reference.measure.comm_cost", ["--sizes", "4 MB"], "--sizes: '4 MB' is not a size like 256KiB"),
+    ("reference.measure.comm_cost", ["--ctas", "0,8"], "--ctas: need integers >= 1"),
+    ("reference.measure.hf_attention", ["--models", "gpt-9"], "--models: 'gpt-9' is not a preset"),
+])
+def test_the_gpu_measurements_refuse_bad_flags_in_one_line(tmp_path, module, args, message):
+    """Checked before any GPU work (on a CPU machine too: the flags first, then the missing device)."""
+    out = tmp_path / "m.json"
+    proc = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    assert not out.exists()
+
+
+def test_the_attention_check_refuses_a_file_that_is_not_its_measurement(tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text('{"schema": "profile/3"}')
+    proc = subprocess.run([sys.executable, "-m", "sim.validation.attention_impl", str(bad)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "hf-attention/1" in lines[0], proc.stderr
