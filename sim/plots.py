@@ -14,7 +14,9 @@ from .engine import Result  # noqa: E402
 
 OP_COLOURS = {"embed": "#7f7f7f", "qkv": "#1f77b4", "kv-pad": "#17becf", "kv-cat": "#bcbd22",
               "attention": "#d62728", "mlp": "#2ca02c",
-              "head": "#9467bd", "send": "#ff7f0e", "all-gather": "#8c564b"}
+              "head": "#9467bd", "send": "#ff7f0e", "all-gather": "#8c564b",
+              "comm-contention": "#e377c2"}  # compute slowed beside NCCL kernels (docs/cost_model.md)
+OTHER_COLOUR = "#c7c7c7"  # an op without a colour of its own
 
 
 def ttft_plot(rows, model: str, cluster: str, path: str) -> None:
@@ -77,7 +79,7 @@ def timeline_plot(result: Result, title: str, path: str, measured: list[dict] | 
     ax = axes[0][0]
     for seg in result.segments:
         y = 2 * (ranks - 1 - seg.rank) + (1 if seg.kind == "compute" else 0.35)
-        colour = OP_COLOURS[seg.op]  # transfers get an edge in their colour so short ones stay visible
+        colour = OP_COLOURS.get(seg.op, OTHER_COLOUR)  # transfers get an edge in their colour so short ones stay visible
         _bar(ax, seg.start_s, seg.end_s, y, 0.8 if seg.kind == "compute" else 0.5, colour,
              edge="white" if seg.kind == "compute" else colour)
     ax.axvline(result.ttft_s * 1e3, color="black", lw=1, ls="--")
