@@ -52,25 +52,18 @@ def quiet(cluster: ClusterSpec) -> ClusterSpec:
     return cluster if cluster.noise is None else dataclasses.replace(cluster, noise=None)
 
 
-def plan_gpus(planned: Plan) -> list[int]:
-    """Every cluster GPU a plan runs on: each rank's GPU and the rest of its tensor-parallel group."""
-    return sorted({g + k for g in planned.gpus for k in range(planned.tp)})
+def used_links(quiet_result: Result) -> tuple[Link, ...]:
+    """The directed links that carry the job's own traffic in its run on the quiet cluster, in the order
+    they were first used: the links the scheme uses (a TSP ring's, a KV-Runahead chain's)."""
+    return tuple(link for link, nbytes in quiet_result.link_bytes.items() if nbytes > 0)
 
 
-def used_links(cluster: ClusterSpec, gpus) -> tuple[Link, ...]:
-    """Every directed link on the routes between ``gpus``, in the order the routes first cross them."""
-    links: dict[Link, None] = {}
-    for route in cluster.routes(gpus).values():
-        links.update(dict.fromkeys(route))
-    return tuple(links)
-
-
-def draw(cluster: ClusterSpec, seed_index: int, gpus) -> ClusterSpec:
-    """Draw ``seed_index`` of a noisy cluster for a job on ``gpus``: the quiet cluster, plus the noise's
-    flows on each of its links (or the links between ``gpus``) and its latency jitter."""
+def draw(cluster: ClusterSpec, seed_index: int, used: tuple[Link, ...]) -> ClusterSpec:
+    """Draw ``seed_index`` of a noisy cluster: the quiet cluster, plus the noise's flows on each of its
+    links (``links: used``: the ``used`` links, ``used_links``) and its latency jitter."""
     noise = cluster.noise
     assert noise is not None, f"cluster {cluster.name!r} has no noise"
-    links = noise.links if noise.links is not None else used_links(cluster, gpus)
+    links = noise.links if noise.links is not None else used
     flows = tuple(BackgroundFlow(src=a, dst=b, flows=noise.flows, on_s=noise.on_s, off_s=noise.off_s,
                                  seed=flow_seed(seed_index, (a, b)), rate_jitter=noise.rate_jitter)
                   for a, b in links) if noise.flows else ()
@@ -79,12 +72,20 @@ def draw(cluster: ClusterSpec, seed_index: int, gpus) -> ClusterSpec:
                                latency_seed=flow_seed(seed_index, "latency"))
 
 
+def links_for(job, planned: Plan, **run_kw) -> tuple[Link, ...]:
+    """The links a noisy cluster's ``links: used`` means for ``job`` under ``planned`` (a quiet run),
+    or none needed (the noise lists its links)."""
+    if job.cluster.noise.links is not None:
+        return ()
+    return used_links(run_plan(dataclasses.replace(job, cluster=quiet(job.cluster)), planned, **run_kw))
+
+
 def run_draws(job, planned: Plan, **run_kw) -> tuple[Result, Spread]:
     """Run ``planned`` under every draw of ``job``'s noisy cluster: seed 0's result with its TTFT and
     makespan replaced by the means over the draws (its ranks, links and timeline stay seed 0's), and
     the spread of the TTFTs."""
-    cluster, gpus = job.cluster, plan_gpus(planned)
-    results = [run_plan(dataclasses.replace(job, cluster=draw(cluster, i, gpus)), planned, **run_kw)
+    cluster, used = job.cluster, links_for(job, planned, **run_kw)
+    results = [run_plan(dataclasses.replace(job, cluster=draw(cluster, i, used)), planned, **run_kw)
                for i in range(cluster.noise.seeds)]
     spread = Spread.of(r.ttft_s for r in results)
     makespan_s = sum(r.makespan_s for r in results) / len(results)

@@ -22,5 +22,5 @@ def simulate(job: Job, cost: CostModel | None = None, sim_class: type[Sim] | Non
     if job.cluster.noise is None:
         return run(job, plan(job), cost=cost, sim_class=sim_class)
     planned = plan(dataclasses.replace(job, cluster=noise.quiet(job.cluster)))
-    drawn = noise.draw(job.cluster, 0, noise.plan_gpus(planned))
+    drawn = noise.draw(job.cluster, 0, noise.links_for(job, planned, cost=cost, sim_class=sim_class))
     return run(dataclasses.replace(job, cluster=drawn), planned, cost=cost, sim_class=sim_class)

@@ -28,7 +28,7 @@ import simpy
 def communication_model(job):
     """NCCL's model (``nccl.NcclModel``) for the job's cluster under ``communication: nccl``; None under
     ``links``."""
-    if job.gpu.communication != "nccl":
+    if job.gpu is None or job.gpu.communication != "nccl":  # no GPU: a measured profile answers every cost
         return None
     # imported here: ``python -m sim.engine.nccl`` must not find the module already loaded by the package
     from .nccl import NcclModel, arch_of
@@ -39,7 +39,7 @@ def slowdown_model(job):
     """Under NCCL's model, the slowdown of compute beside resident NCCL thread blocks
     (``nccl.compute_slowdown``, measured: docs/cost_model.md "Communication's cost to compute"); None
     under ``links``, where communication costs no compute."""
-    if job.gpu.communication != "nccl":
+    if job.gpu is None or job.gpu.communication != "nccl":
         return None
     from . import nccl
     return nccl.compute_slowdown

@@ -43,7 +43,7 @@ def digest(obj: Any) -> str:
 def job_key(job) -> dict:
     """The fields of a table entry that say which job it is for (all but the context)."""
     return {"model": job.model.name, "gpu": job.gpu.name, "dtype": job.dtype,
-            "hardware_digest": digest((job.gpu, job.dtype, job.model, *job.gpu.runtime_key())), "cluster": job.cluster.name,
+            "hardware_digest": digest((job.gpu, job.dtype, job.model, *(job.gpu.runtime_key() if job.gpu else ()))), "cluster": job.cluster.name,
             "cluster_digest": digest(job.cluster), "order_mode": job.scheme.order, "gpus": job.num_gpus}
 
 

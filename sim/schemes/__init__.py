@@ -55,7 +55,7 @@ def memory_check(job, plan, capacity_bytes: float | None) -> MemoryCheck:
     1/tp of its rank's weights, activations and K/V heads, or one replicated K/V head)."""
     module = SCHEMES[job.scheme.kind]
     ranks = [module.rank_memory(job.model, job.dtype, plan, r) for r in range(len(plan.chunks))]
-    if job.gpu.attention_impl == "eager":
+    if job.gpu is not None and job.gpu.attention_impl == "eager":
         ranks = [dataclasses.replace(m, activations=m.activations + eager_scores_bytes(job, plan, r))
                  for r, m in enumerate(ranks)]
     if plan.tp > 1:

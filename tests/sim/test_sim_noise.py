@@ -9,7 +9,8 @@ from hypothesis import given, settings
 
 from sim.cluster import BackgroundFlow, ClusterSpec, NoiseSpec
 from sim.engine import Sim
-from sim.noise import Spread, draw, flow_seed, used_links
+from sim.noise import Spread, draw, flow_seed, links_for, quiet
+from sim.partition.plan import plan
 from sim.report import _run_one, rows, write_files
 from sim.scenario import ScenarioError, parse
 from sim.scenario_clusters import HOST_STAGED_DEFAULTS, parse_cluster
@@ -95,15 +96,19 @@ def noisy_job(noise=NOISY, scheme="tsp", gpus=4, context=1024):
     return job(scheme=scheme, cluster=dataclasses.replace(cluster, noise=noise), gpus=gpus, context=context)
 
 
-def test_links_used_resolves_to_the_routes_between_the_jobs_gpus():
-    j = noisy_job()
-    links = used_links(j.cluster, [0, 1])
-    assert set(links) == {(0, "pcie0"), ("pcie0", "host0"), ("host0", "pcie0-down"), ("pcie0-down", 1),
-                          (1, "pcie0"), ("pcie0-down", 0)}
-    drawn = draw(j.cluster, 2, [0, 1])
+def test_links_used_are_the_links_that_carry_the_jobs_traffic():
+    j = noisy_job(scheme="kvr-e", gpus=2)
+    planned = plan(dataclasses.replace(j, cluster=quiet(j.cluster)))
+    links = links_for(j, planned)
+    # a two-rank chain sends from GPU 0 to GPU 1 only: up through switch 0 to the host and down again
+    assert links == ((0, "pcie0"), ("pcie0", "host0"), ("host0", "pcie0-down"), ("pcie0-down", 1))
+    drawn = draw(j.cluster, 2, links)
     assert [(bg.src, bg.dst) for bg in drawn.background] == list(links)
     assert [bg.seed for bg in drawn.background] == [flow_seed(2, link) for link in links]
     assert drawn.noise is None and drawn.latency_seed == flow_seed(2, "latency")
+    listed = dataclasses.replace(j.cluster, noise=dataclasses.replace(NOISY, links=((1, "pcie0"),)))
+    assert links_for(dataclasses.replace(j, cluster=listed), planned) == ()  # listed links need no quiet run
+    assert [(bg.src, bg.dst) for bg in draw(listed, 0, ()).background] == [(1, "pcie0")]
 
 
 def test_same_seed_same_ttft_different_seeds_differ_and_the_mean_is_reported():
