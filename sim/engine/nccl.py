@@ -379,7 +379,7 @@ if __name__ == "__main__":
 # How much slower a decoder layer runs while a kernel of this many thread blocks (512 threads each, as
 # NCCL's) is resident beside it on the GPU's SMs, measured on one H100 (2026-12-06): the mean over
 # llama-2-7b and falcon-7b layers of 1024, 2048 and 4096 tokens of (slowdown / the fraction of the
-# layers' time the kernel was resident), profiles/h100-comm-cost-{llama-2-7b,falcon-7b}-bf16.json
+# layers' time the kernel was resident), profiles/gpu/h100-comm-cost-{llama-2-7b,falcon-7b}-bf16.json
 # (``python -m reference.measure.comm_cost``; tests/sim/test_comm_cost.py recomputes these from them).
 # The per-point values spread widely (2 blocks: 0.19-0.49): docs/cost_model.md.
 COMM_CTAS_MEASURED = (1, 2, 4, 8)

@@ -72,9 +72,9 @@ def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
                 choice, _ = nccl.send(gpus[r], gpus[r + 1], nbytes)
                 lat_s, flow_s = choice.latency_s, nbytes / choice.bus_bytes_per_s
                 ctas = nccl.send_ctas(gpus[r], gpus[r + 1])
-        t = cost.embed_s(c)
         sends: list[tuple[float, float, int]] = []
         busy = list(received) if slowdown else []  # the kernels on this rank's GPU: receives, then sends
+        t = _advance(0.0, cost.embed_s(c), busy, slowdown)  # a long embedding may meet the first receive
         sent = 0.0
         for layer in range(layers):
             ready = _advance(t, qkv_s, busy, slowdown)

@@ -20,6 +20,12 @@ def _files(pattern):
 
 def test_checked_in_files_match_their_schemas():
     checked = 0
+    for path in _files("profiles/gpu/*.json"):  # the GPU cost measurements: their own formats
+        doc = json.load(open(path))
+        assert doc.get("schema") in ("comm-cost/1", "hf-attention/1") and doc["rows"] and doc["device"], path
+        keys = {"tokens", "side", "bytes", "slowdown", "overlap"} if doc["schema"] == "comm-cost/1" else \
+            {"model", "impl", "queries", "keys", "median_s"}
+        assert all(keys <= set(row) for row in doc["rows"]), path
     for path in _files("profiles/*.json"):
         validate(json.load(open(path)), "profile", path)
         checked += 1

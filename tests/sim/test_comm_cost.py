@@ -95,7 +95,7 @@ def test_the_slowdown_table_is_the_checked_in_measurement():
     of slowdown / overlap of the resident kernel, as the H100 measurements in profiles/ give it."""
     import os
     from sim.engine import nccl
-    root = os.path.join(os.path.dirname(__file__), "..", "..", "profiles")
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "profiles", "gpu")
     rows = [r for m in ("llama-2-7b", "falcon-7b")
             for r in json.load(open(os.path.join(root, f"h100-comm-cost-{m}-bf16.json")))["rows"]]
     for ctas, value in zip(nccl.COMM_CTAS_MEASURED, nccl.COMM_COMPUTE_SLOWDOWN):
