@@ -14,6 +14,7 @@ enqueue.cc (github.com/NVIDIA/nccl).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -387,6 +388,7 @@ COMM_COMPUTE_SLOWDOWN = (0.177, 0.331, 0.473, 0.456)
 P2P_PCI_CTAS = 2  # NCCL src/graph/paths.cc ncclTopoGetNchannels: 2 channels a PCIe (and SHM) peer
 
 
+@functools.lru_cache(maxsize=None)
 def compute_slowdown(ctas: int) -> float:
     """The slowdown of compute beside ``ctas`` resident NCCL thread blocks: the measured table,
     interpolated in log2(ctas), held at its last value beyond 8 (more blocks were measured on one

@@ -17,6 +17,7 @@ orders; the search's answer is still judged by the simulator (``search.search_jo
 """
 from __future__ import annotations
 
+from collections import deque
 from typing import Sequence
 
 from ..cost import causal_pairs, layer_extra_s
@@ -73,11 +74,12 @@ def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
                 lat_s, flow_s = choice.latency_s, nbytes / choice.bus_bytes_per_s
                 ctas = nccl.send_ctas(gpus[r], gpus[r + 1])
         sends: list[tuple[float, float, int]] = []
-        busy = list(received) if slowdown else []  # the kernels on this rank's GPU: receives, then sends
-        t = _advance(0.0, cost.embed_s(c), busy, slowdown)  # a long embedding may meet the first receive
+        # the kernels on this rank's GPU: its receives and its sends, two streams, each in time order
+        streams = (deque(received), deque()) if slowdown else ()
+        t = _advance(0.0, cost.embed_s(c), streams, slowdown)  # a long embedding may meet the first receive
         sent = 0.0
         for layer in range(layers):
-            ready = _advance(t, qkv_s, busy, slowdown)
+            ready = _advance(t, qkv_s, streams, slowdown)
             if r > 0 and received[layer][1] > ready:
                 ready = received[layer][1]
             if r < last:
@@ -85,26 +87,33 @@ def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
                 sent = start + lat_s + flow_s
                 sends.append((start, sent, ctas))
                 if slowdown:
-                    busy.append(sends[-1])
-            t = _advance(ready, rest_s, busy, slowdown)
+                    streams[1].append(sends[-1])
+            t = _advance(ready, rest_s, streams, slowdown)
         received = sends
     return t + cost.head_s()
 
 
-def _advance(t: float, work_s: float, busy: list[tuple[float, float, int]], slowdown) -> float:
+def _advance(t: float, work_s: float, streams, slowdown) -> float:
     """When ``work_s`` seconds of compute begun at ``t`` end, running ``1 + slowdown(blocks)`` times
-    slower while ``busy`` kernels (start, end, thread blocks) are resident on the GPU (those that
-    ended by ``t`` are dropped from the list: a rank's clock only moves forward)."""
-    if slowdown is None or not busy:
+    slower while kernels (start, end, thread blocks) are resident on the GPU. ``streams``: deques of
+    kernels that follow one another (a channel's sends, a peer's receives: starts and ends both in
+    order), so those that ended by ``t`` leave from the front and at most one of each is active."""
+    if slowdown is None or not streams:
         return t + work_s
-    busy[:] = [kernel for kernel in busy if kernel[1] > t]  # ended ones never matter again: t only grows
-    edges = sorted({x for a, b, _ in busy for x in (a, b) if x > t})
     left = work_s
-    for edge in edges + [float("inf")]:
-        blocks = sum(k for a, b, k in busy if a <= t < b)
-        rate = 1.0 / (1.0 + slowdown(blocks))
+    while True:
+        blocks, edge = 0, float("inf")
+        for kernels in streams:
+            while kernels and kernels[0][1] <= t:
+                kernels.popleft()
+            for start, end, k in kernels:
+                if start > t:
+                    edge = min(edge, start)
+                    break
+                blocks += k
+                edge = min(edge, end)
+        rate = 1.0 / (1.0 + slowdown(blocks)) if blocks else 1.0
         if t + left / rate <= edge:
             return t + left / rate
         left -= (edge - t) * rate
         t = edge
-    return t + left
