@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 
@@ -51,3 +52,8 @@ def number(value: Any, at: str, minimum: float | None = None) -> float:
     else:
         need(value >= minimum, at, f"must be >= {minimum}", value)
     return float(value)
+
+
+def scenario_path(value: str, base_dir: str) -> str:
+    """A path written in a scenario, taken relative to the scenario file's folder (absolute stays)."""
+    return os.path.normpath(os.path.join(base_dir, value))

@@ -37,12 +37,12 @@ def communication_model(job):
 
 def slowdown_model(job):
     """Under NCCL's model, the slowdown of compute beside resident NCCL thread blocks
-    (``nccl.compute_slowdown``, measured: docs/cost_model.md "Communication's cost to compute"); None
-    under ``links``, where communication costs no compute."""
+    (``comm_cost.compute_slowdown``, measured); None under ``links``, where communication costs no
+    compute."""
     if job.gpu is None or job.gpu.communication != "nccl":
         return None
-    from . import nccl
-    return nccl.compute_slowdown
+    from . import comm_cost  # looked up when a simulation starts: tests replace the measured table
+    return comm_cost.compute_slowdown
 
 
 def send(sim, src: int, dst: int, nbytes: float, tag: int, layer: int | None = None):

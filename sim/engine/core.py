@@ -82,7 +82,7 @@ class Sim:
         self.nccl = collectives.communication_model(job)  # NCCL's model, or None: each link's latency and rate
         # How much slower compute runs beside resident communication kernels' thread blocks (NCCL's model
         # only: the ideal links cost no compute); measured, docs/cost_model.md "Communication's cost to compute".
-        self.slowdown = collectives.slowdown_model(job) if self.nccl is not None else None
+        self.slowdown = collectives.slowdown_model(job)
         self._kernels = [0] * num_ranks  # thread blocks of communication kernels resident on each rank's GPU
         self._kernel_events: dict[int, simpy.Event] = {}
 

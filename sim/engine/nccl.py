@@ -14,7 +14,6 @@ enqueue.cc (github.com/NVIDIA/nccl).
 from __future__ import annotations
 
 import argparse
-import functools
 import math
 import sys
 from dataclasses import dataclass
@@ -323,6 +322,26 @@ class NcclModel:
         return p2p(comm, nbytes), comm.bandwidth_bytes_per_s
 
 
+# ----- the thread blocks of NCCL's kernels (what they hold of the SMs: sim/engine/comm_cost.py) -------
+P2P_PCI_CTAS = 2  # NCCL src/graph/paths.cc ncclTopoGetNchannels: 2 channels a PCIe (and SHM) peer
+
+
+def p2p_ctas(comm: Comm) -> int:
+    """Thread blocks of NCCL's send (or receive) kernel to one peer: 2 over PCIe/SHM and the network;
+    over NVLink 2 a link of the path (paths.cc: 2 x path bandwidth / one NVLink's), rounded up to a power
+    of two and at most the ring's channels (``channels``), as ncclTopoComputeP2pChannels does."""
+    if comm.transport != "nvlink" or comm.nodes > 1:
+        return P2P_PCI_CTAS
+    links = max(1, int(comm.bandwidth_bytes_per_s / GB / NVLINK_NCCL_GB[comm.arch][1]))  # line rate a link
+    per_peer = 1 << (2 * links - 1).bit_length()
+    return max(1, min(per_peer, MAX_RING_CHANNELS))
+
+
+def collective_ctas(comm: Comm) -> int:
+    """Thread blocks of a ring collective's kernel: one a channel."""
+    return channels(comm)[0]
+
+
 # ----- python -m sim.engine.nccl ----------------------------------------------------------------------
 SIZES = tuple(2**k for k in range(10, 31, 2))  # 1 KiB .. 1 GiB
 
@@ -373,47 +392,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-
-# ----- communication's cost to compute -----------------------------------------------------------------
-# How much slower a decoder layer runs while a kernel of this many thread blocks (512 threads each, as
-# NCCL's) is resident beside it on the GPU's SMs, measured on one H100 (2026-12-06): the mean over
-# llama-2-7b and falcon-7b layers of 1024, 2048 and 4096 tokens of (slowdown / the fraction of the
-# layers' time the kernel was resident), profiles/gpu/h100-comm-cost-{llama-2-7b,falcon-7b}-bf16.json
-# (``python -m reference.measure.comm_cost``; tests/sim/test_comm_cost.py recomputes these from them).
-# The per-point values spread widely (2 blocks: 0.19-0.49): docs/cost_model.md.
-COMM_CTAS_MEASURED = (1, 2, 4, 8)
-COMM_COMPUTE_SLOWDOWN = (0.177, 0.331, 0.473, 0.456)
-P2P_PCI_CTAS = 2  # NCCL src/graph/paths.cc ncclTopoGetNchannels: 2 channels a PCIe (and SHM) peer
-
-
-@functools.lru_cache(maxsize=None)
-def compute_slowdown(ctas: int) -> float:
-    """The slowdown of compute beside ``ctas`` resident NCCL thread blocks: the measured table,
-    interpolated in log2(ctas), held at its last value beyond 8 (more blocks were measured on one
-    model only and cost more: the figure is a floor there)."""
-    if ctas <= 0:
-        return 0.0
-    xs = [math.log2(k) for k in COMM_CTAS_MEASURED]
-    x = min(max(math.log2(ctas), xs[0]), xs[-1])
-    for (x0, y0), (x1, y1) in zip(zip(xs, COMM_COMPUTE_SLOWDOWN), zip(xs[1:], COMM_COMPUTE_SLOWDOWN[1:])):
-        if x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return COMM_COMPUTE_SLOWDOWN[-1]
-
-
-def p2p_ctas(comm: Comm) -> int:
-    """Thread blocks of NCCL's send (or receive) kernel to one peer: 2 over PCIe/SHM and the network;
-    over NVLink 2 a link of the path (paths.cc: 2 x path bandwidth / one NVLink's), rounded up to a power
-    of two and at most the ring's channels (``channels``), as ncclTopoComputeP2pChannels does."""
-    if comm.transport != "nvlink" or comm.nodes > 1:
-        return P2P_PCI_CTAS
-    links = max(1, int(comm.bandwidth_bytes_per_s / GB / NVLINK_NCCL_GB[comm.arch][1]))  # line rate a link
-    per_peer = 1 << (2 * links - 1).bit_length()
-    return max(1, min(per_peer, MAX_RING_CHANNELS))
-
-
-def collective_ctas(comm: Comm) -> int:
-    """Thread blocks of a ring collective's kernel: one a channel."""
-    return channels(comm)[0]

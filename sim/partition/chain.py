@@ -51,7 +51,7 @@ def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
     cost = job.cost()
     cluster = job.cluster
     nccl = communication_model(job)
-    slowdown = slowdown_model(job) if nccl is not None else None
+    slowdown = slowdown_model(job)
     kv = job.model.kv_bytes_per_token_per_layer(job.dtype)
     layers, last = job.model.num_layers, len(chunks) - 1
     received: list[tuple[float, float, int]] = []  # the previous rank's sends: (start, arrival, blocks)

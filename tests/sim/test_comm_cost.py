@@ -23,7 +23,7 @@ H200 = GpuSpec.preset("h200")
 def two_gpu_sim(slowdown: float) -> Sim:
     job = Job(model=ModelSpec.preset("tiny-llama"), gpu=H200.replace(communication="nccl"), dtype="fp16",
               cluster=ClusterSpec.uniform("u", 2, 1e9, 0.0), scheme=BUILTIN["kvr-e"], context=8, num_gpus=2)
-    with mock.patch("sim.engine.nccl.compute_slowdown", lambda blocks: slowdown * min(blocks, 1)):
+    with mock.patch("sim.engine.comm_cost.compute_slowdown", lambda blocks: slowdown * min(blocks, 1)):
         return Sim(job, 2)
 
 
@@ -50,9 +50,9 @@ def test_a_sends_cost_to_compute_delays_the_kvr_chain():
     # the laggard and finds its messages already there: there no send overlaps its compute)
     job = Job(model=ModelSpec.preset("llama-2-7b"), gpu=H200.replace(communication="nccl"), dtype="bf16",
               cluster=ClusterSpec.uniform("u", 4, 50e9, 0.0), scheme=BUILTIN["kvr-s"], context=8192, num_gpus=4)
-    with mock.patch("sim.engine.nccl.compute_slowdown", lambda blocks: 0.0):
+    with mock.patch("sim.engine.comm_cost.compute_slowdown", lambda blocks: 0.0):
         free = simulate(job).ttft_s
-    with mock.patch("sim.engine.nccl.compute_slowdown", lambda blocks: 0.2 * min(blocks, 1)):
+    with mock.patch("sim.engine.comm_cost.compute_slowdown", lambda blocks: 0.2 * min(blocks, 1)):
         slowed = simulate(job)
     assert slowed.ttft_s > free * 1.001
     assert any(s.op == "comm-contention" for s in slowed.segments)
@@ -61,7 +61,7 @@ def test_a_sends_cost_to_compute_delays_the_kvr_chain():
 def test_the_links_model_costs_compute_nothing():
     job = Job(model=ModelSpec.preset("llama-2-7b"), gpu=H200, dtype="bf16",
               cluster=ClusterSpec.uniform("u", 4, 50e9, 0.0), scheme=BUILTIN["kvr-e"], context=8192, num_gpus=4)
-    with mock.patch("sim.engine.nccl.compute_slowdown", lambda blocks: 0.2 * min(blocks, 1)):
+    with mock.patch("sim.engine.comm_cost.compute_slowdown", lambda blocks: 0.2 * min(blocks, 1)):
         result = simulate(job)
     assert not any(s.op == "comm-contention" for s in result.segments)
 
@@ -91,19 +91,19 @@ def test_the_attention_check_compares_every_measured_point(tmp_path):
 
 
 def test_the_slowdown_table_is_the_checked_in_measurement():
-    """nccl.COMM_COMPUTE_SLOWDOWN: per thread-block count, the mean over both models and three layer sizes
+    """comm_cost.COMM_COMPUTE_SLOWDOWN: per thread-block count, the mean over both models and three layer sizes
     of slowdown / overlap of the resident kernel, as the H100 measurements in profiles/ give it."""
     import os
-    from sim.engine import nccl
+    from sim.engine import comm_cost
     root = os.path.join(os.path.dirname(__file__), "..", "..", "profiles", "gpu")
     rows = [r for m in ("llama-2-7b", "falcon-7b")
             for r in json.load(open(os.path.join(root, f"h100-comm-cost-{m}-bf16.json")))["rows"]]
-    for ctas, value in zip(nccl.COMM_CTAS_MEASURED, nccl.COMM_COMPUTE_SLOWDOWN):
+    for ctas, value in zip(comm_cost.COMM_CTAS_MEASURED, comm_cost.COMM_COMPUTE_SLOWDOWN):
         points = [r["slowdown"] / r["overlap"] for r in rows if r["side"] == f"resident-{ctas}"]
         assert len(points) == 6 and value == pytest.approx(sum(points) / len(points), abs=5e-4)
-    assert nccl.compute_slowdown(0) == 0.0 and nccl.compute_slowdown(2) == nccl.COMM_COMPUTE_SLOWDOWN[1]
-    assert nccl.compute_slowdown(32) == nccl.COMM_COMPUTE_SLOWDOWN[-1]
-    assert nccl.COMM_COMPUTE_SLOWDOWN[0] < nccl.compute_slowdown(3) < nccl.COMM_COMPUTE_SLOWDOWN[2]
+    assert comm_cost.compute_slowdown(0) == 0.0 and comm_cost.compute_slowdown(2) == comm_cost.COMM_COMPUTE_SLOWDOWN[1]
+    assert comm_cost.compute_slowdown(32) == comm_cost.COMM_COMPUTE_SLOWDOWN[-1]
+    assert comm_cost.COMM_COMPUTE_SLOWDOWN[0] < comm_cost.compute_slowdown(3) < comm_cost.COMM_COMPUTE_SLOWDOWN[2]
 
 
 def test_nccl_send_kernels_use_two_blocks_over_pcie_and_two_a_link_over_nvlink():

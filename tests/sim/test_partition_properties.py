@@ -60,7 +60,7 @@ def test_closed_form_equals_the_simulator(data):
               dtype=data.draw(st.sampled_from(["fp16", "fp32"])), cluster=cluster, scheme=KVR_S, context=context,
               num_gpus=n)
     assert exact_for(job, gpus)
-    with mock.patch("sim.engine.nccl.compute_slowdown", lambda blocks: slowdown * blocks / 8):
+    with mock.patch("sim.engine.comm_cost.compute_slowdown", lambda blocks: slowdown * blocks / 8):
         fast, slow = chain_ttft_s(job, chunks, gpus), simulator_oracle(job, gpus)(chunks)
     assert abs(fast / slow - 1) <= 1e-9
 
