@@ -42,8 +42,8 @@ class Row:
 
 
 def rows(runs: Iterable[tuple]) -> list[Row]:
-    """Rows of ``(job, result, memory check[, spread])`` tuples, with the speedups over tsp."""
-    runs = [(*t, None) if len(t) == 3 else t for t in runs]
+    """Rows of ``(job, result, memory check, spread)`` tuples, with the speedups over tsp."""
+    runs = list(runs)
     tsp = {(j.model.name, j.cluster.name, j.num_gpus, j.context): r.ttft_s
            for j, r, _, _ in runs if j.scheme.name == "tsp" and r is not None}
     return [Row(j, r, (tsp[k] / r.ttft_s) if r is not None and (k := (j.model.name, j.cluster.name, j.num_gpus,

@@ -61,7 +61,7 @@ def test_a_kvr_message_moves_once_the_receiver_posts_its_receive():
 
 def test_measured_results_match_by_cluster_scheme_and_partition(tmp_path):
     j = job("kvr-e", Stub(pre=1.0))
-    table = rows([(j, simulate(j), None)])
+    table = rows([(j, simulate(j), None, None)])
     for i, (ttft, link) in enumerate([(2.0, "cluster=u (shaped)"), (4.0, "cluster=u"), (9.0, "cluster=other")]):
         (tmp_path / f"r{i}.json").write_text(json.dumps({
             **RESULT, "model": SPEC.to_dict(), "scheme": "kvr", "world_size": 2, "context": 64, "partition": [32, 32],
