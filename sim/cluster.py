@@ -160,6 +160,7 @@ class ClusterSpec:
         # computed once, since a 10,000-GPU cluster's links are slow to hash on every cache lookup.
         object.__setattr__(self, "_by_pair", by_pair)
         object.__setattr__(self, "_paths", {})
+        object.__setattr__(self, "_lanes", {})  # (GPUs of the ranks, tp) -> engine/lanes.py's answer
         object.__setattr__(self, "_graph", None)
         object.__setattr__(self, "_hash", hash((self.name, self.num_gpus, self.links, self.switches,
                                                 self.background, self.mesh, self.gpus_per_node, self.noise,

@@ -19,7 +19,7 @@ from ..cost import CostModel
 from ..cost.tensor_parallel import tensor_parallel
 from ..job import Job
 from ..schemes import rank_process
-from . import collectives
+from . import collectives, lanes
 from .network import _DONE_REL, Network
 
 
@@ -57,6 +57,16 @@ class Result:
     segments: tuple[Segment, ...] = field(repr=False)
 
 
+class _Work:
+    """Compute in progress on a rank whose speed follows its GPU's communication kernels."""
+
+    __slots__ = ("work_s", "left_s", "since_s", "rate", "timer", "done")
+
+    def __init__(self, work_s: float, done: simpy.Event):
+        self.work_s, self.left_s, self.done = work_s, work_s, done
+        self.since_s, self.rate, self.timer = 0.0, 0.0, 0  # rate 0 until first timed: nothing charged
+
+
 class Sim:
     """What a scheme's rank process can do: compute, send, receive, all-gather."""
 
@@ -64,6 +74,8 @@ class Sim:
                  gpus: tuple[int, ...] | None = None, tp: int = 1):
         self.gpu_of = gpus or tuple(range(num_ranks))  # rank -> cluster GPU: transfers join the ranks' GPUs
         self.tp = tp  # a rank's GPUs: gpu_of[r] .. gpu_of[r] + tp - 1 (a tensor-parallel group)
+        # Where the lanes of the groups are disjoint copies, lane 0 alone is simulated (engine/lanes.py)
+        self.lane_maps = lanes.images(job.cluster, self.gpu_of, tp) if tp > 1 else None
         self.env = simpy.Environment()
         self.cost = cost if cost is not None else job.cost()
         self.model = job.model
@@ -77,14 +89,14 @@ class Sim:
         self.segments: list[Segment] = []
         self.ttft_s: float | None = None
         self._messages: dict[tuple, simpy.Event] = {}
-        self._channels: dict[tuple[int, int], simpy.Resource] = {}
+        self._channels: dict[tuple[int, int], collectives.Channel] = {}
         self._collectives: dict[tuple, collectives.RingAllGather] = {}  # (kind, tag) -> the collective
         self.nccl = collectives.communication_model(job)  # NCCL's model, or None: each link's latency and rate
         # How much slower compute runs beside resident communication kernels' thread blocks (NCCL's model
         # only: the ideal links cost no compute); measured, docs/cost_model.md "Communication's cost to compute".
         self.slowdown = collectives.slowdown_model(job)
         self._kernels = [0] * num_ranks  # thread blocks of communication kernels resident on each rank's GPU
-        self._kernel_events: dict[int, simpy.Event] = {}
+        self._working: list[_Work | None] = [None] * num_ranks  # each rank's compute in progress, if slowed
 
     def hold_gpu(self, rank: int, body):
         """Process body: the rank's process holds its GPU's compute stream for its whole life, so a
@@ -115,22 +127,27 @@ class Sim:
 
     def _contended(self, rank: int, work_s: float):
         """Process body: ``work_s`` seconds of compute at full speed, or at 1 / (1 + slowdown(blocks)) of
-        it while the rank's GPU holds communication kernels; the rate changes as kernels come and go."""
-        left_s = work_s
-        while left_s > _DONE_REL * work_s:
-            rate = 1.0 / (1.0 + self.slowdown(self._kernels[rank]))
-            since_s = self.env.now
-            if since_s + left_s / rate == since_s:  # below the clock's resolution: done
-                break
-            yield self.env.timeout(left_s / rate) | self._kernel_change(rank)
-            left_s -= (self.env.now - since_s) * rate
+        it while the rank's GPU holds communication kernels; the rate changes as kernels come and go
+        (``comm_kernel`` re-times it at once; a timer that a change made stale is ignored)."""
+        work = self._working[rank] = _Work(work_s, self.env.event())
+        self._retime(rank, work)
+        yield work.done
 
-    def _kernel_change(self, rank: int) -> simpy.Event:
-        """The event that fires when a communication kernel starts or ends on the rank's GPU."""
-        event = self._kernel_events.get(rank)
-        if event is None or event.triggered:
-            event = self._kernel_events[rank] = self.env.event()
-        return event
+    def _retime(self, rank: int, work: "_Work") -> None:
+        """Charge the work done since the rank's rate last changed; finish it, or time its end at the
+        rate its GPU's communication kernels now allow."""
+        now_s = self.env.now
+        work.left_s -= (now_s - work.since_s) * work.rate
+        rate = 1.0 / (1.0 + self.slowdown(self._kernels[rank]))
+        if work.left_s <= _DONE_REL * work.work_s or now_s + work.left_s / rate == now_s:  # below the clock
+            self._working[rank] = None
+            work.done.succeed()
+            return
+        work.rate, work.since_s = rate, now_s
+        work.timer += 1
+        timer = work.timer
+        self.env.timeout(work.left_s / rate).callbacks.append(
+            lambda _event: work.timer == timer and self._working[rank] is work and self._retime(rank, work))
 
     def comm_kernel(self, ranks, ctas: int, *, on: bool) -> None:
         """A communication kernel of ``ctas`` thread blocks starts (``on``) or ends on each of ``ranks``'
@@ -139,9 +156,9 @@ class Sim:
             return
         for r in ranks:
             self._kernels[r] += ctas if on else -ctas
-            event = self._kernel_events.get(r)
-            if event is not None and not event.triggered:
-                event.succeed()
+            work = self._working[r]
+            if work is not None:
+                self._retime(r, work)
 
     def lanes(self, rank: int) -> tuple[int, ...]:
         """The cluster GPUs of a rank (one, or its tensor-parallel group)."""
@@ -150,15 +167,18 @@ class Sim:
 
     def flows(self, src: int, dst: int, nbytes: float) -> list[tuple[int, int, float]]:
         """A rank-to-rank message as flows between GPUs: with tensor parallelism each GPU of the
-        group sends its heads' share to the same-placed GPU of the other group."""
+        group sends its heads' share to the same-placed GPU of the other group (lane 0's flow alone where
+        the lanes are copies of it, ``engine/lanes.py``)."""
         if self.tp == 1:
             return [(self.gpu_of[src], self.gpu_of[dst], nbytes)]
+        if self.lane_maps is not None:
+            return [(self.gpu_of[src], self.gpu_of[dst], nbytes / self.tp)]
         return [(a, b, nbytes / self.tp) for a, b in zip(self.lanes(src), self.lanes(dst))]
 
     def send(self, src: int, dst: int, nbytes: float, tag, layer: int | None = None) -> None:
         """Start an asynchronous point-to-point send; the caller does not wait for it. ``tag`` names
         the message (the layer, or any hashable); the timeline records ``layer`` (default: the tag)."""
-        self.env.process(collectives.send(self, src, dst, nbytes, tag, layer))
+        self.channel(src, dst).send(nbytes, tag, layer)
 
     def message(self, src: int, dst: int, tag: int) -> simpy.Event:
         """The event of the message ``tag`` from ``src`` arriving at ``dst``."""
@@ -167,10 +187,12 @@ class Sim:
             self._messages[key] = self.env.event()
         return self._messages[key]
 
-    def channel(self, src: int, dst: int) -> simpy.Resource:
-        if (src, dst) not in self._channels:
-            self._channels[src, dst] = simpy.Resource(self.env, capacity=1)
-        return self._channels[src, dst]
+    def channel(self, src: int, dst: int) -> collectives.Channel:
+        """The sends from ``src`` to ``dst``, one after another."""
+        channel = self._channels.get((src, dst))
+        if channel is None:
+            channel = self._channels[src, dst] = collectives.Channel(self, src, dst)
+        return channel
 
     def all_gather(self, tag: int, chunk_bytes: float) -> simpy.Event:
         """Enter the all-gather ``tag`` (shared by all ranks); the event fires when it completes."""
@@ -226,4 +248,5 @@ def run(job: Job, plan, *, cost: CostModel | None = None, sim_class: type[Sim] |
     ranks = tuple(RankStats(r, sim.busy_s[r], makespan_s - sim.busy_s[r], sim.sent[r], sim.received[r])
                   for r in range(len(chunks)))
     return Result(ttft_s=sim.ttft_s, makespan_s=makespan_s, chunks=tuple(chunks), gpus=gpus, ranks=ranks,
-                  link_bytes=dict(sim.network.bytes_carried), segments=tuple(sim.segments))
+                  link_bytes=lanes.spread(sim.network.bytes_carried, sim.lane_maps or ()),
+                  segments=tuple(sim.segments))

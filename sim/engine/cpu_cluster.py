@@ -5,7 +5,6 @@ for ``run(job, plan, sim_class=cpu_cluster_sim(cores))``.
 from __future__ import annotations
 
 from ..cluster import ClusterSpec, LinkSpec
-from . import collectives
 from .core import Segment, Sim
 from .network import Network
 
@@ -78,12 +77,15 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
                 self.posted(src, dst, tag).succeed()
             return super().message(src, dst, tag)
 
-        def send(self, src, dst, nbytes, tag):
-            def rendezvous():
-                yield self.posted(src, dst, tag)
+        def send(self, src, dst, nbytes, tag, layer=None):
+            def rendezvous(_event):
                 self.net_work(nbytes)
-                yield from collectives.send(self, src, dst, nbytes, tag)
-            self.env.process(rendezvous())
+                self.channel(src, dst).send(nbytes, tag, layer)
+            posted = self.posted(src, dst, tag)
+            if posted.callbacks is None:  # posted and processed already: the send goes now
+                rendezvous(posted)
+            else:
+                posted.callbacks.append(rendezvous)
 
         def compute(self, rank, layer, *ops):
             if cores is None:

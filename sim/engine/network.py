@@ -25,12 +25,12 @@ _DONE_REL = 1e-12  # a flow due within this fraction of the clock has finished (
 
 
 class _Group:
-    """Transfers started together; ``done`` fires when the last of them ends."""
+    """Transfers started together; ``then`` is called with their end times when the last of them ends."""
 
-    __slots__ = ("left", "done")
+    __slots__ = ("left", "flows", "then")
 
-    def __init__(self, env: simpy.Environment, size: int):
-        self.left, self.done = size, env.event()
+    def __init__(self, size: int, then):
+        self.left, self.flows, self.then = size, [None] * size, then
 
 
 class _Flow:
@@ -100,35 +100,47 @@ class Network:
 
     def transfer(self, moves: list[tuple[int, int, float]], *, latency: bool = True,
                  efficiency: float | list[float] = 1.0):
-        """Process body: transfers that start now, each ``(src GPU, dst GPU, bytes)``; each waits its own
-        route latency (unless ``latency`` is false: the rest of a message already under way), then flows.
-        ``efficiency`` (one for all, or one a move): the fraction of the link rate a protocol turns into
-        data (NCCL's, ``nccl.py``): a flow moves bytes / efficiency, the links are charged the bytes.
-        Returns each one's end time, in order (the process ends with the last)."""
-        group = _Group(self.env, len(moves))
+        """Process body: ``start`` the moves and wait for them; returns each one's end time, in order."""
+        done = self.env.event()
+        self.start(moves, done.succeed, latency=latency, efficiency=efficiency)
+        return (yield done)
+
+    def start(self, moves: list[tuple[int, int, float]], then, *, latency: bool = True,
+              efficiency: float | list[float] = 1.0) -> None:
+        """Transfers that start now, each ``(src GPU, dst GPU, bytes)``; each waits its own route latency
+        (unless ``latency`` is false: the rest of a message already under way), then flows. ``efficiency``
+        (one for all, or one a move): the fraction of the link rate a protocol turns into data (NCCL's,
+        ``nccl.py``): a flow moves bytes / efficiency, the links are charged the bytes. When the last
+        ends, ``then`` is called with each one's end time, in order (a callback: no SimPy process)."""
+        if not moves:
+            then([])
+            return
+        group = _Group(len(moves), then)
         pairs = [self._pair(src, dst) for src, dst, _ in moves]
-        extra_s = [self._extra_latency_s() if latency else 0.0 for _ in moves]
-        due_s = [pair[1] + extra for pair, extra in zip(pairs, extra_s)]
-        flows: list[_Flow] = [None] * len(moves)  # type: ignore[list-item]
-        starting: list[_Flow] = []  # flows that start at the same instant join the network together
-        waited_s = 0.0
+        due_s = [pair[1] + (self._extra_latency_s() if latency else 0.0) for pair in pairs]
+        batches: list[tuple[float, list[_Flow]]] = []  # flows that start at the same instant join together
         for i in sorted(range(len(moves)), key=due_s.__getitem__):
             links, _, cap = pairs[i]
-            latency_s = due_s[i] if latency else 0.0
-            if latency_s > waited_s:
-                self._add(starting)
-                starting = []
-                yield self.env.timeout(latency_s - waited_s)
-                waited_s = latency_s
             nbytes = moves[i][2]
             for link in links:
                 self.bytes_carried[link] += nbytes
             share = efficiency[i] if isinstance(efficiency, list) else efficiency
-            flows[i] = _Flow(links, cap, nbytes / share, group)
-            starting.append(flows[i])
-        self._add(starting)
-        yield group.done
-        return [flow.end_s for flow in flows]
+            group.flows[i] = _Flow(links, cap, nbytes / share, group)
+            wait_s = due_s[i] if latency else 0.0
+            if not batches or wait_s > batches[-1][0]:
+                batches.append((wait_s, []))
+            batches[-1][1].append(group.flows[i])
+        self._start_batches(batches, 0.0)
+
+    def _start_batches(self, batches: list[tuple[float, list[_Flow]]], waited_s: float) -> None:
+        """Add the first batch now if it is due (``waited_s`` into the transfer), else at its time; the
+        rest after it, each timer counting from the one before (as the latencies add up)."""
+        for k, (wait_s, flows) in enumerate(batches):
+            if wait_s > waited_s:
+                self.env.timeout(wait_s - waited_s).callbacks.append(
+                    lambda _event, rest=batches[k:], at_s=wait_s: self._start_batches(rest, at_s))
+                return
+            self._add(flows)
 
     def _extra_latency_s(self) -> float:
         """A transfer's random extra latency (0 without latency jitter)."""
@@ -187,8 +199,8 @@ class Network:
             for f in ended:
                 f.end_s = now_s
                 f.group.left -= 1
-                if not f.group.left:
-                    f.group.done.succeed()
+                if not f.group.left:  # may start flows: they join the share below
+                    f.group.then([g.end_s for g in f.group.flows])
             if self._changed:
                 self._changed = False
                 self._share(now_s)
