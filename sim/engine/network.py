@@ -116,6 +116,14 @@ class Network:
             then([])
             return
         group = _Group(len(moves), then)
+        if len(moves) == 1 and not latency:  # one flow that starts now (a send's, under NCCL's model)
+            links, _, cap = self._pair(moves[0][0], moves[0][1])
+            for link in links:
+                self.bytes_carried[link] += moves[0][2]
+            share = efficiency[0] if isinstance(efficiency, list) else efficiency
+            group.flows[0] = _Flow(links, cap, moves[0][2] / share, group)
+            self._add(group.flows)
+            return
         pairs = [self._pair(src, dst) for src, dst, _ in moves]
         due_s = [pair[1] + (self._extra_latency_s() if latency else 0.0) for pair in pairs]
         batches: list[tuple[float, list[_Flow]]] = []  # flows that start at the same instant join together
