@@ -43,8 +43,8 @@ class Transport(Protocol):
 
 
 def exchange(t: Transport, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
-    """All-to-all from point-to-point pairs (gloo has no all_to_all): in step s every rank sends to
-    rank + s and receives from rank - s, so each pair's two messages are in flight together."""
+    """All-to-all from point-to-point pairs, for ``ThreadTransport`` (whose sends complete at once): in
+    step s every rank sends to rank + s and receives from rank - s."""
     r, p = t.rank, t.world_size
     recv[r].copy_(send[r])
     pending = [t.isend(send[(r + s) % p].contiguous(), (r + s) % p) for s in range(1, p)]
@@ -94,8 +94,18 @@ class DistTransport:
             dist.all_reduce(tensor, group=self.group)
 
     def all_to_all(self, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
-        if dist.get_backend(self.group) == "gloo":  # gloo has no all_to_all of unequal parts
-            exchange(self, send, recv)
+        if dist.get_backend(self.group) == "gloo":  # gloo has no all_to_all of unequal parts: every
+            # receive posted, then every send, all in flight at once (as NCCL's grouped sends); posting
+            # each receive only after the one before (``exchange``) would make P-1 steps of gloo's
+            # rendezvous, each waiting for the slowest pair
+            r, p = self.rank, self.world_size
+            recv[r].copy_(send[r])
+            pending = [dist.irecv(recv[(r - s) % p], self._global((r - s) % p), group=self.group)
+                       for s in range(1, p)]
+            pending += [dist.isend(send[(r + s) % p].contiguous(), self._global((r + s) % p), group=self.group)
+                        for s in range(1, p)]
+            for work in pending:
+                work.wait()
         else:
             dist.all_to_all(list(recv), [x.contiguous() for x in send], group=self.group)
 

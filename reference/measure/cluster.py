@@ -134,16 +134,26 @@ def workload_probes_s(model_arg: str, dtype: str, ranks: int) -> tuple[float, fl
     return alone, statistics.fmean(f.result() for f in futures)
 
 
-def job_chunks(job) -> list[int]:
-    """The job's tokens per rank as the simulator plans them (``sim.partition.plan.plan``: the even
-    split, an explicit partition, or the KVR-S search), rank r on GPU r."""
+def job_partition(job) -> list[str]:
+    """The job's partition flags as the simulator plans it (``sim.partition.plan.plan``: the even split,
+    an explicit partition, or the KVR-S search), rank r on GPU r: ``--partition`` tokens per rank
+    (``even`` for schemes with one layout: tp's ranks each hold every token, ring-zigzag's two
+    pieces), and pipeline's ``--pieces``, which the runtime cuts evenly."""
+    from sim.partition import even
     from sim.partition.plan import plan
+    from reference.schemes import SCHEMES
 
     p = plan(job)
     if tuple(p.gpus) != tuple(range(len(p.chunks))):
         raise HarnessError(f"{job.scheme.name}: rank order {p.gpus} is not 0..P-1; the harness puts rank r on "
                            "namespace r")
-    return list(p.chunks)
+    flags = ["--partition", ",".join(map(str, p.chunks)) if SCHEMES[job.scheme.kind].uneven else "even"]
+    if job.scheme.kind == "pipeline":
+        if list(p.pieces) != even(job.context, len(p.pieces)):
+            raise HarnessError(f"{job.scheme.name}: pieces {list(p.pieces)} are not even; the runtime cuts "
+                               "--pieces N evenly")
+        flags += ["--pieces", str(len(p.pieces))]
+    return flags
 
 
 def trace_path(out: str) -> str:
@@ -153,10 +163,9 @@ def trace_path(out: str) -> str:
 
 
 def launch_argv(job, *, model_arg: str, dtype: str, args, out: str, link: str) -> list[str]:
-    chunks = job_chunks(job)
     return ["env", f"LOCAL_WORLD_SIZE={os.cpu_count() or 1}",  # -> 1 torch thread per rank
             sys.executable, "-m", "reference.launch", "--model", model_arg, "--scheme", job.scheme.kind,
-            "--partition", ",".join(map(str, chunks)), "--context", str(job.context), "--dtype", dtype,
+            *job_partition(job), "--context", str(job.context), "--dtype", dtype,
             "--warmup", str(args.warmup), "--repeat", str(args.repeat), "--out", out, "--link", link,
             "--timeout", str(args.timeout), *(["--trace", trace_path(out)] if args.trace else [])]
 

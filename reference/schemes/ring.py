@@ -26,9 +26,35 @@ Pieces = Sequence[tuple[int, int]]  # a rank's token ranges [a, b), in the order
 
 def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Attention of q (B, nh, T, hd) to one key block k, v (B, nkv, S, hd), in fp32 maths, with its
-    log-sum-exp: (out (B, nh, T, hd) fp32, lse (B, nh, T) fp32). `causal`: the block is the queries'
-    own tokens (T == S, square causal mask); else every key is visible."""
+    """Attention of q (B, nh, T, hd) to one key block k, v (B, nkv, S, hd), with its log-sum-exp:
+    (out (B, nh, T, hd) fp32, lse (B, nh, T) fp32). `causal`: the block is the queries' own tokens
+    (T == S, square causal mask); else every key is visible. A flash kernel that returns the
+    log-sum-exp where torch has one for the device and dtype (CPU: any float; CUDA: fp16/bf16), as
+    ring-flash-attention does; else the scores in fp32 (``_eager_block``)."""
+    kernel = _flash_with_lse(q)
+    if kernel is None:
+        return _eager_block(q, k, v, causal=causal)
+    if causal:
+        assert q.shape[-2] == k.shape[-2], (q.shape, k.shape)
+    g = q.shape[1] // k.shape[1]
+    if g > 1:  # the kernels want as many K/V heads as query heads: query head h reads KV head h // g
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    out, lse = kernel(q.contiguous(), k.contiguous(), v.contiguous(), causal)[:2]
+    return out.float(), lse.float()
+
+
+def _flash_with_lse(q: torch.Tensor):
+    """aten's flash attention that returns the log-sum-exp, for q's device and dtype, or None."""
+    if q.device.type == "cpu":
+        return lambda q, k, v, causal: torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal)
+    if q.device.type == "cuda" and q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
+        return lambda q, k, v, causal: torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, causal, False)
+    return None
+
+
+def _eager_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``block_attention`` with the scores materialised, in fp32 maths."""
     b, nh, t, hd = q.shape
     nkv, s = k.shape[1], k.shape[-2]
     qg = q.float().reshape(b, nkv, nh // nkv, t, hd)           # query head h reads KV head h // g
