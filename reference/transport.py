@@ -187,3 +187,30 @@ def run_in_threads(world_size: int, fn: Callable[[ThreadTransport], object],
     if any(t.is_alive() for t in threads):
         raise TimeoutError(f"in-process ranks did not finish within {timeout_s} s")
     return results
+
+
+class SoloTransport:
+    """Rank ``rank`` of ``world_size`` run alone, for per-rank replays (``reference.measure.replay``):
+    sends cost nothing and return at once, a receive leaves zeros in its buffer, the all-gather hands
+    back zeros for the other ranks, the all-reduce keeps this rank's part, the all-to-all keeps this
+    rank's own part and zeros the rest. The rank's compute is exactly the scheme's, with the same
+    shapes; its values past the first receive are not the prefill's."""
+
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+
+    def isend(self, tensor: torch.Tensor, dst: int) -> Work:
+        return _Done()
+
+    def recv(self, tensor: torch.Tensor, src: int) -> None:
+        tensor.zero_()  # a memset: no garbage (denormals, NaNs) in the compute that follows
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [tensor if r == self.rank else torch.zeros_like(tensor) for r in range(self.world_size)]
+
+    def all_reduce(self, tensor: torch.Tensor) -> None:
+        return None
+
+    def all_to_all(self, send: Sequence[torch.Tensor], recv: Sequence[torch.Tensor]) -> None:
+        for s, out in enumerate(recv):
+            out.copy_(send[s]) if s == self.rank else out.zero_()

@@ -1,12 +1,14 @@
-"""Per-rank replays: each rank's share of a scenario's ``tsp``/``kvr`` partitions run alone on one device.
+"""Per-rank replays: each rank's share of a scenario's partitions run alone on one device.
 
     python -m reference.measure.replay SCENARIO.yaml --device cpu|cuda --out results/cpu/replay-NAME.json \\
         [--schemes NAME,...] [--warmup 2] [--repeat 5] [--rounds 1] [--threads 1]
 
-For every model, GPU count, context and ``tsp``/``kvr`` scheme of the scenario the partition is the
-simulator's (``sim.validation.replay.replay_jobs``); rank r's chunk then runs through the runtime's own
+For every model, GPU count, context and scheme of the scenario the partition is the simulator's
+(``sim.validation.replay.replay_jobs``). A ``tsp``/``kvr`` rank's chunk runs through the runtime's own
 fused model against a local ``KVCache`` holding random K and V of the tokens before it, and, on the
-last rank, the LM head. No communication: the compute the simulator counts as the rank's busy time.
+last rank, the LM head. Any other scheme's rank runs the scheme's own prefill alone over a
+``SoloTransport`` (``timing.scheme_rank_run``; ``tp``: rank 0 only, every rank's work being the same).
+No communication: the compute the simulator counts as the rank's busy time.
 Timed as ``profile`` times (``timing.make_timer``), with a speed probe (CPU) or a host probe (GPU)
 before every rank. Method, rounds and the comparison (``python -m sim.validation.replay``):
 docs/validation.md, "Per-rank replays".
@@ -22,15 +24,16 @@ import sys
 from datetime import datetime, timezone
 
 from reference.measure.timing import (MeasureError, device_name, host_probe_s, make_timer, measurement_main,
-                                      rank_run, speed_probe_s)
+                                      rank_run, scheme_rank_run, speed_probe_s)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m reference.measure.replay", description=__doc__.split("\n\n")[0])
-    p.add_argument("scenario", help="scenario YAML whose tsp/kvr jobs to replay")
+    p.add_argument("scenario", help="scenario YAML whose jobs to replay")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--out", required=True, help="results JSON path")
     p.add_argument("--schemes", help="replay only these scheme names of the scenario (comma-separated)")
+    p.add_argument("--models", help="replay only these model names of the scenario (comma-separated)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--rounds", type=int, default=1,
@@ -41,11 +44,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def replay(args: argparse.Namespace, say=print) -> dict:
-    """Replay every rank of every tsp/kvr job of the scenario; the results dict."""
+    """Replay every rank of every job of the scenario (tp: rank 0); the results dict."""
     import torch
 
     from reference.checkpoint import DTYPES, random_model
     from sim import scenario as scenario_mod
+    from sim.partition.plan import plan
     from sim.validation.replay import replay_jobs
 
     device = torch.device(args.device)
@@ -62,8 +66,13 @@ def replay(args: argparse.Namespace, say=print) -> dict:
     unknown = sorted((only or set()) - {s.name for s in scenario.schemes})
     if unknown:
         raise MeasureError(f"--schemes: {', '.join(unknown)} not in {args.scenario}")
+    models_only = set(args.models.split(",")) if args.models else None
+    unknown = sorted((models_only or set()) - {m.name for m in scenario.models})
+    if unknown:
+        raise MeasureError(f"--models: {', '.join(unknown)} not in {args.scenario}")
     tasks = [(job, chunks, r) for job, chunks in replay_jobs(scenario)
-             if only is None or job.scheme.name in only for r in range(len(chunks))]
+             if (only is None or job.scheme.name in only) and (models_only is None or job.model.name in models_only)
+             for r in range(1 if job.scheme.kind == "tp" else len(chunks))]
     models, rounds = {}, [[] for _ in tasks]  # rounds[i]: (samples, probe, host probe) of task i, per round
     with torch.no_grad():
         for round_ in range(args.rounds):
@@ -78,8 +87,18 @@ def replay(args: argparse.Namespace, say=print) -> dict:
                 spec, model = models[name]
                 probe = speed_probe_s(5) if cpu else None
                 host = None if cpu else host_probe_s(model, spec, device, dtype)
-                samples = timer(rank_run(model, spec, device=device, dtype=dtype, chunk=c, past=past,
-                                         last=r == len(chunks) - 1))
+                kind = job.scheme.kind
+                if kind in ("tsp", "kvr"):
+                    run = rank_run(model, spec, device=device, dtype=dtype, chunk=c, past=past,
+                                   last=r == len(chunks) - 1)
+                else:  # tp shards a model of its own in place
+                    own = random_model(spec, seed=0, device=device, dtype=dtype).fuse_() if kind == "tp" else model
+                    run = scheme_rank_run(own, spec, kind=kind, chunks=chunks, rank=r, device=device,
+                                          pieces=len(plan(job).pieces))
+                samples = timer(run)
+                run = own = None  # a tp shard's memory goes before the next task
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
                 rounds[i].append((samples, probe, host))
                 say(f"{'' if args.rounds == 1 else f'round {round_ + 1}: '}{name} {job.scheme.name} "
                     f"P={job.num_gpus} C={job.context} rank {r} ({c} tokens, past {past}): "

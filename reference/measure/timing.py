@@ -143,6 +143,28 @@ def rank_run(model, spec, *, device, dtype, chunk: int, past: int, last: bool, s
     return run
 
 
+def scheme_rank_run(model, spec, *, kind: str, chunks, rank: int, device, pieces: int = 0, seed: int = 0):
+    """A function running rank ``rank``'s share of scheme ``kind`` (``ring``, ``ring-zigzag``,
+    ``ulysses``, ``tp``, ``pipeline``, ...) for a prompt of ``sum(chunks)`` tokens, alone: the
+    scheme's own prefill over a ``SoloTransport`` (communication costs nothing, received data is
+    zeros), so what it times is the rank's compute as the runtime does it, copies included. ``tp``
+    shards ``model`` in place for this rank (a model serves one rank of one P)."""
+    import torch
+
+    from reference.schemes import prefill
+    from reference.transport import SoloTransport
+
+    g = torch.Generator(device=device).manual_seed(seed)
+    ids = torch.randint(0, spec.vocab_size, (1, sum(chunks)), generator=g, device=device)
+    transport = SoloTransport(rank, len(chunks))
+    options = {"pieces": pieces} if kind == "pipeline" else {}
+
+    def run():
+        out = prefill(kind, model, ids, list(chunks), transport, **options)
+        return None if out.logits is None else int(out.logits[0].argmax())
+    return run
+
+
 def host_probe_s(model, spec, device, dtype, repeat: int = 3) -> float:
     """CUDA: the host's seconds per layer to issue a forward of ``HOST_PROBE_TOKENS`` tokens without a
     past, measured as the profile's ``forward`` points' ``host_s``: the host's pace where this runs,

@@ -206,14 +206,15 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
     lines.append("sim ms: each round simulated under its speed and contention, median; meas ms: median of "
                  "the rounds; error: median of the rounds' errors; unadj.: one core per rank at the profile's "
                  "speed, NCCL semantics; speed: probe / profile's; busy: a rank's work with every rank busy / alone (the workload probe, else the GEMM probe)")
-    lines.append(f"{'model':<16}{'cluster':<12}{'scheme':<7}{'P':>2}{'C':>6} {'chunks':<10}"
+    w = max(7, *(len(c.row.job.scheme.name) + 1 for c in comparisons))  # the scheme column
+    lines.append(f"{'model':<16}{'cluster':<12}{'scheme':<{w}}{'P':>2}{'C':>6} {'chunks':<10}"
                  f"{'sim ms':>9}{'meas ms':>9}{'rounds ms':>17}{'speed':>11}{'busy':>11}{'error':>8}"
                  f"{'unadj. ms':>10}{'error':>8}  rounds' errors %")
     for c in comparisons:
         j, r = c.row.job, c.row.result
         rounds = f"{min(c.measured.rounds_s) * 1e3:.0f}-{max(c.measured.rounds_s) * 1e3:.0f} x{len(c.measured.rounds_s)}"
         speed = f"{min(c.speed_factors):.2f}-{max(c.speed_factors):.2f}" if c.speed_factors else "-"
-        lines.append(f"{j.model.name:<16}{j.cluster.name:<12}{j.scheme.name:<7}{j.num_gpus:>2}{j.context:>6} "
+        lines.append(f"{j.model.name:<16}{j.cluster.name:<12}{j.scheme.name:<{w}}{j.num_gpus:>2}{j.context:>6} "
                      f"{'/'.join(map(str, r.chunks)):<10}{c.simulated_s * 1e3:>9.1f}{c.measured.ttft_s * 1e3:>9.1f}"
                      f"{rounds:>17}{speed:>11}{c.measured.contention_range:>11}{c.error * 100:>7.1f}%{r.ttft_s * 1e3:>10.1f}{c.raw_error * 100:>7.1f}%  "
                      + "/".join(f"{e * 100:+.0f}" for e in c.round_errors))
@@ -223,7 +224,7 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
     lines.append("MAPE by scheme and cluster:")
     for (scheme, cluster), cs in groups.items():
         worst = max(cs, key=lambda c: abs(c.error))
-        lines.append(f"  {scheme:<8}{cluster:<14}{mape(cs):6.1f}%  (worst {worst.error * 100:+.1f}% at "
+        lines.append(f"  {scheme:<{w + 1}}{cluster:<14}{mape(cs):6.1f}%  (worst {worst.error * 100:+.1f}% at "
                      f"C={worst.row.job.context})")
     lines.append(f"MAPE {mape(comparisons):.1f}% over {len(comparisons)} configurations "
                  f"(unadjusted for machine speed: {100 * statistics.fmean(abs(c.raw_error) for c in comparisons):.1f}%)")

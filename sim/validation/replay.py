@@ -47,11 +47,14 @@ class ReplayRow:
 
 
 def replay_jobs(scenario) -> list[tuple[Job, tuple[int, ...]]]:
-    """The scenario's distinct ``tsp``/``kvr`` jobs as (job, chunks); a job per (model, scheme, P, C,
-    partition): clusters change the compute of no rank, only a searched partition (``kvr-s``)."""
+    """The scenario's distinct jobs but ``single`` as (job, chunks); a job per (model, scheme, P, C,
+    partition): clusters change the compute of no rank, only a searched partition (``kvr-s``). Jobs
+    the scheme cannot run (``supports``) are left out."""
+    from ..schemes import unsupported
     seen, out = set(), []
     for job in scenario.jobs():
-        if job.scheme.kind not in ("tsp", "kvr"):
+        if job.scheme.kind == "single" or unsupported(job.scheme.kind, job.model, job.num_gpus, job.context,
+                                                        job.scheme.tp or 1):
             continue
         chunks = tuple(plan(job).chunks)
         key = (job.model.name, job.scheme.name, job.num_gpus, job.context, chunks)

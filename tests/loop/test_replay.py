@@ -80,3 +80,51 @@ def test_replay_rounds_take_the_median_of_each_ranks_rounds(tmp_path):
         assert len(e["rounds_median_s"]) == 3 and len(e["samples_s"]) == 6
         assert e["median_s"] == sorted(e["rounds_median_s"])[1]
     assert replay_main([str(path), "--out", str(out), "--rounds", "0"]) == 2
+
+
+CONTENDERS = SCENARIO.replace("schemes: [tsp, kvr-e, {name: kvr-x, kind: kvr, partition: [0.75, 0.25]}]",
+                              "schemes: [ring, ring-zigzag, ulysses, tp, pipeline]")
+
+
+def test_the_contenders_replay_through_their_own_prefill(tmp_path):
+    """Every rank of ring, ring-zigzag, ulysses and pipeline, and tp's rank 0, run alone over a
+    SoloTransport; each is matched to the simulator's busy time for that rank."""
+    path = tmp_path / "s.yaml"
+    path.write_text(CONTENDERS)
+    out = tmp_path / "replay.json"
+    assert replay_main([str(path), "--out", str(out), "--warmup", "0", "--repeat", "1", "--models", "tiny-llama"]) == 0
+    doc = json.loads(out.read_text())
+    got = [(e["scheme"], e["rank"]) for e in doc["replays"]]
+    assert got == [("ring", 0), ("ring", 1), ("ring-zigzag", 0), ("ring-zigzag", 1), ("ulysses", 0),
+                   ("ulysses", 1), ("tp", 0), ("pipeline", 0), ("pipeline", 1)]
+    rows = replay.compare(load(path), replay.load([str(out)]))
+    assert [(r.scheme, r.rank) for r in rows] == got
+    assert all(r.simulated_s > 0 and r.measured_s > 0 and math.isfinite(r.error) for r in rows)
+
+
+def test_an_unknown_model_is_a_named_error(tmp_path, capsys):
+    path = tmp_path / "s.yaml"
+    path.write_text(CONTENDERS)
+    assert replay_main([str(path), "--out", str(tmp_path / "r.json"), "--models", "llama-9"]) == 2
+    assert "--models: llama-9 not in" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_solo_rank_computes_what_its_rank_computes_in_the_world():
+    """SoloTransport runs the scheme's own code: rank 0 of a ring has no received block in its own
+    output (it attends to its own block only), so its logits equal those of rank 0 in a real
+    2-rank run; a later rank's differ (its received blocks are zeros)."""
+    import torch
+
+    from reference.checkpoint import random_model
+    from reference.schemes import prefill
+    from reference.transport import SoloTransport, run_in_threads
+    from sim.model import ModelSpec
+
+    spec = ModelSpec.preset("tiny-llama")
+    model = random_model(spec, seed=1)
+    ids = torch.randint(0, spec.vocab_size, (1, 32), generator=torch.Generator().manual_seed(2))
+    world = run_in_threads(2, lambda t: prefill("ring", model, ids, [16, 16], t).logits)
+    solo = [prefill("ring", model, ids, [16, 16], SoloTransport(r, 2)).logits for r in range(2)]
+    assert torch.equal(solo[0], world[0])
+    assert not torch.allclose(solo[1], world[1])
