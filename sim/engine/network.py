@@ -117,28 +117,27 @@ class Network:
             return
         group = _Group(len(moves), then)
         if len(moves) == 1 and not latency:  # one flow that starts now (a send's, under NCCL's model)
-            links, _, cap = self._pair(moves[0][0], moves[0][1])
-            for link in links:
-                self.bytes_carried[link] += moves[0][2]
-            share = efficiency[0] if isinstance(efficiency, list) else efficiency
-            group.flows[0] = _Flow(links, cap, moves[0][2] / share, group)
-            self._add(group.flows)
+            self._add([self._flow(group, 0, self._pair(moves[0][0], moves[0][1]), moves[0][2], efficiency)])
             return
         pairs = [self._pair(src, dst) for src, dst, _ in moves]
         due_s = [pair[1] + (self._extra_latency_s() if latency else 0.0) for pair in pairs]
         batches: list[tuple[float, list[_Flow]]] = []  # flows that start at the same instant join together
         for i in sorted(range(len(moves)), key=due_s.__getitem__):
-            links, _, cap = pairs[i]
-            nbytes = moves[i][2]
-            for link in links:
-                self.bytes_carried[link] += nbytes
-            share = efficiency[i] if isinstance(efficiency, list) else efficiency
-            group.flows[i] = _Flow(links, cap, nbytes / share, group)
+            self._flow(group, i, pairs[i], moves[i][2], efficiency)
             wait_s = due_s[i] if latency else 0.0
             if not batches or wait_s > batches[-1][0]:
                 batches.append((wait_s, []))
             batches[-1][1].append(group.flows[i])
         self._start_batches(batches, 0.0)
+
+    def _flow(self, group: _Group, i: int, pair: tuple, nbytes: float, efficiency: float | list[float]) -> _Flow:
+        """Move i of ``group`` as a flow along ``pair``'s route; its links are charged the bytes."""
+        links, _, cap = pair
+        for link in links:
+            self.bytes_carried[link] += nbytes
+        share = efficiency[i] if isinstance(efficiency, list) else efficiency
+        flow = group.flows[i] = _Flow(links, cap, nbytes / share, group)
+        return flow
 
     def _start_batches(self, batches: list[tuple[float, list[_Flow]]], waited_s: float) -> None:
         """Add the first batch now if it is due (``waited_s`` into the transfer), else at its time; the
