@@ -3,9 +3,10 @@
 A transfer waits its route's latency (the sum of its links' latencies, once), then its bytes flow. While
 flows are active each gets its max-min fair rate over the links it crosses (progressive filling: the most
 loaded link fixes the rate of its flows, the rest share what is left), so two transfers on one link each
-take twice as long. Rates are recomputed when a flow starts or ends by one SimPy process, the link
-manager, which sleeps until the next flow ends or until it is woken by a change; flows that start or
-end at one instant are one change, and the next bottleneck comes from a heap of the links' fair levels.
+take twice as long. Rates are recomputed when a flow starts or ends by the link manager, a callback
+that steps when the next flow ends or when a change wakes it; flows that start or end at one instant
+are one change, and the next bottleneck comes from a heap of the links' fair levels. A flow on links no
+other flow uses changes nobody's rate: it starts at its cap without a step, and only its end is timed.
 A background flow may be capped below its fair share (``rate_jitter``): progressive filling fixes it at
 its cap once the fair level passes it. With ``latency_jitter_s`` every transfer waits an exponential extra of that mean, drawn from a
 generator seeded by the cluster's ``latency_seed`` (docs/simulator.md, "Noise").
@@ -80,8 +81,8 @@ class Network:
         self._capped = 0  # active flows with a cap of their own
         self._jitter = random.Random(cluster.latency_seed) if cluster.latency_jitter_s else None
         self._changed = False
-        self._wake = env.event()
-        env.process(self._manage())
+        self._stepping = False  # a step of the manager is due (or running): more changes join it
+        self._alarms: list[float] = []  # times of the manager's pending timers (a heap)
         for bg in cluster.background:
             env.process(self._background(bg))
 
@@ -157,13 +158,15 @@ class Network:
 
     # ----- the link manager ----------------------------------------------------------------------
     def _add(self, flows: list[_Flow]) -> None:
-        """``flows`` start now: one change of rates for all of them."""
+        """``flows`` start now: one change of rates for all of them. A flow on links that no other flow
+        uses changes no other flow's rate: it runs at its cap at once and only its end is timed."""
         if not flows:
             return
-        on = self._on
+        on, now_s, changed = self._on, self.env.now, False
         for flow in flows:
             self._flows[flow] = None
             self._capped += flow.capped
+            solo = True
             for link in flow.links:
                 users = on.get(link)
                 if users is None:
@@ -171,10 +174,19 @@ class Network:
                 users[flow] = None
                 if len(users) == 2:
                     self._shared += 1
-        self._poke()
+                if len(users) > 1:
+                    solo = False
+            if solo:
+                flow.set_rate(flow.cap, now_s)
+                self._arm(flow.finish_s, now_s)
+            else:
+                changed = True
+        if changed:
+            self._poke()
 
     def _remove(self, flows: list[_Flow]) -> None:
-        """``flows`` stop now: one change of rates for all of them."""
+        """``flows`` stop now: one change of rates for all of them (none where no other flow shared
+        their links)."""
         if not flows:
             return
         for flow in flows:
@@ -185,7 +197,9 @@ class Network:
                 del users[flow]
                 if len(users) == 1:
                     self._shared -= 1
-        self._poke()
+                if users:
+                    self._changed = True
+        self._wake_up()
 
     def _poke(self) -> None:
         """A flow started or stopped: rates must be shared anew."""
@@ -193,29 +207,44 @@ class Network:
         self._wake_up()
 
     def _wake_up(self, _timer: simpy.Event | None = None) -> None:
-        if not self._wake.triggered:
-            self._wake.succeed()
+        """The manager steps at this instant (once, however many changes come before it does)."""
+        if not self._stepping:
+            self._stepping = True
+            self.env.timeout(0).callbacks.append(self._step)
 
-    def _manage(self):
-        """Sleep until a flow starts or stops or the next flow ends; then end flows, share, repeat."""
-        while True:
-            now_s = self.env.now
-            due_s = now_s + _DONE_REL * now_s
-            ended = [f for f in self._flows if f.finish_s <= due_s]
-            self._remove(ended)
-            for f in ended:
-                f.end_s = now_s
-                f.group.left -= 1
-                if not f.group.left:  # may start flows: they join the share below
-                    f.group.then([g.end_s for g in f.group.flows])
-            if self._changed:
-                self._changed = False
-                self._share(now_s)
-                next_s = min((f.finish_s for f in self._flows), default=float("inf"))
-                if next_s < float("inf"):  # earlier timers may still fire: they find nothing due
-                    self.env.timeout(max(next_s - now_s, 0.0)).callbacks.append(self._wake_up)
-            self._wake = self.env.event()
-            yield self._wake
+    def _arm(self, at_s: float, now_s: float) -> None:
+        """Make sure the manager steps at ``at_s`` (a flow's end) or before."""
+        if at_s < float("inf") and (not self._alarms or at_s < self._alarms[0]):
+            heapq.heappush(self._alarms, at_s)
+            self.env.timeout(max(at_s - now_s, 0.0)).callbacks.append(self._alarm)
+
+    def _alarm(self, event: simpy.Event) -> None:
+        """A flow's end is due: the manager steps now, unless a step at this instant is already due."""
+        if not self._stepping:
+            self._stepping = True
+            self._step(event)
+
+    def _step(self, _event: simpy.Event) -> None:
+        """End the flows that are due, share the links anew if that or a start changed anything, and
+        time the next end (a callback: no SimPy process)."""
+        now_s = self.env.now
+        due_s = now_s + _DONE_REL * now_s
+        alarms = self._alarms
+        while alarms and alarms[0] <= due_s:
+            heapq.heappop(alarms)
+        ended = [f for f in self._flows if f.finish_s <= due_s]
+        self._remove(ended)
+        for f in ended:
+            f.end_s = now_s
+            f.group.left -= 1
+            if not f.group.left:  # may start flows: they join the share below
+                f.group.then([g.end_s for g in f.group.flows])
+        if self._changed:
+            self._changed = False
+            self._share(now_s)
+        if self._flows:  # earlier timers may still fire: they find nothing due
+            self._arm(min(f.finish_s for f in self._flows), now_s)
+        self._stepping = False
 
     def _share(self, now_s: float) -> None:
         """Max-min fair rates. With no link shared every flow runs at its route's slowest link."""
