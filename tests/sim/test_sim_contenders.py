@@ -100,3 +100,20 @@ def test_memory_per_rank_follows_each_scheme():
     kv_layer = model.kv_bytes_per_token_per_layer("fp16")
     assert ring.ranks[3].weights == weights
     assert ring.ranks[3].kv_cache == pytest.approx(2048 * kv_layer * model.num_layers)  # its own chunk only
+
+
+def test_simulating_a_job_its_scheme_cannot_run_says_why_before_simulating():
+    """A pipeline of more stages than layers, or tensor-parallel groups that do not divide the heads,
+    is refused by ``simulate`` with the reason (not an error from inside the SimPy run)."""
+    import dataclasses
+
+    two_layers = dataclasses.replace(ModelSpec.preset("llama-2-7b"), num_layers=2)
+    job = Job(model=two_layers, gpu=GpuSpec.preset("a100-80gb-sxm"), dtype="fp16",
+              cluster=ClusterSpec.uniform("u", 4, 300e9, 1e-5), scheme=BUILTIN["pipeline"], context=4096, num_gpus=4)
+    with pytest.raises(ValueError, match="pipeline cannot run .* on 4 GPUs: 2 layers cannot fill 4 stages"):
+        simulate(job)
+    assert simulate(dataclasses.replace(job, num_gpus=2)).ttft_s > 0  # two stages of one layer each run
+    tp3 = dataclasses.replace(job, model=ModelSpec.preset("llama-2-7b"), num_gpus=3,
+                              cluster=ClusterSpec.uniform("u", 3, 300e9, 1e-5), scheme=SchemeSpec(name="tp3", kind="ring", tp=3))
+    with pytest.raises(ValueError, match="32 query heads are not divisible by tensor-parallel groups of 3"):
+        simulate(tp3)

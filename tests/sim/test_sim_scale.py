@@ -54,13 +54,14 @@ def test_a_tensor_parallel_group_splits_the_layer_and_adds_two_all_reduces():
     assert tpc.embed_s(8) == inner.embed_s(8) and tpc.head_s() == inner.head_s()
 
 
-def _job(scheme, gpus, context=64, c=None):
-    return Job(model=SPEC, gpu=GpuSpec.preset("h100-sxm"), dtype="bf16", scheme=scheme, context=context,
+def _job(scheme, gpus, context=64, c=None, model=SPEC):
+    return Job(model=model, gpu=GpuSpec.preset("h100-sxm"), dtype="bf16", scheme=scheme, context=context,
                num_gpus=gpus, cluster=c or cluster())
 
 
 def test_groups_are_whole_nodes_and_messages_go_lane_by_lane():
-    job = _job(SchemeSpec(name="kvr+tp8", kind="kvr", tp=8), 16)
+    eight_heads = dataclasses.replace(SPEC, num_heads=8, hidden_size=128)  # groups of 8 need 8 query heads
+    job = _job(SchemeSpec(name="kvr+tp8", kind="kvr", tp=8), 16, model=eight_heads)
     p = plan(job)
     assert (p.chunks, p.gpus, p.tp) == ((32, 32), (0, 8), 8)
     result = simulate(job)
@@ -69,7 +70,7 @@ def test_groups_are_whole_nodes_and_messages_go_lane_by_lane():
     assert sends and all(s.nbytes == pytest.approx(32 * kv) for s in sends)
     # Each lane carried an eighth of every message over its own rail.
     rails = {link: b for link, b in result.link_bytes.items() if str(link[1]).startswith("rail")}
-    assert len(rails) == 8 and all(b == pytest.approx(SPEC.num_layers * 32 * kv / 8) for b in rails.values())
+    assert len(rails) == 8 and all(b == pytest.approx(eight_heads.num_layers * 32 * kv / 8) for b in rails.values())
 
 
 def test_the_planner_keeps_the_fastest_group_size():
