@@ -50,7 +50,7 @@ def replay(args: argparse.Namespace, say=print) -> dict:
     from reference.checkpoint import DTYPES, random_model
     from sim import scenario as scenario_mod
     from sim.partition.plan import plan
-    from sim.validation.replay import replay_jobs
+    from sim.validation.replay import rank_past, replay_jobs
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -81,7 +81,7 @@ def replay(args: argparse.Namespace, say=print) -> dict:
                 random.Random(round_).shuffle(order)
             for i in order:
                 job, chunks, r = tasks[i]
-                name, c, past = job.model.name, chunks[r], sum(chunks[:r])
+                name, c, past = job.model.name, chunks[r], rank_past(job.context, chunks, r)
                 if name not in models:
                     models[name] = (job.model, random_model(job.model, seed=0, device=device, dtype=dtype).fuse_())
                 spec, model = models[name]
@@ -93,7 +93,7 @@ def replay(args: argparse.Namespace, say=print) -> dict:
                                    last=r == len(chunks) - 1)
                 else:  # tp shards a model of its own in place
                     own = random_model(spec, seed=0, device=device, dtype=dtype).fuse_() if kind == "tp" else model
-                    run = scheme_rank_run(own, spec, kind=kind, chunks=chunks, rank=r, device=device,
+                    run = scheme_rank_run(own, spec, kind=kind, context=job.context, chunks=chunks, rank=r, device=device,
                                           pieces=len(plan(job).pieces))
                 samples = timer(run)
                 run = own = None  # a tp shard's memory goes before the next task
@@ -111,7 +111,7 @@ def replay(args: argparse.Namespace, say=print) -> dict:
         hosts = [h for _, _, h in done if h is not None]
         entries.append({"model": job.model.name, "scheme": job.scheme.name, "kind": job.scheme.kind,
                         "num_gpus": job.num_gpus, "context": job.context, "chunks": list(chunks),
-                        "rank": r, "chunk": chunks[r], "past": sum(chunks[:r]),
+                        "rank": r, "chunk": chunks[r], "past": rank_past(job.context, chunks, r),
                         "samples_s": [x for samples, _, _ in done for x in samples],
                         "median_s": statistics.median(medians), "rounds_median_s": medians,
                         "probe_s": statistics.median(probes) if probes else None,

@@ -143,9 +143,12 @@ def rank_run(model, spec, *, device, dtype, chunk: int, past: int, last: bool, s
     return run
 
 
-def scheme_rank_run(model, spec, *, kind: str, chunks, rank: int, device, pieces: int = 0, seed: int = 0):
+def scheme_rank_run(model, spec, *, kind: str, context: int, chunks, rank: int, device, pieces: int = 0,
+                    seed: int = 0):
     """A function running rank ``rank``'s share of scheme ``kind`` (``ring``, ``ring-zigzag``,
-    ``ulysses``, ``tp``, ``pipeline``, ...) for a prompt of ``sum(chunks)`` tokens, alone: the
+    ``ulysses``, ``tp``, ``pipeline``, ...) for a prompt of ``context`` tokens, alone (``chunks``: the
+    tokens each rank runs, as the simulator's plan has them; tp's and pipeline's ranks each run all
+    ``context``, so their chunks do not sum to it): the
     scheme's own prefill over a ``SoloTransport`` (communication costs nothing, received data is
     zeros), so what it times is the rank's compute as the runtime does it, copies included. ``tp``
     shards ``model`` in place for this rank (a model serves one rank of one P)."""
@@ -155,7 +158,7 @@ def scheme_rank_run(model, spec, *, kind: str, chunks, rank: int, device, pieces
     from reference.transport import SoloTransport
 
     g = torch.Generator(device=device).manual_seed(seed)
-    ids = torch.randint(0, spec.vocab_size, (1, sum(chunks)), generator=g, device=device)
+    ids = torch.randint(0, spec.vocab_size, (1, context), generator=g, device=device)
     transport = SoloTransport(rank, len(chunks))
     options = {"pieces": pieces} if kind == "pipeline" else {}
 

@@ -64,6 +64,12 @@ def replay_jobs(scenario) -> list[tuple[Job, tuple[int, ...]]]:
     return out
 
 
+def rank_past(context: int, chunks, r: int) -> int:
+    """Tokens before rank r's chunk (the past it attends to) where the ranks split the prompt; 0 where
+    every rank runs all of it (tp, pipeline: their chunks are ``[C] * P``)."""
+    return sum(chunks[:r]) if sum(chunks) == context else 0
+
+
 def simulated_busy_s(job: Job, chunks: tuple[int, ...], probe_s: float | None,
                      host_probe_s: float | None = None) -> list[float]:
     """Each rank's simulated compute seconds for ``job`` with ``chunks``, at the speed of ``probe_s``
@@ -112,7 +118,7 @@ def compare(scenario, entries: list[dict]) -> list[ReplayRow]:
             plain[key] = simulated_busy_s(job, chunks, probe)
         busy = simulated_busy_s(job, chunks, probe, host) if host else plain[key]
         rows.append(ReplayRow(model=e["model"], scheme=e["scheme"], num_gpus=e["num_gpus"], context=e["context"],
-                              rank=r, chunk=chunks[r], past=sum(chunks[:r]), simulated_s=busy[r],
+                              rank=r, chunk=chunks[r], past=rank_past(e["context"], chunks, r), simulated_s=busy[r],
                               measured_s=e["median_s"], unadjusted_s=plain[key][r] if host else None))
     return rows
 

@@ -128,3 +128,28 @@ def test_a_solo_rank_computes_what_its_rank_computes_in_the_world():
     solo = [prefill("ring", model, ids, [16, 16], SoloTransport(r, 2)).logits for r in range(2)]
     assert torch.equal(solo[0], world[0])
     assert not torch.allclose(solo[1], world[1])
+
+
+@pytest.mark.parametrize("kind", ["ring", "ring-zigzag", "ulysses", "tp", "pipeline"])
+def test_a_replayed_rank_runs_the_prompt_of_its_context_whatever_its_chunks_sum_to(kind, monkeypatch):
+    """tp's and pipeline's ranks each run all C tokens, so the plan's chunks for them are [C] * P; a
+    replay once made its prompt sum(chunks) = P * C tokens long and timed P times the work (a tp rank
+    at P = 8 took 3 s on the CPU cluster model where its work is 0.1 s)."""
+    import torch
+
+    import reference.schemes
+    from reference.checkpoint import random_model
+    from reference.measure.timing import scheme_rank_run
+    from reference.schemes.base import Prefill
+    from sim.model import ModelSpec
+
+    spec = ModelSpec.preset("tiny-llama")
+    chunks = reference.schemes.layout_chunks(kind, context=48, world_size=4)
+    seen = []
+    monkeypatch.setattr(reference.schemes, "prefill",
+                        lambda scheme, model, ids, *a, **k: seen.append((scheme, ids.shape[1])) or
+                        Prefill(None, None))
+    run = scheme_rank_run(random_model(spec, seed=0), spec, kind=kind, context=48, chunks=chunks, rank=1,
+                          device=torch.device("cpu"), pieces=8)
+    assert run() is None
+    assert seen == [(kind, 48)]
