@@ -16,11 +16,14 @@ from reference.transport import Transport, Work
 
 class Recorder:
     """One rank's events: dicts with ``kind`` (layer, wait, send), ``name``, ``layer``, ``start_s`` and
-    ``end_s`` (seconds since ``start()``), and for point-to-point ``peer`` (and ``bytes`` on sends).
-    ``sync`` (the device's synchronise) runs at every boundary, so spans are device time."""
+    ``end_s`` (seconds since ``start()``), ``cpu_s`` (the CPU seconds the calling thread, the one that
+    computes, used in the span: less than the span where the rank waited or was descheduled), and for
+    point-to-point ``peer`` (and ``bytes`` on sends). ``sync`` (the device's synchronise) runs at every
+    boundary, so spans are device time."""
 
     def __init__(self, sync: Callable[[], None]):
         self.sync, self.events, self.layer, self.t0 = sync, [], None, 0.0
+        self._cpu_at: dict[float, float] = {}  # span start -> the thread's CPU time then
 
     def start(self) -> None:
         self.sync()
@@ -28,11 +31,17 @@ class Recorder:
 
     def now_s(self) -> float:
         self.sync()
-        return time.perf_counter() - self.t0
+        now = time.perf_counter() - self.t0
+        self._cpu_at[now] = time.thread_time()
+        return now
 
     def add(self, kind: str, name: str, start_s: float, **extra) -> None:
+        end_s = self.now_s()
+        cpu0 = self._cpu_at.pop(start_s, None)
+        cpu = None if cpu0 is None else self._cpu_at[end_s] - cpu0
+        self._cpu_at.pop(end_s, None)
         self.events.append({"kind": kind, "name": name, "layer": self.layer, "start_s": start_s,
-                            "end_s": self.now_s(), **extra})
+                            "end_s": end_s, "cpu_s": cpu, **extra})
 
     def hook_layers(self, layers) -> list:
         """Forward hooks timing every layer; returns the handles to remove."""
@@ -114,6 +123,8 @@ def chrome_events(ranks: list[list[dict]], title: str) -> list[dict]:
     for r, evs in enumerate(ranks):
         for e in evs:
             args = {k: e[k] for k in ("layer", "peer", "bytes") if k in e}
+            if e.get("cpu_s") is not None:
+                args["cpu_s"] = e["cpu_s"]
             tid = 1 if e["kind"] == "send" else 0
             ts, dur = e["start_s"] * 1e6, (e["end_s"] - e["start_s"]) * 1e6
             spans.append({"ph": "X", "name": e["name"], "cat": e["kind"], "pid": r + 1, "tid": tid,
