@@ -74,3 +74,40 @@ def test_each_variant_compiles_its_own_copy_so_none_hits_the_recompile_limit():
         with pytest.raises(Exception, match="(?i)recompil|fullgraph"):
             shared(*variants[2])  # another dtype: a recompile, past the limit
     torch._dynamo.reset()
+
+
+def test_rotary_on_falcon_and_llama_views_of_many_shapes_never_fails_at_the_recompile_limit():
+    """The GPU tests once warned ``torch.compile of apply_rotary failed (FailOnRecompileLimitHit)``:
+    Falcon's Q (a reshaped slice) and K (a strided slice) of one and several K/V heads, and chunks of
+    one token, specialise the graph on size-1 dimensions and stride relations. ``Variants`` keeps them
+    apart and replaces a copy that runs out of recompilations: under a recompile limit of 1 every call
+    compiles and agrees with the eager function. (CPU, eager backend: the limit is torch.compile's.)"""
+    import pytest
+    import torch._dynamo
+
+    from reference.cuda_fused import Variants
+    from reference.layers import apply_rotary
+
+    fn = apply_rotary.__wrapped__
+    variants = Variants(fn, backend="eager")
+    torch._dynamo.reset()
+    calls = 0
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for nh, nkv in ((4, 1), (4, 2), (8, 8)):
+            for t in (1, 2, 5, 16, 17):
+                g, hd = nh // nkv, 8
+                qkv = torch.randn(1, t, nkv, g + 2, hd)
+                q = qkv[:, :, :, :g].reshape(1, t, nh, hd).transpose(1, 2)
+                k = qkv[:, :, :, g].transpose(1, 2)
+                cos, sin = torch.randn(t, hd), torch.randn(t, hd)
+                for x in (q, k):
+                    torch.testing.assert_close(variants(x, cos, sin), fn(x, cos, sin), rtol=0, atol=0)
+                    calls += 1
+        shared = torch.compile(fn, backend="eager", dynamic=True, fullgraph=True)
+        with pytest.raises(Exception, match="(?i)recompil|fullgraph"):  # the negative control
+            for t in (1, 2):
+                qkv = torch.randn(1, t, 1, 6, 8)
+                shared(qkv[:, :, :, 4].transpose(1, 2), torch.randn(t, 8), torch.randn(t, 8))
+                shared(qkv[:, :, :, :4].reshape(1, t, 4, 8).transpose(1, 2), torch.randn(t, 8), torch.randn(t, 8))
+    torch._dynamo.reset()
+    assert calls == 30
