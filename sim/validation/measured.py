@@ -48,6 +48,7 @@ class Measured:
     probes_s: tuple[float | None, ...] = ()  # each round's machine-speed probe (mean of before, after)
     contention: tuple[float | None, ...] = ()  # each round's workload (else GEMM) probe in P processes over one
     traces: tuple[str | None, ...] = ()  # each round's traced prefill (reference.launch --trace), absolute
+    workloads_s: tuple[float | None, ...] = ()  # each round's workload probe alone (mean of before, after)
 
     @property
     def contention_range(self) -> str:
@@ -82,13 +83,15 @@ def load_measured(files: list[str]) -> dict[tuple, Measured]:
                 # the ranks' own work in P processes over one (reference.measure.cluster.workload_probe_s)
                 contention = statistics.fmean(r["contended_workload_probe_s"]) / statistics.fmean(r["workload_probe_s"])
             trace = os.path.join(os.path.dirname(os.path.abspath(path)), r["trace"]) if r.get("trace") else None
-            by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path, probe, contention, trace))
+            workload = statistics.fmean(r["workload_probe_s"]) if r.get("workload_probe_s") else None
+            by_key.setdefault(key, []).append((float(r["ttft_median_s"]), path, probe, contention, trace, workload))
         except SchemaError as e:
             raise MeasuredError(f"measured results {e}") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise MeasuredError(f"measured results {path}: {e}") from None
     return {k: Measured(statistics.median(x[0] for x in v), tuple(x[0] for x in v), tuple(x[1] for x in v),
-                        tuple(x[2] for x in v), tuple(x[3] for x in v), tuple(x[4] for x in v))
+                        tuple(x[2] for x in v), tuple(x[3] for x in v), tuple(x[4] for x in v),
+                        tuple(x[5] for x in v))
             for k, v in by_key.items()}
 
 
@@ -137,12 +140,18 @@ def compare(table: list[Row], measured: dict[tuple, Measured]) -> list[Compariso
 
 
 def _speed_factors(job, m: Measured) -> tuple[float, ...]:
-    """Per round, its probe over the profile's; 1.0 where either has none; () without a profile."""
+    """Per round, how much slower than the profile's its machine ran: its workload probe over the
+    profile's (``workload_probe_s``, reference/measure/workload_bridge.py) where both have one, else its
+    GEMM probe over the profile's; 1.0 where neither pair exists; () without a profile. The workload
+    probe is the ranks' own work; the GEMM probe's relation to it changes from day to day
+    (docs/validation.md, section 3)."""
     cost = job.cost_model
     if not isinstance(cost, ProfileCost):
         return ()
-    ref = cost.profile.get("speed_probe_s")
-    return tuple(p / ref if ref and p else 1.0 for p in m.probes_s)
+    ref, ref_workload = cost.profile.get("speed_probe_s"), cost.profile.get("workload_probe_s")
+    workloads = m.workloads_s if len(m.workloads_s) == len(m.probes_s) else (None,) * len(m.probes_s)
+    return tuple(w / ref_workload if ref_workload and w else p / ref if ref and p else 1.0
+                 for p, w in zip(m.probes_s, workloads))
 
 
 # On and off competing flows start with the measured run's processes, seconds before the timed prefills,
@@ -205,7 +214,7 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
         return "\n".join(lines) + "\n"
     lines.append("sim ms: each round simulated under its speed and contention, median; meas ms: median of "
                  "the rounds; error: median of the rounds' errors; unadj.: one core per rank at the profile's "
-                 "speed, NCCL semantics; speed: probe / profile's; busy: a rank's work with every rank busy / alone (the workload probe, else the GEMM probe)")
+                 "speed, NCCL semantics; speed: the round's workload probe / the profile's (else the GEMM probe's); busy: a rank's work with every rank busy / alone (the workload probe, else the GEMM probe)")
     w = max(7, *(len(c.row.job.scheme.name) + 1 for c in comparisons))  # the scheme column
     lines.append(f"{'model':<16}{'cluster':<12}{'scheme':<{w}}{'P':>2}{'C':>6} {'chunks':<10}"
                  f"{'sim ms':>9}{'meas ms':>9}{'rounds ms':>17}{'speed':>11}{'busy':>11}{'error':>8}"

@@ -288,3 +288,30 @@ def test_calibrated_layers_agree_between_simpy_the_closed_form_chain_and_the_sol
     assert layer_compute_s(cost, 1, c1, c0) == pytest.approx(simpy_layer, rel=1e-9)
     uncalibrated = dataclasses.replace(job, cost_model=ProfileCost(doc, calibrated=False))
     assert simulate(uncalibrated).ttft_s < result.ttft_s
+
+
+def test_the_workload_bridge_adds_the_workload_probe_at_the_profiles_speed(tmp_path, capsys):
+    """``reference.measure.workload_bridge`` re-times a CPU profile's layer points, takes the workload
+    probe between them and writes the probe at the profile's speed into the profile (which the
+    simulator then reads); bad input is one line and exit 2, the file untouched."""
+    from reference.measure.profile import main as profile_main
+    from reference.measure.workload_bridge import main as bridge_main
+
+    path = tmp_path / "p.json"
+    assert profile_main(["--model", "tiny-llama", "--device", "cpu", "--dtype", "fp32", "--grid", "small",
+                         "--repeat", "1", "--warmup", "0", "--out", str(path)]) == 0
+    assert bridge_main([str(path), "--repeat", "1"]) == 0
+    doc = json.loads(path.read_text())
+    bridge = doc["workload_probe_bridge"]
+    assert doc["workload_probe_s"] == pytest.approx(bridge["measured_s"] / bridge["layer_ratio"])
+    assert len(bridge["layer_ratios"]) == len(doc["components"]["layer"]) and bridge["layer_ratio"] > 0
+    assert ProfileCost.load(path).profile["workload_probe_s"] == doc["workload_probe_s"]  # the schema takes it
+
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps({**doc, "device_type": "cuda", "speed_probe_s": None}))
+    before = gpu.read_text()
+    capsys.readouterr()
+    assert bridge_main([str(gpu)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "for CPU profiles" in err and gpu.read_text() == before
+    assert bridge_main([str(tmp_path / "missing.json")]) == 2

@@ -149,3 +149,24 @@ def test_a_message_reaches_a_rank_later_while_every_core_computes():
             sim.env.process(sim.compute(0, 0, ("mlp", compute_s)))
         sim.env.run(until=arrived)
         assert sim.env.now == pytest.approx(expected)
+
+
+def test_a_round_is_brought_to_the_profiles_speed_by_the_workload_probe_where_both_have_one():
+    """The speed factor of a round is its workload probe over the profile's (``workload_probe_s``,
+    reference/measure/workload_bridge.py) where both have one; else its GEMM probe over the profile's;
+    else 1. (The GEMM probe's relation to the ranks' work changed by 20% from one day to the next.)"""
+    import dataclasses
+
+    from sim.cost.profiled import ProfileCost
+    from sim.validation.measured import Measured, _speed_factors
+
+    class Profiled(ProfileCost):
+        def __init__(self, profile):  # only the probes matter here
+            object.__setattr__(self, "profile", profile)
+
+    m = Measured(ttft_s=1.0, rounds_s=(1.0, 1.0, 1.0), files=("a", "b", "c"), probes_s=(2.0, 3.0, None),
+                 workloads_s=(0.12, None, None))
+    both = Profiled({"speed_probe_s": 1.0, "workload_probe_s": 0.1})
+    assert _speed_factors(dataclasses.replace(job("kvr-e", Stub()), cost_model=both), m) == pytest.approx((1.2, 3.0, 1.0))
+    gemm_only = Profiled({"speed_probe_s": 1.0})
+    assert _speed_factors(dataclasses.replace(job("kvr-e", Stub()), cost_model=gemm_only), m) == pytest.approx((2.0, 3.0, 1.0))
