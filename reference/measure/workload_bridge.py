@@ -34,6 +34,8 @@ def bridge(profile: dict, repeat: int, say=print) -> dict:
     from reference.measure.cluster import workload_probe_s
     from reference.measure.profile import Parts
 
+    if not isinstance(profile, dict) or not isinstance(profile.get("components"), dict):
+        raise MeasureError("not a profile (reference.measure.profile): no components")
     if profile.get("device_type") != "cpu" or not profile.get("speed_probe_s"):
         raise MeasureError("the workload bridge is for CPU profiles (a speed_probe_s and layer points)")
     points = [e for e in profile["components"].get("layer", []) if e.get("probe_s")]
