@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 import types
 import warnings
 from typing import Callable
@@ -32,6 +33,11 @@ def _variant_key(args: tuple) -> tuple:
     return tuple(tensor_key(a) if isinstance(a, torch.Tensor) else (type(a), a) for a in args)
 
 
+# Calls of compiled copies, one thread at a time: while one thread compiles (dynamo traces with FX, a
+# process-wide flag), another thread's call of any compiled function fails ("Detected that you are
+# using FX to symbolically trace a dynamo-optimized function"), as ranks run as threads on one GPU do.
+_CALL_LOCK = threading.RLock()
+
 # torch.compile's error when a code object has used up its recompilations (the name changed across
 # releases); a fresh copy of the function starts with none used.
 _LIMIT_ERRORS = ("FailOnRecompileLimitHit", "FailOnCacheLimitHit")
@@ -47,7 +53,8 @@ def _fresh_copy(fn: Callable) -> Callable:
 class Variants:
     """Compiled copies of ``fn``, one per variant of its arguments (``_variant_key``). A call compiles
     the variant's copy the first time; if that copy has used up its recompilations (guards the key
-    does not see), a fresh copy replaces it. Any other compiler error is raised."""
+    does not see), a fresh copy replaces it. Any other compiler error is raised. Calls hold
+    ``_CALL_LOCK``, so threads never call one while another compiles."""
 
     def __init__(self, fn: Callable[..., torch.Tensor], **compile_options):
         self.fn, self.options, self.copies = fn, {"dynamic": True, "fullgraph": True, **compile_options}, {}
@@ -59,7 +66,8 @@ class Variants:
             if copy is None:
                 copy = self.copies[key] = torch.compile(_fresh_copy(self.fn), **self.options)
             try:
-                return copy(*args)
+                with _CALL_LOCK:
+                    return copy(*args)
             except Exception as e:  # noqa: BLE001 - a copy out of recompilations is replaced once
                 if type(e).__name__ not in _LIMIT_ERRORS or attempt:
                     raise

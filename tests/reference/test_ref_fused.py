@@ -111,3 +111,27 @@ def test_rotary_on_falcon_and_llama_views_of_many_shapes_never_fails_at_the_reco
                 shared(qkv[:, :, :, :4].reshape(1, t, 4, 8).transpose(1, 2), torch.randn(t, 8), torch.randn(t, 8))
     torch._dynamo.reset()
     assert calls == 30
+
+
+def test_a_compiled_call_waits_while_another_thread_holds_the_call_lock():
+    """Ranks run as threads on one GPU: while one thread compiles (dynamo traces with FX, a
+    process-wide flag) another thread's call of a compiled function fails. ``Variants`` calls hold one
+    lock, so a call from a second thread waits for it (the GPU tests once warned ``torch.compile of
+    rms_norm failed (... FX to symbolically trace a dynamo-optimized function)``)."""
+    import threading
+
+    import torch._dynamo
+
+    from reference.cuda_fused import _CALL_LOCK, Variants
+
+    variants = Variants(rms_norm.__wrapped__, backend="eager")
+    x, w = torch.randn(1, 4, 8), torch.randn(8)
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (variants(x, w, 1e-5), done.set()))
+    torch._dynamo.reset()
+    with _CALL_LOCK:
+        worker.start()
+        assert not done.wait(0.5)  # blocked on the lock this thread holds
+    assert done.wait(60)
+    worker.join()
+    torch._dynamo.reset()
