@@ -18,24 +18,16 @@ import statistics
 import sys
 
 from .measured import MeasuredError, read_trace
+from .ranks import measured_ranks
 
 
 def rank_compute(events: list[dict]) -> list[tuple[float, float]]:
-    """(wall seconds, CPU seconds) of each rank's compute inside its layers; ValueError if the trace
-    has no ``cpu_s``."""
-    out = []
-    for pid in sorted({e["pid"] for e in events if e.get("ph") == "X" and e.get("pid", 0) >= 1}):
-        layers = [e for e in events if e.get("ph") == "X" and e["pid"] == pid and e.get("cat") == "layer"]
-        waits = [e for e in events if e.get("ph") == "X" and e["pid"] == pid and e.get("cat") == "wait"
-                 and e.get("args", {}).get("layer") is not None]
-        if not layers:
-            continue
-        if any("cpu_s" not in e.get("args", {}) for e in layers + waits):
-            raise ValueError("no cpu_s in its spans (traced before 2026-12-06's fourth session)")
-        wall = (sum(e["dur"] for e in layers) - sum(e["dur"] for e in waits)) / 1e6
-        cpu = sum(e["args"]["cpu_s"] for e in layers) - sum(e["args"]["cpu_s"] for e in waits)
-        out.append((wall, cpu))
-    return out
+    """(wall seconds, CPU seconds) of each rank's compute inside its layers (``ranks.measured_ranks``);
+    ValueError if the trace has no ``cpu_s``."""
+    ranks = measured_ranks(events)
+    if any(r.compute_cpu_s is None for r in ranks):
+        raise ValueError("no cpu_s in its spans (traced before 2026-12-06's fourth session)")
+    return [(r.compute_s, r.compute_cpu_s) for r in ranks]
 
 
 def table(folders: list[str]) -> str:

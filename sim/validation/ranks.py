@@ -26,21 +26,30 @@ FLOOR_S = 1e-3
 class RankTimes:
     compute_s: float
     wait_s: float
+    compute_cpu_s: float | None = None  # measured: the compute's CPU seconds (traces with ``cpu_s``)
 
 
 def measured_ranks(events: list[dict]) -> list[RankTimes]:
-    """Each rank's compute and wait inside its layers, from a measured trace's events (pid = rank + 1)."""
+    """Each rank's compute and wait inside its layers, from a measured trace's events (pid = rank + 1);
+    with the compute's CPU seconds where every span carries ``cpu_s`` (reference/trace.py)."""
     layer_s: dict[int, float] = {}
     wait_s: dict[int, float] = {}
+    cpu_s: dict[int, float | None] = {}  # layers' CPU less waits' CPU; None once a span lacks it
     for e in events:
         if e.get("ph") != "X" or e.get("pid", 0) < 1:
             continue
-        rank = e["pid"] - 1
+        rank, cpu = e["pid"] - 1, e.get("args", {}).get("cpu_s")
         if e["cat"] == "layer":
             layer_s[rank] = layer_s.get(rank, 0.0) + e["dur"] / 1e6
         elif e["cat"] == "wait" and e.get("args", {}).get("layer") is not None:
             wait_s[rank] = wait_s.get(rank, 0.0) + e["dur"] / 1e6
-    return [RankTimes(compute_s=layer_s[r] - wait_s.get(r, 0.0), wait_s=wait_s.get(r, 0.0)) for r in sorted(layer_s)]
+            cpu = None if cpu is None else -cpu
+        else:
+            continue
+        so_far = cpu_s.get(rank, 0.0)
+        cpu_s[rank] = None if so_far is None or cpu is None else so_far + cpu
+    return [RankTimes(compute_s=layer_s[r] - wait_s.get(r, 0.0), wait_s=wait_s.get(r, 0.0), compute_cpu_s=cpu_s[r])
+            for r in sorted(layer_s)]
 
 
 def simulated_ranks(result) -> list[RankTimes]:
