@@ -9,7 +9,7 @@ stays single-device. Reference: ``shared/docs/kv-runahead.md``; docs/reference.m
 hook in".
 
 Shapes: B batch, nkv KV heads, T own new tokens, S tokens held, hd head dim. K and V are
-(B, nkv, S, hd).
+(B, nkv, S, hd); a ``ResidentKVCache`` holds them as views of one token-major buffer.
 """
 from __future__ import annotations
 
@@ -73,3 +73,46 @@ class KVCache:
         local = KVCache(len(self.k))
         local.k, local.v = list(self.k), list(self.v)
         return local
+
+
+def token_major(kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V (B, nkv, S, hd) as views of a token-major buffer (S, 2, B, nkv, hd)."""
+    return kv[:, 0].permute(1, 2, 0, 3), kv[:, 1].permute(1, 2, 0, 3)
+
+
+class ResidentKVCache(KVCache):
+    """One prefill step of ``past`` + T tokens whose past is already where the layer's cache lives: per
+    layer one token-major buffer (past + T, 2, B, nkv, hd), its first ``past`` tokens filled by someone
+    else (``fill_past``: a KV-Runahead receive, or a replay's preset), the layer's own K and V written
+    after them (a copy of T tokens), and attention reading K and V as strided views of it. Nothing of
+    the past is copied, and ``buffer[:past]`` and the whole buffer are contiguous, so a receive can land
+    in the one and a send can go from the other (``ChainedKVCache``). One update per layer."""
+
+    def __init__(self, num_layers: int, past: int, buffers: list[torch.Tensor] | None = None):
+        super().__init__(num_layers)
+        self.past = past
+        self.buffers: list[torch.Tensor | None] = list(buffers) if buffers is not None else [None] * num_layers
+
+    def keeps_inputs(self, layer_idx: int) -> bool:
+        return False  # k and v are copied into the buffer
+
+    def fill_past(self, layer_idx: int, past: torch.Tensor) -> None:
+        """Put the layer's past (past, 2, B, nkv, hd) in place; given buffers already hold it."""
+
+    def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k[layer_idx] is not None:
+            raise RuntimeError(f"layer {layer_idx}: a ResidentKVCache takes one update per layer")
+        b, nkv, t, hd = k.shape
+        buf = self.buffers[layer_idx]
+        if buf is None:
+            buf = self.buffers[layer_idx] = torch.empty((self.past + t, 2, b, nkv, hd), dtype=k.dtype, device=k.device)
+            if self.past:
+                self.fill_past(layer_idx, buf[:self.past])
+        elif buf.shape != (self.past + t, 2, b, nkv, hd):
+            raise ValueError(f"layer {layer_idx}: buffer {tuple(buf.shape)} does not hold {self.past} + {t} tokens "
+                             f"of (2, {b}, {nkv}, {hd})")
+        own = buf[self.past:]
+        own[:, 0].copy_(k.permute(2, 0, 1, 3))
+        own[:, 1].copy_(v.permute(2, 0, 1, 3))
+        self.k[layer_idx], self.v[layer_idx] = token_major(buf)
+        return self.k[layer_idx], self.v[layer_idx]

@@ -16,6 +16,11 @@ from dataclasses import field as dataclass_field
 
 
 COMMUNICATION = ("links", "nccl")
+# How a KV-Runahead rank holds the cumulative cache (docs/cost_model.md, "The KV chain"): ``resident``
+# (the runtime since 2026-12-06: the receive lands in the layer's cache, the rank writes only its own
+# tokens) or ``copy`` (the runtime before: received into a buffer of its own and concatenated with the
+# chunk's K/V, a copy of the whole cumulative cache a layer; what the measurements up to then ran).
+KV_CHAINS = ("resident", "copy")
 ATTENTION_IMPLS = ("flash", "eager")
 
 
@@ -45,6 +50,7 @@ class GpuSpec:
     # where they differ from the defaults, so tables built before they existed stay valid.
     communication: str = dataclass_field(default="links", repr=False)
     attention_impl: str = dataclass_field(default="flash", repr=False)
+    kv_chain: str = dataclass_field(default="resident", repr=False)
 
     def __post_init__(self) -> None:
         for field in ("peak_flops_per_s", "hbm_bytes_per_s"):
@@ -61,14 +67,18 @@ class GpuSpec:
         if self.communication not in COMMUNICATION:
             raise HardwareError(f"gpu {self.name!r}: communication={self.communication!r} must be one of "
                                 f"{list(COMMUNICATION)}")
+        if self.kv_chain not in KV_CHAINS:
+            raise HardwareError(f"gpu {self.name!r}: kv_chain={self.kv_chain!r} must be one of {list(KV_CHAINS)}")
         if self.attention_impl not in ATTENTION_IMPLS:
             raise HardwareError(f"gpu {self.name!r}: attention_impl={self.attention_impl!r} must be one of "
                                 f"{list(ATTENTION_IMPLS)}")
 
     def runtime_key(self) -> tuple[str, ...]:
-        """The runtime fields that differ from the defaults, as ``field=value`` strings (for digests)."""
+        """The runtime fields that differ from the defaults, as ``field=value`` strings (for digests).
+        ``kv_chain`` is compared with ``copy``, what every table built before the field existed ran."""
         return tuple(f"{k}={v}" for k, v, d in (("communication", self.communication, "links"),
-                                                 ("attention_impl", self.attention_impl, "flash")) if v != d)
+                                                 ("attention_impl", self.attention_impl, "flash"),
+                                                 ("kv_chain", self.kv_chain, "copy")) if v != d)
 
     def replace(self, **changes: object) -> "GpuSpec":
         return dataclasses.replace(self, **changes)

@@ -7,13 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from .cost.profiled import ProfileCost, ProfileError
-from .hardware import ATTENTION_IMPLS, COMMUNICATION, GPU_PRESETS, GpuSpec, HardwareError, memory_of_device
+from .hardware import ATTENTION_IMPLS, COMMUNICATION, KV_CHAINS, GPU_PRESETS, GpuSpec, HardwareError, memory_of_device
 from .model import DTYPE_BYTES, ModelSpec, ModelSpecError
 from .scenario_clusters import GB, US_PER_S
 from .yaml_fields import ScenarioError, listed, mapping, need, number, scenario_path, text
 
 FIELDS = ("gpu", "profile", "dtype", "peak_tflops", "hbm_gb_per_s", "matmul_efficiency", "attention_efficiency",
-          "memory_efficiency", "launch_overhead_us", "memory_gb", "check_memory", "communication", "attention")
+          "memory_efficiency", "launch_overhead_us", "memory_gb", "check_memory", "communication", "attention", "kv_chain")
 
 
 def section(value: Any) -> tuple[dict, str]:
@@ -97,7 +97,9 @@ DEFAULT_GPU_COMMUNICATION = "nccl"  # GPUs talk through NCCL; "links" is the ide
 def _runtime(hw: dict, gpu: GpuSpec, profiles) -> GpuSpec:
     """``hardware.communication`` (``nccl``, the default on GPUs; ``links``, the default for a CPU
     profile, whose gloo ranks are not NCCL's) and ``hardware.attention`` (``flash``, the default, or
-    ``eager``: analytic costs only, a profile measured its runtime's own attention)."""
+    ``eager``: analytic costs only, a profile measured its runtime's own attention) and
+    ``hardware.kv_chain`` (``resident``, the default and today's runtime, or ``copy``: the runtime
+    that made the measurements of 2026-12-06 and before, sim/hardware.py ``KV_CHAINS``)."""
     on_cpu = bool(profiles) and profiles[0][1].device.lower().startswith("cpu")
     comm = hw.get("communication", "links" if on_cpu else DEFAULT_GPU_COMMUNICATION)
     need(comm in COMMUNICATION, "hardware.communication", f"must be one of {list(COMMUNICATION)}", comm)
@@ -105,4 +107,6 @@ def _runtime(hw: dict, gpu: GpuSpec, profiles) -> GpuSpec:
     need(attention in ATTENTION_IMPLS, "hardware.attention", f"must be one of {list(ATTENTION_IMPLS)}", attention)
     need(attention == "flash" or not profiles, "hardware.attention", "applies to analytic costs (hardware.gpu) "
          "only: a profile measured its runtime's own attention", attention)
-    return gpu.replace(communication=comm, attention_impl=attention)
+    chain = hw.get("kv_chain", "resident")
+    need(chain in KV_CHAINS, "hardware.kv_chain", f"must be one of {list(KV_CHAINS)}", chain)
+    return gpu.replace(communication=comm, attention_impl=attention, kv_chain=chain)

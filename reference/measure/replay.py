@@ -90,7 +90,7 @@ def replay(args: argparse.Namespace, say=print) -> dict:
                 kind = job.scheme.kind
                 if kind in ("tsp", "kvr"):
                     run = rank_run(model, spec, device=device, dtype=dtype, chunk=c, past=past,
-                                   last=r == len(chunks) - 1)
+                                   last=r == len(chunks) - 1, kv_chain=job.gpu.kv_chain if kind == "kvr" else "copy")
                 else:  # tp shards a model of its own in place
                     own = random_model(spec, seed=0, device=device, dtype=dtype).fuse_() if kind == "tp" else model
                     run = scheme_rank_run(own, spec, kind=kind, context=job.context, chunks=chunks, rank=r, device=device,

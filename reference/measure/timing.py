@@ -117,24 +117,41 @@ def forward_s(run: Callable[[], object], *, layers: int, warmup: int, repeat: in
     return gpu, host
 
 
-def rank_run(model, spec, *, device, dtype, chunk: int, past: int, last: bool, seed: int = 0):
+def rank_run(model, spec, *, device, dtype, chunk: int, past: int, last: bool, seed: int = 0,
+             kv_chain: str = "copy"):
     """A function running one rank's compute: ``chunk`` tokens at positions [past, past + chunk) through
     every layer against a local cache holding ``past`` tokens' K and V; the LM head if ``last``.
-    The model's own forward, so on CUDA small chunks run as CUDA graphs as in ``reference.launch``."""
+    The model's own forward, so on CUDA small chunks run as CUDA graphs as in ``reference.launch``.
+
+    ``kv_chain`` (``sim.hardware.KV_CHAINS``): ``copy``, a plain ``KVCache`` that concatenates the past
+    and the chunk's K/V (a copy of past + chunk tokens a layer: the KV-Runahead rank before 2026-12-06,
+    and a TSP rank's gathered keys); ``resident``, a ``ResidentKVCache`` whose buffers already hold the
+    past, so a layer writes only the chunk's K/V (the KV-Runahead rank since, without its receive)."""
     import torch
 
-    from reference.kvcache import KVCache
+    from reference.kvcache import KVCache, ResidentKVCache
 
+    if kv_chain not in ("copy", "resident"):
+        raise ValueError(f"kv_chain {kv_chain!r}: must be copy or resident")
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.randint(0, spec.vocab_size, (1, chunk), generator=g, device=device)
     shape = (1, spec.num_kv_heads, past, spec.head_dim)
     pasts = [(torch.randn(*shape, generator=g, device=device, dtype=dtype),
               torch.randn(*shape, generator=g, device=device, dtype=dtype)) for _ in range(spec.num_layers)]
+    buffers = []
+    if kv_chain == "resident":
+        for k, v in pasts:
+            buf = torch.zeros((past + chunk, 2, 1, spec.num_kv_heads, spec.head_dim), device=device, dtype=dtype)
+            buf[:past, 0], buf[:past, 1] = k.permute(2, 0, 1, 3), v.permute(2, 0, 1, 3)
+            buffers.append(buf)
+        pasts = []
 
     def run():
-        cache = KVCache(spec.num_layers)
-        if past:
-            for i, (k, v) in enumerate(pasts):
+        if kv_chain == "resident":
+            cache = ResidentKVCache(spec.num_layers, past, buffers)
+        else:
+            cache = KVCache(spec.num_layers)
+            for i, (k, v) in enumerate(pasts if past else []):
                 cache.k[i], cache.v[i] = k, v
         x = model.hidden(ids, past, cache)
         if last:

@@ -2,7 +2,9 @@
 layer receives rank i-1's cumulative K, V, appends its own and sends S_i tokens on to rank i+1
 asynchronously. The last rank ends with the full cache and the first token's logits.
 
-Messages carry K and V stacked: (2, B, nkv, S, hd). Reference: ``shared/docs/kv-runahead.md``;
+Messages carry K and V token-major, (S, 2, B, nkv, hd): the receive lands in the first S_{i-1} tokens of
+the layer's cache and the send goes from the whole of it, so no layer copies its cumulative cache
+(``reference.kvcache.ResidentKVCache``). Reference: ``shared/docs/kv-runahead.md``;
 docs/reference.md, "How the schemes hook in".
 """
 from __future__ import annotations
@@ -11,39 +13,36 @@ from typing import Sequence
 
 import torch
 
-from reference.kvcache import KVCache, cat_tokens
+from reference.kvcache import KVCache, ResidentKVCache
 from reference.schemes.base import Prefill, chunk_bounds
 from reference.transport import Transport, Work
 
 
-class ChainedKVCache(KVCache):
+class ChainedKVCache(ResidentKVCache):
     """KV-Runahead: the cumulative cache passed along the chain 0 -> 1 -> ... -> P-1.
 
-    `prev_len` is S_{i-1}, the tokens before this rank's chunk (0 on rank 0). Rank i's update
-    receives (2, B, nkv, S_{i-1}, hd) from rank i-1, appends its chunk and, unless it is the last
-    rank, starts an asynchronous send of the S_i tokens to rank i+1 without waiting for it: the send
-    overlaps this rank's attention and later layers, and ``finish`` waits for all of them.
+    `prev_len` is S_{i-1}, the tokens before this rank's chunk (0 on rank 0). Per layer, rank i
+    receives (S_{i-1}, 2, B, nkv, hd) from rank i-1 straight into the first S_{i-1} tokens of the
+    layer's buffer, writes its own chunk after them and, unless it is the last rank, starts an
+    asynchronous send of the whole buffer (S_i tokens) to rank i+1 without waiting for it: the send
+    overlaps this rank's attention and later layers, and ``finish`` waits for all of them. The buffer
+    is never written again, and attention reads K and V as views of it.
     """
 
-    def keeps_inputs(self, layer_idx: int) -> bool:
-        return False  # k and v are stacked into a new tensor first
-
     def __init__(self, num_layers: int, transport: Transport, prev_len: int):
-        super().__init__(num_layers)
+        super().__init__(num_layers, past=prev_len)
         self.transport, self.prev_len = transport, prev_len
         self.pending: list[Work] = []
 
+    def fill_past(self, layer_idx: int, past: torch.Tensor) -> None:
+        self.transport.recv(past, self.transport.rank - 1)
+
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = super().update(layer_idx, k, v)
         t = self.transport
-        kv = torch.stack([k, v])
-        if t.rank > 0:
-            b, nkv, _, hd = k.shape
-            prev = torch.empty((2, b, nkv, self.prev_len, hd), dtype=k.dtype, device=k.device)
-            t.recv(prev, t.rank - 1)
-            kv = cat_tokens([prev, kv])
         if t.rank < t.world_size - 1:
-            self.pending.append(t.isend(kv, t.rank + 1))  # kv is never modified afterwards
-        return self._append(layer_idx, kv[0], kv[1])
+            self.pending.append(t.isend(self.buffers[layer_idx], t.rank + 1))
+        return k, v
 
     def finish(self) -> KVCache:
         for work in self.pending:

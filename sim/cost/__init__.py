@@ -48,6 +48,21 @@ class CostModel:
         return 1.0
 
 
+def kv_chain_of(job) -> str:
+    """How the job's runtime holds a KV-Runahead rank's cumulative cache (``GpuSpec.kv_chain``)."""
+    return job.gpu.kv_chain if job.gpu is not None else "resident"
+
+
+def chain_kv_s(cost: CostModel, kv_chain: str, rank: int, tokens: float, keys: float) -> float:
+    """Per-layer seconds a KV-Runahead rank spends copying K/V in its own memory: ``resident``, every
+    rank writes its ``tokens`` new tokens into the layer's cache, where the receive put the past;
+    ``copy``, every rank after the first copies all ``keys`` tokens (the received past concatenated
+    with its own). docs/cost_model.md, "The KV chain"."""
+    if kv_chain == "copy":
+        return cost.kv_copy_s(keys) if rank > 0 else 0.0
+    return cost.kv_copy_s(tokens)
+
+
 def causal_pairs(queries: int, keys: int) -> float:
     """Query-key pairs computed when ``queries`` queries (the last ones) attend to ``keys`` keys with a
     causal mask aligned at the bottom right: q * (k - q) + q * (q + 1) / 2."""

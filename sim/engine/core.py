@@ -15,7 +15,7 @@ from typing import NamedTuple
 import simpy
 
 from ..cluster import Link
-from ..cost import CostModel
+from ..cost import CostModel, kv_chain_of
 from ..cost.tensor_parallel import tensor_parallel
 from ..job import Job
 from ..schemes import rank_process
@@ -78,6 +78,7 @@ class Sim:
         self.lane_maps = lanes.images(job.cluster, self.gpu_of, tp) if tp > 1 else None
         self.env = simpy.Environment()
         self.cost = cost if cost is not None else job.cost()
+        self.kv_chain = kv_chain_of(job)
         self.model = job.model
         self.num_layers = job.model.num_layers
         self.kv_bytes_per_token = job.model.kv_bytes_per_token_per_layer(job.dtype)

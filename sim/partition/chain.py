@@ -8,7 +8,7 @@ at 0 with their embedding):
     ready[r][l]  = max(t[r] + qkv_r, arrive[r-1][l])                (rank 0: t[r] + qkv_r)
     start[r][l]  = max(ready[r][l], arrive[r][l-1])                 (sends of one pair go in order)
     arrive[r][l] = start[r][l] + latency(route r) + S_r * kv_bytes / bandwidth(route r)
-    t[r]         = ready[r][l] + (kv-cat + attention + mlp)
+    t[r]         = ready[r][l] + (kv-cat + attention + mlp)     (kv-cat: ``cost.chain_kv_s``)
 
 and TTFT is the last rank's t after its LM head. It costs ~0.3 ms instead of ~30 ms for 8 GPUs, 32
 layers, so the search can score thousands of candidates. ``tests/sim/test_partition_properties.py`` checks
@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Sequence
 
-from ..cost import causal_pairs, layer_extra_s
+from ..cost import causal_pairs, chain_kv_s, kv_chain_of, layer_extra_s
 
 
 def exact_for(job, gpus: Sequence[int]) -> bool:
@@ -53,14 +53,15 @@ def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
     nccl = communication_model(job)
     slowdown = slowdown_model(job)
     kv = job.model.kv_bytes_per_token_per_layer(job.dtype)
+    chain = kv_chain_of(job)
     layers, last = job.model.num_layers, len(chunks) - 1
     received: list[tuple[float, float, int]] = []  # the previous rank's sends: (start, arrival, blocks)
     keys = 0
     for r, c in enumerate(chunks):
         keys += c
         qkv_s = cost.pre_attention_s(c)
-        ops = ([cost.kv_copy_s(keys)] if r > 0 else []) + [cost.attention_s(c, keys, causal_pairs(c, keys)),
-                                                          cost.post_attention_s(c)]
+        ops = [chain_kv_s(cost, chain, r, c, keys), cost.attention_s(c, keys, causal_pairs(c, keys)),
+               cost.post_attention_s(c)]
         rest_s = sum(ops) + layer_extra_s(cost, qkv_s, *ops, tokens=c, past=r > 0)
         ctas = 0
         if r < last:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..cost import kv_chain_of
 from ..engine import run
 from ..job import JOB_PARTITIONERS
 from ..schemes import unsupported
@@ -40,7 +41,7 @@ def pipeline_pieces(job) -> list[int]:
     m = min(job.scheme.num_pieces(job.num_gpus), job.context)
     if job.scheme.piece_sizes == "even":
         return even(job.context, m)
-    return round_fractions(job.context, balanced(job.context, m, job.cost()))
+    return round_fractions(job.context, balanced(job.context, m, job.cost(), kv_chain_of(job)))
 
 
 def fixed_chunks(scheme, context: int, num_gpus: int) -> list[int]:

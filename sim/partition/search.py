@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from ..cost import CostModel, causal_pairs, layer_extra_s
+from ..cost import CostModel, causal_pairs, chain_kv_s, kv_chain_of, layer_extra_s
 from ..engine import run
 from ..job import BUILTIN
 from . import Plan, chain, even, round_fractions
@@ -51,11 +51,11 @@ class SearchResult:
 
 
 # ----- the balancing solver ---------------------------------------------------------------------------
-def layer_compute_s(cost: CostModel, rank: int, tokens: float, before: float) -> float:
+def layer_compute_s(cost: CostModel, rank: int, tokens: float, before: float, kv_chain: str = "resident") -> float:
     """Per-layer compute of kvr rank ``rank`` holding ``tokens`` tokens after ``before`` earlier ones
     (real-valued token counts are fine for the analytic cost model)."""
     keys = before + tokens
-    parts = (cost.pre_attention_s(tokens) + (cost.kv_copy_s(keys) if rank > 0 else 0.0)
+    parts = (cost.pre_attention_s(tokens) + chain_kv_s(cost, kv_chain, rank, tokens, keys)
              + cost.attention_s(tokens, keys, causal_pairs(tokens, keys)) + cost.post_attention_s(tokens))
     return parts + layer_extra_s(cost, parts, tokens=tokens, past=rank > 0)
 
@@ -63,36 +63,36 @@ def layer_compute_s(cost: CostModel, rank: int, tokens: float, before: float) ->
 _BALANCED: dict = {}
 
 
-def balanced(context: int, parts: int, cost: CostModel) -> list[float]:
+def balanced(context: int, parts: int, cost: CostModel, kv_chain: str = "resident") -> list[float]:
     """Fractions of C (summing to 1) for which every rank's per-layer compute is equal (each >= 1 token).
-    Cached per cost model (by value where it is hashable), context and parts."""
+    Cached per cost model (by value where it is hashable), context, parts and KV chain."""
     try:
-        key = (cost, context, parts)
+        key = (cost, context, parts, kv_chain)
         hash(key)
     except TypeError:  # a profile (it holds dicts): by identity, kept alive in the value
-        key = (id(cost), context, parts)
+        key = (id(cost), context, parts, kv_chain)
     if key not in _BALANCED:
-        _BALANCED[key] = (_balanced(context, parts, cost), cost)
+        _BALANCED[key] = (_balanced(context, parts, cost, kv_chain), cost)
     return list(_BALANCED[key][0])
 
 
-def _balanced(context: int, parts: int, cost: CostModel) -> list[float]:
+def _balanced(context: int, parts: int, cost: CostModel, kv_chain: str) -> list[float]:
     def chunks_at(period_s: float, *, whole: bool = True) -> list[float]:
         out, before = [], 0.0
         for i in range(parts):
             if not whole and before > context:  # the sum is past the context already: too long a period
                 return out + [1.0] * (parts - i)
             lo, hi = 1.0, float(context)
-            if layer_compute_s(cost, i, lo, before) >= period_s:
+            if layer_compute_s(cost, i, lo, before, kv_chain) >= period_s:
                 hi = lo
             for _ in range(_BISECT):
                 mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if layer_compute_s(cost, i, mid, before) <= period_s else (lo, mid)
+                lo, hi = (mid, hi) if layer_compute_s(cost, i, mid, before, kv_chain) <= period_s else (lo, mid)
             out.append(lo)
             before += lo
         return out
 
-    lo, hi = 0.0, layer_compute_s(cost, 0, float(context), 0.0)
+    lo, hi = 0.0, layer_compute_s(cost, 0, float(context), 0.0, kv_chain)
     for _ in range(_BISECT):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if sum(chunks_at(mid, whole=False)) <= context else (lo, mid)
@@ -194,7 +194,7 @@ def simulator_oracle(job, gpus: Sequence[int] | None = None) -> Oracle:
 
 def start_chunks(job) -> tuple[int, ...]:
     """The balancing solver's partition of the job, in whole tokens."""
-    return tuple(round_fractions(job.context, balanced(job.context, job.num_gpus, job.cost())))
+    return tuple(round_fractions(job.context, balanced(job.context, job.num_gpus, job.cost(), kv_chain_of(job))))
 
 
 def search_job(job, oracle: Oracle | None = None) -> tuple[SearchResult, tuple[int, ...]]:

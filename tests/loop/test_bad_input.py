@@ -89,6 +89,8 @@ CASES = [
      "workload.contexts[2]: must not repeat an earlier value, got 64"),
     ("unknown model", lambda d: d.update(models=["gpt-9"]), "models[0]: must be a model preset or a config.json"),
     ("unknown GPU", lambda d: d["hardware"].update(gpu="tpu"), "hardware.gpu: must be one of"),
+    ("unknown KV chain", lambda d: d["hardware"].update(kv_chain="paged"),
+     "hardware.kv_chain: must be one of ['resident', 'copy'], got 'paged'"),
     ("unknown scheme", lambda d: d["workload"].update(schemes=["tsp", "warp"]),
      "workload.schemes[1]: must be one of ['single', 'tsp', 'tsp-masked', 'kvr-e', 'kvr-s', 'ring', 'ring-zigzag', "
      "'ulysses', 'tp', 'pipeline', 'pipeline-et'] or a mapping, got 'warp'"),
@@ -495,6 +497,8 @@ def test_a_damaged_safetensors_file_is_one_line(broken_checkpoint, damage):
     ("reference.measure.comm_cost", ["--sizes", "4 MB"], "--sizes: '4 MB' is not a size like 256KiB"),
     ("reference.measure.comm_cost", ["--ctas", "0,8"], "--ctas: need integers >= 1"),
     ("reference.measure.hf_attention", ["--models", "gpt-9"], "--models: 'gpt-9' is not a preset"),
+    ("reference.measure.kv_chain", ["--models", "gpt-9"], "--models: 'gpt-9' is not a preset"),
+    ("reference.measure.kv_chain", ["--points", "2048"], "--points '2048': must be CHUNK:PAST"),
 ])
 def test_the_gpu_measurements_refuse_bad_flags_in_one_line(tmp_path, module, args, message):
     """Checked before any GPU work (on a CPU machine too: the flags first, then the missing device)."""

@@ -153,3 +153,28 @@ def test_a_replayed_rank_runs_the_prompt_of_its_context_whatever_its_chunks_sum_
                           device=torch.device("cpu"), pieces=8)
     assert run() is None
     assert seen == [(kind, 48)]
+
+
+@pytest.mark.parametrize("past", [0, 20])
+def test_a_rank_against_a_resident_past_computes_what_it_does_against_a_copied_one(past):
+    """``rank_run``'s two KV chains (the runtime's KV-Runahead rank since and before 2026-12-06) run the
+    same chunk against the same past: one writes the chunk's K/V after the past in the layer's buffer,
+    the other concatenates; the hidden states are the same, and the resident buffers hold past + chunk
+    tokens, the chunk's K after the past's."""
+    import torch
+
+    from reference.checkpoint import random_model
+    from reference.measure.timing import rank_run
+    from sim.model import ModelSpec
+
+    spec = ModelSpec.preset("tiny-llama")
+    model = random_model(spec, seed=3)
+    cpu = torch.device("cpu")
+    runs = {chain: rank_run(model, spec, device=cpu, dtype=torch.float32, chunk=12, past=past, last=False,
+                            seed=4, kv_chain=chain) for chain in ("copy", "resident")}
+    copied, resident = runs["copy"](), runs["resident"]()
+    assert resident.shape == (1, 12, spec.hidden_size)
+    torch.testing.assert_close(resident, copied, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(runs["resident"](), resident, rtol=0, atol=0)  # a second run: the same
+    with pytest.raises(ValueError, match="kv_chain 'paged'"):
+        rank_run(model, spec, device=cpu, dtype=torch.float32, chunk=12, past=past, last=False, kv_chain="paged")

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.cluster import BackgroundFlow, ClusterSpec
+from sim.cost import kv_chain_of
 from sim.hardware import GpuSpec
 from sim.model import ModelSpec
 from sim.partition import even, round_fractions
@@ -79,12 +80,12 @@ def test_balanced_ranks_take_equal_time_per_layer(data):
     context = data.draw(st.integers(64 * n, 32768))
     job = Job(model=data.draw(sim_models()), gpu=A100, dtype="fp16", cluster=ClusterSpec.uniform("u", n, 1e11, 0),
               scheme=KVR_S, context=context, num_gpus=n)
-    fractions = balanced(context, n, job.cost())
+    fractions = balanced(context, n, job.cost(), kv_chain_of(job))
     assert abs(sum(fractions) - 1) < 1e-12 and min(fractions) > 0
     before, times = 0.0, []
     for rank, f in enumerate(fractions):
         if f * context > 1.5:  # a rank held at its 1-token minimum is faster than the rest
-            times.append(layer_compute_s(job.cost(), rank, f * context, before))
+            times.append(layer_compute_s(job.cost(), rank, f * context, before, kv_chain_of(job)))
         before += f * context
     assert max(times) <= min(times) * (1 + 1e-6)
 
