@@ -130,13 +130,15 @@ def forget_graphs(model: torch.nn.Module) -> None:
 
 
 def layer_graphs(model: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor,
-                 sin: torch.Tensor) -> LayerGraphs | None:
-    """The graphs for a forward of ``model`` over x (B, T, H), captured on first use; None where the
-    eager path runs (not CUDA, autograd on, or more than ``max_tokens()`` tokens)."""
+                 sin: torch.Tensor, layers: range | None = None) -> LayerGraphs | None:
+    """The graphs for a forward of ``model``'s ``layers`` (default all; a pipeline stage's own) over
+    x (B, T, H), captured on first use; None where the eager path runs (not CUDA, autograd on, or
+    more than ``max_tokens()`` tokens)."""
     if not applies(x):
         return None
     cache: OrderedDict = model.__dict__.setdefault("_cuda_graphs", OrderedDict())
-    key = (tuple(x.shape), x.dtype, x.device)
+    span = None if layers is None else (layers.start, layers.stop, layers.step)
+    key = (tuple(x.shape), x.dtype, x.device, span)
     graphs = cache.get(key)
     if graphs is not None and graphs.fingerprint != _fingerprint(model):
         del cache[key]
@@ -144,6 +146,7 @@ def layer_graphs(model: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor,
     if graphs is None:
         while len(cache) >= KEEP:
             cache.popitem(last=False)
-        graphs = cache[key] = LayerGraphs(model, x, cos, sin)
+        graphs = cache[key] = LayerGraphs(model, x, cos, sin,
+                                          layers=None if layers is None else [model.layers[i] for i in layers])
     cache.move_to_end(key)
     return graphs

@@ -68,15 +68,17 @@ class DecoderLM(nn.Module):
     def run_layers(self, x: torch.Tensor, start_pos: int | torch.Tensor, cache: KVCache, *,
                    layers: range | None = None) -> torch.Tensor:
         """Hidden states x (B, T, H) through ``layers`` (default all; a pipeline stage runs its
-        own, eagerly) -> their output (B, T, H)."""
+        own) -> their output (B, T, H). Where CUDA graphs apply, the output is the graphs' static
+        tensor, overwritten by the next run over the same layers and shape: a caller that keeps it
+        past that (a pipeline stage's asynchronous send) clones it."""
         from reference.cuda_graphs import layer_graphs
 
         cos, sin = rotary_cos_sin(start_pos, x.shape[1], head_dim=self.spec.head_dim,
                                   theta=self.spec.rope_theta, dtype=x.dtype, device=x.device)
+        graphs = layer_graphs(self, x, cos, sin, layers) if self.graphable else None
+        if graphs is not None:
+            return graphs.run(x, cos, sin, cache)
         if layers is None:
-            graphs = layer_graphs(self, x, cos, sin) if self.graphable else None
-            if graphs is not None:
-                return graphs.run(x, cos, sin, cache)
             layers = range(len(self.layers))
         for i in layers:
             x = self.layers[i](x, cos, sin, cache)

@@ -2,7 +2,8 @@
 split into P contiguous stages (the even split, earlier stages one more: the simulator's
 ``stage_layers``); the prompt is cut into pieces (default 4P, even) that flow through the stages:
 stage s takes piece k's hidden states from stage s-1 (stage 0 embeds it), runs its layers with its
-own KV-cache of the earlier pieces, and sends the result to stage s+1 without waiting. The last
+own KV-cache of the earlier pieces (as CUDA graphs of its layers where a piece is small enough,
+``reference.cuda_graphs``), and sends the result to stage s+1 without waiting. The last
 stage applies the final norm and LM head to the last piece: it emits the first token. Every stage
 keeps its layers' K/V of all C tokens (the other layers' entries stay None).
 
@@ -14,6 +15,7 @@ from typing import Sequence
 
 import torch
 
+from reference.cuda_graphs import applies
 from reference.kvcache import KVCache
 from reference.schemes import check_supported
 from reference.schemes.base import Prefill, chunk_bounds
@@ -42,6 +44,8 @@ def prefill(model: torch.nn.Module, input_ids: torch.Tensor, chunks: Sequence[in
             transport.recv(x, r - 1)
         x = model.run_layers(x, start, cache, layers=layers)
         if r < p - 1:
+            if applies(x):  # a CUDA graph's output, which the next piece's run overwrites
+                x = x.clone()
             sends.append(transport.isend(x, r + 1))                     # x is never modified afterwards
     for work in sends:
         work.wait()

@@ -54,13 +54,14 @@ def kv_chain_of(job) -> str:
 
 
 def chain_kv_s(cost: CostModel, kv_chain: str, rank: int, tokens: float, keys: float) -> float:
-    """Per-layer seconds a KV-Runahead rank spends copying K/V in its own memory: ``resident``, every
-    rank writes its ``tokens`` new tokens into the layer's cache, where the receive put the past;
-    ``copy``, every rank after the first copies all ``keys`` tokens (the received past concatenated
-    with its own). docs/cost_model.md, "The KV chain"."""
+    """Per-layer seconds a KV-Runahead rank spends copying K/V in its own memory besides the stack of
+    its chunk's K and V that ``pre_attention_s`` charges every rank (a cache's first copy): ``resident``,
+    none (that copy is the write of the rank's tokens into the layer's cache, after the past the
+    receive put there); ``copy``, every rank after the first copies all ``keys`` tokens (the received
+    past concatenated with its own). docs/cost_model.md, "The KV chain"."""
     if kv_chain == "copy":
         return cost.kv_copy_s(keys) if rank > 0 else 0.0
-    return cost.kv_copy_s(tokens)
+    return 0.0
 
 
 def causal_pairs(queries: int, keys: int) -> float:

@@ -15,7 +15,7 @@ PATHS = sorted(glob.glob(os.path.join(SCENARIOS, "*.yaml")))
 def test_every_scenario_is_shipped_with_its_expected_report():
     assert [os.path.basename(p) for p in PATHS] == ["contenders.yaml", "large-cluster.yaml", "multinode.yaml", "nonuniform.yaml", "paper.yaml", "throttled.yaml", "uniform.yaml",
                                                      "validate-cluster.yaml", "validate-contenders.yaml", "validate-cpu.yaml", "validate-h100-contenders.yaml",
-                                                     "validate-h100.yaml", "validate-h200-1gpu.yaml"]
+                                                     "validate-h100-kv-chain.yaml", "validate-h100.yaml", "validate-h200-1gpu.yaml"]
     assert all(os.path.exists(expected_path(p)) for p in PATHS)
 
 
