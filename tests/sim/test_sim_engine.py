@@ -1,5 +1,7 @@
 """Closed forms of the engine: transfers, shared links, background traffic, the ring all-gather, and a
 whole KV-Runahead timeline under a stub cost model."""
+import dataclasses
+
 import pytest
 import simpy
 
@@ -116,11 +118,13 @@ def test_ring_all_gather_step_waits_for_its_slowest_transfer():
 
 
 def test_kvr_timeline_runs_ahead_and_sends_without_waiting():
+    """The copying chain (``kv_chain: copy``): rank 1 copies the received 3 tokens and its own 2."""
     spec = ModelSpec.preset("tiny-llama")  # 2 layers
     kvb = spec.kv_bytes_per_token_per_layer("fp16")
     cluster = ClusterSpec.uniform("u", 2, 3 * kvb, 0.5)  # rank 0's 3 tokens of KV take 1 s, +0.5 s latency
     scheme = SchemeSpec(name="kvr", kind="kvr", fractions=(0.6, 0.4))
-    result = simulate(job(scheme=scheme, context=5, gpus=2, cluster=cluster), cost=StubCost())
+    j = job(scheme=scheme, context=5, gpus=2, cluster=cluster)
+    result = simulate(dataclasses.replace(j, gpu=j.gpu.replace(kv_chain="copy")), cost=StubCost())
     c = "compute"
     assert result.chunks == (3, 2)
     assert sorted(result.segments, key=lambda s: (s.rank, s.start_s, s.kind)) == [
@@ -139,6 +143,25 @@ def test_kvr_timeline_runs_ahead_and_sends_without_waiting():
     assert [(r.busy_s, r.idle_s, r.bytes_sent, r.bytes_received) for r in result.ranks] == [
         (25, 6, 6 * kvb, 0), (28.5, 2.5, 0, 6 * kvb)]
     assert result.link_bytes == {(0, 1): 6 * kvb}
+
+
+def test_kvr_timeline_with_the_chain_in_place_copies_nothing():
+    """The resident chain (the default): the same timeline as above less rank 1's two kv-cat copies
+    (0.5 s each); rank 0's layer-1 message (sent at 16, arriving at 17.5) is there before rank 1's
+    QKV ends at 18.5, so rank 1 never waits after the first layer."""
+    spec = ModelSpec.preset("tiny-llama")
+    kvb = spec.kv_bytes_per_token_per_layer("fp16")
+    cluster = ClusterSpec.uniform("u", 2, 3 * kvb, 0.5)
+    scheme = SchemeSpec(name="kvr", kind="kvr", fractions=(0.6, 0.4))
+    result = simulate(job(scheme=scheme, context=5, gpus=2, cluster=cluster), cost=StubCost())
+    c = "compute"
+    assert [s for s in sorted(result.segments, key=lambda s: (s.rank, s.start_s, s.kind)) if s.rank == 1] == [
+        Segment(1, c, "embed", 0, 1), Segment(1, c, "qkv", 1, 3, 0),
+        Segment(1, c, "attention", 5.5, 14.5, 0), Segment(1, c, "mlp", 14.5, 16.5, 0),
+        Segment(1, c, "qkv", 16.5, 18.5, 1), Segment(1, c, "attention", 18.5, 27.5, 1),
+        Segment(1, c, "mlp", 27.5, 29.5, 1), Segment(1, c, "head", 29.5, 30)]
+    assert result.ttft_s == 30
+    assert [(r.busy_s, r.idle_s) for r in result.ranks] == [(25, 5), (27.5, 2.5)]
 
 
 def test_tsp_timeline_waits_for_every_rank_at_each_all_gather():
