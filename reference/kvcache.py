@@ -81,17 +81,20 @@ def token_major(kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class ResidentKVCache(KVCache):
-    """One prefill step of ``past`` + T tokens whose past is already where the layer's cache lives: per
-    layer one token-major buffer (past + T, 2, B, nkv, hd), its first ``past`` tokens filled by someone
-    else (``fill_past``: a KV-Runahead receive, or a replay's preset), the layer's own K and V written
-    after them (a copy of T tokens), and attention reading K and V as strided views of it. Nothing of
-    the past is copied, and ``buffer[:past]`` and the whole buffer are contiguous, so a receive can land
-    in the one and a send can go from the other (``ChainedKVCache``). One update per layer."""
+    """K/V that stay where they land: per layer one token-major buffer (N, 2, B, nkv, hd) whose first
+    ``past`` tokens are filled by someone else (``fill_past``: a KV-Runahead receive, or a replay's
+    preset) and each update writes its tokens after the last (a copy of those T tokens only); attention
+    reads K and V as strided views of the tokens held. Nothing held is ever copied again, and every
+    prefix of a buffer is contiguous, so a receive can land in the past and a send can go from the
+    tokens held (``ChainedKVCache``). N is ``capacity`` where given (a pipeline stage's whole prompt,
+    appended piece by piece), else ``past`` + the first update's T (one update per layer)."""
 
-    def __init__(self, num_layers: int, past: int, buffers: list[torch.Tensor] | None = None):
+    def __init__(self, num_layers: int, past: int = 0, buffers: list[torch.Tensor] | None = None,
+                 capacity: int | None = None):
         super().__init__(num_layers)
-        self.past = past
+        self.past, self.capacity = past, capacity
         self.buffers: list[torch.Tensor | None] = list(buffers) if buffers is not None else [None] * num_layers
+        self.length = [past] * num_layers  # tokens held, per layer
 
     def keeps_inputs(self, layer_idx: int) -> bool:
         return False  # k and v are copied into the buffer
@@ -100,19 +103,23 @@ class ResidentKVCache(KVCache):
         """Put the layer's past (past, 2, B, nkv, hd) in place; given buffers already hold it."""
 
     def update(self, layer_idx: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.k[layer_idx] is not None:
-            raise RuntimeError(f"layer {layer_idx}: a ResidentKVCache takes one update per layer")
         b, nkv, t, hd = k.shape
-        buf = self.buffers[layer_idx]
+        held, buf = self.length[layer_idx], self.buffers[layer_idx]
         if buf is None:
-            buf = self.buffers[layer_idx] = torch.empty((self.past + t, 2, b, nkv, hd), dtype=k.dtype, device=k.device)
+            size = self.capacity if self.capacity is not None else self.past + t
+            buf = self.buffers[layer_idx] = torch.empty((size, 2, b, nkv, hd), dtype=k.dtype, device=k.device)
             if self.past:
                 self.fill_past(layer_idx, buf[:self.past])
-        elif buf.shape != (self.past + t, 2, b, nkv, hd):
-            raise ValueError(f"layer {layer_idx}: buffer {tuple(buf.shape)} does not hold {self.past} + {t} tokens "
-                             f"of (2, {b}, {nkv}, {hd})")
-        own = buf[self.past:]
+        if buf.shape[1:] != (2, b, nkv, hd) or held + t > buf.shape[0]:
+            raise ValueError(f"layer {layer_idx}: buffer {tuple(buf.shape)} cannot take {t} more tokens of "
+                             f"(2, {b}, {nkv}, {hd}) after {held}")
+        own = buf[held:held + t]
         own[:, 0].copy_(k.permute(2, 0, 1, 3))
         own[:, 1].copy_(v.permute(2, 0, 1, 3))
-        self.k[layer_idx], self.v[layer_idx] = token_major(buf)
+        self.length[layer_idx] = held + t
+        self.k[layer_idx], self.v[layer_idx] = token_major(buf[:held + t])
         return self.k[layer_idx], self.v[layer_idx]
+
+    def held(self, layer_idx: int) -> torch.Tensor:
+        """The layer's tokens held, (S, 2, B, nkv, hd), contiguous."""
+        return self.buffers[layer_idx][:self.length[layer_idx]]

@@ -41,7 +41,7 @@ class ChainedKVCache(ResidentKVCache):
         k, v = super().update(layer_idx, k, v)
         t = self.transport
         if t.rank < t.world_size - 1:
-            self.pending.append(t.isend(self.buffers[layer_idx], t.rank + 1))
+            self.pending.append(t.isend(self.held(layer_idx), t.rank + 1))
         return k, v
 
     def finish(self) -> KVCache:

@@ -2,10 +2,12 @@
 split into P contiguous stages (the even split, earlier stages one more: the simulator's
 ``stage_layers``); the prompt is cut into pieces (default 4P, even) that flow through the stages:
 stage s takes piece k's hidden states from stage s-1 (stage 0 embeds it), runs its layers with its
-own KV-cache of the earlier pieces (as CUDA graphs of its layers where a piece is small enough,
-``reference.cuda_graphs``), and sends the result to stage s+1 without waiting. The last
+own KV-cache of the earlier pieces, and sends the result to stage s+1 without waiting. The last
 stage applies the final norm and LM head to the last piece: it emits the first token. Every stage
-keeps its layers' K/V of all C tokens (the other layers' entries stay None).
+keeps its layers' K/V of all C tokens (the other layers' entries stay None): preallocated, each piece
+written in place, so no piece copies the earlier ones (``reference.kvcache.ResidentKVCache``, since
+2026-12-06). A piece of at most ``KVR_CUDA_GRAPHS`` tokens runs the stage's layers as CUDA graphs
+(``reference.cuda_graphs``).
 
 Messages: hidden states (B, c_k, H). Reference: sim/schemes/pipeline.py; docs/reference.md.
 """
@@ -16,7 +18,7 @@ from typing import Sequence
 import torch
 
 from reference.cuda_graphs import applies
-from reference.kvcache import KVCache
+from reference.kvcache import ResidentKVCache
 from reference.schemes import check_supported
 from reference.schemes.base import Prefill, chunk_bounds
 from reference.transport import Transport
@@ -33,7 +35,7 @@ def prefill(model: torch.nn.Module, input_ids: torch.Tensor, chunks: Sequence[in
     check_supported("pipeline", spec, context=context, world_size=p)
     split = even(context, min(pieces or 4 * p, context))
     layers = stage_layers(spec.num_layers, p, r)
-    cache, sends, x = KVCache(spec.num_layers), [], None
+    cache, sends, x = ResidentKVCache(spec.num_layers, capacity=context), [], None  # pieces land in place
     for k, c in enumerate(split):
         start, end = chunk_bounds(split, k)
         if r == 0:

@@ -6,7 +6,7 @@ same time as its past grows, from the cost model, as SGLang sizes them). docs/sc
 """
 from __future__ import annotations
 
-from ..cost import causal_pairs, layer_extras
+from ..cost import causal_pairs, chain_kv_s, layer_extras
 from ..memory import RankMemory, rank_parts
 from ..partition import even
 
@@ -25,7 +25,8 @@ def supports(model, num_gpus: int, context: int) -> str | None:
 
 def rank(sim, r: int, plan, scheme):
     """Stage r, for each piece k in order: wait for stage r-1's activations of the piece (c_k x H),
-    run its layers (QKV, appending to the cache of the S_{k-1} earlier tokens, attention of c_k
+    run its layers (QKV, appending to the cache of the S_{k-1} earlier tokens (in place; a copy of the
+    S_k tokens under ``kv_chain: copy``, the runtime before 2026-12-06), attention of c_k
     queries to S_k keys, MLP), send the activations on. Stage 0 embeds; the last stage runs the LM
     head after the last piece."""
     p, cost, model = len(plan.chunks), sim.cost, sim.model
@@ -41,7 +42,8 @@ def rank(sim, r: int, plan, scheme):
             yield sim.message(r - 1, r, k)
         qkv_s, mlp_s = cost.pre_attention_s(c), cost.post_attention_s(c)
         attention_s = cost.attention_s(c, keys, causal_pairs(c, keys))
-        concat = [("kv-cat", cost.kv_copy_s(keys))] if k > 0 else []
+        concat_s = chain_kv_s(cost, sim.kv_chain, k, c, keys)  # a resident cache copies no earlier piece
+        concat = [("kv-cat", concat_s)] if concat_s else []
         host = layer_extras(cost, qkv_s, attention_s, mlp_s, *(s for _, s in concat), tokens=c, past=k > 0)
         for layer in layers:
             yield from sim.compute(r, layer, ("qkv", qkv_s), *concat, ("attention", attention_s), ("mlp", mlp_s),
