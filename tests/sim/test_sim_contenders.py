@@ -1,6 +1,8 @@
 """The contenders in the engine, on timelines worked out by hand with round-number costs (the
 ``StubCost`` of tests/stubs.py: QKV and MLP take one second a token, attention one a query-key
 pair, a KV copy a tenth of a second a token), and their memory."""
+import dataclasses
+
 import pytest
 
 from sim.cluster import ClusterSpec
@@ -71,16 +73,20 @@ def test_ulysses_moves_heads_there_and_back():
         "71 query heads are not divisible by 2 GPUs"
 
 
-def test_pipeline_pieces_flow_through_the_stages():
+@pytest.mark.parametrize("kv_chain", ["copy", "resident"])
+def test_pipeline_pieces_flow_through_the_stages(kv_chain):
     activation = 2 * SPEC.hidden_size * B
     scheme = SchemeSpec(name="pp", kind="pipeline", pieces=2)
     j = job(scheme, 4, 2, activation)  # a 2-token piece's activations take 1 s
+    j = dataclasses.replace(j, gpu=j.gpu.replace(kv_chain=kv_chain))
     assert plan(j) == Plan((4, 4), (0, 1), (2, 2))
     result = simulate(j, cost=StubCost())
     # Stage 0 (layer 0): piece 0 embed 0-1, layer 1-8 (2 + 3 + 2), sent 8-9; piece 1 embed 8-9, layer
-    # 9-20.4 (2 + 0.4 + 7 + 2). Stage 1 (layer 1): piece 0 9-16, piece 1 from 21.4 to 32.8, head 33.3.
-    assert result.ttft_s == pytest.approx(33.3)
-    assert [r.busy_s for r in result.ranks] == pytest.approx([1 + 7 + 1 + 11.4, 7 + 11.4 + 0.5])
+    # 9-20.4 (2 + 0.4 + 7 + 2; the 0.4 s kv-cat of the copying cache, none with the cache in place).
+    # Stage 1 (layer 1): piece 0 9-16, piece 1 from 21.4 to 32.8, head 33.3 (0.8 s sooner in place).
+    cat = 0.4 if kv_chain == "copy" else 0.0
+    assert result.ttft_s == pytest.approx(32.5 + 2 * cat)
+    assert [r.busy_s for r in result.ranks] == pytest.approx([1 + 7 + 1 + 11 + cat, 7 + 11 + cat + 0.5])
 
 
 def test_equal_time_pieces_shrink_as_the_past_grows():
@@ -105,8 +111,6 @@ def test_memory_per_rank_follows_each_scheme():
 def test_simulating_a_job_its_scheme_cannot_run_says_why_before_simulating():
     """A pipeline of more stages than layers, or tensor-parallel groups that do not divide the heads,
     is refused by ``simulate`` with the reason (not an error from inside the SimPy run)."""
-    import dataclasses
-
     two_layers = dataclasses.replace(ModelSpec.preset("llama-2-7b"), num_layers=2)
     job = Job(model=two_layers, gpu=GpuSpec.preset("a100-80gb-sxm"), dtype="fp16",
               cluster=ClusterSpec.uniform("u", 4, 300e9, 1e-5), scheme=BUILTIN["pipeline"], context=4096, num_gpus=4)
