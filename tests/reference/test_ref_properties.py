@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reference.checkpoint import random_model
 from reference.schemes import prefill, token_rank
@@ -162,3 +163,28 @@ def test_pool_reports_a_failing_worker(pool):
             "chunks": [4], "ids": [1, 2, 3, 999]}  # token 999 is outside the vocabulary
     with pytest.raises(RuntimeError, match="worker failed"):
         pool.run(task)
+
+
+@settings(max_examples=25, deadline=None)
+@given(pieces=st.lists(st.integers(1, 7), min_size=1, max_size=5), past=st.integers(0, 6), spare=st.integers(0, 3))
+def test_a_resident_cache_holds_what_concatenation_would_and_refuses_what_does_not_fit(pieces, past, spare):
+    """``ResidentKVCache``: K and V appended piece by piece after a preset past equal their
+    concatenation (the copying cache's), the tokens held are one contiguous prefix of the buffer, and an
+    update past the buffer's capacity is a named error."""
+    from reference.kvcache import ResidentKVCache, cat_tokens
+
+    g = torch.Generator().manual_seed(len(pieces) * 31 + past)
+    total = past + sum(pieces)
+    ks = [torch.randn(1, 2, t, 4, generator=g) for t in [past, *pieces]]
+    vs = [torch.randn(1, 2, t, 4, generator=g) for t in [past, *pieces]]
+    buf = torch.zeros(total + spare, 2, 1, 2, 4)
+    buf[:past, 0], buf[:past, 1] = ks[0].permute(2, 0, 1, 3), vs[0].permute(2, 0, 1, 3)
+    cache = ResidentKVCache(1, past=past, buffers=[buf])
+    for i in range(1, len(ks)):
+        k, v = cache.update(0, ks[i], vs[i])
+        want_k, want_v = (cat_tokens([p for p in parts[:i + 1] if p.shape[-2]]) for parts in (ks, vs))
+        assert torch.equal(k, want_k) and torch.equal(v, want_v)
+    held = cache.held(0)
+    assert held.shape[0] == total and held.is_contiguous() and held.data_ptr() == buf.data_ptr()
+    with pytest.raises(ValueError, match=f"cannot take {spare + 1} more tokens"):
+        cache.update(0, torch.zeros(1, 2, spare + 1, 4), torch.zeros(1, 2, spare + 1, 4))
