@@ -130,9 +130,10 @@ def rank_run(model, spec, *, device, dtype, chunk: int, past: int, last: bool, s
     import torch
 
     from reference.kvcache import KVCache, ResidentKVCache
+    from sim.hardware import KV_CHAINS
 
-    if kv_chain not in ("copy", "resident"):
-        raise ValueError(f"kv_chain {kv_chain!r}: must be copy or resident")
+    if kv_chain not in KV_CHAINS:
+        raise ValueError(f"kv_chain {kv_chain!r}: must be one of {list(KV_CHAINS)}")
     g = torch.Generator(device=device).manual_seed(seed)
     ids = torch.randint(0, spec.vocab_size, (1, chunk), generator=g, device=device)
     shape = (1, spec.num_kv_heads, past, spec.head_dim)

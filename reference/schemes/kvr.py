@@ -31,7 +31,7 @@ class ChainedKVCache(ResidentKVCache):
 
     def __init__(self, num_layers: int, transport: Transport, prev_len: int):
         super().__init__(num_layers, past=prev_len)
-        self.transport, self.prev_len = transport, prev_len
+        self.transport = transport
         self.pending: list[Work] = []
 
     def fill_past(self, layer_idx: int, past: torch.Tensor) -> None:

@@ -49,18 +49,19 @@ class CostModel:
 
 
 def kv_chain_of(job) -> str:
-    """How the job's runtime holds a KV-Runahead rank's cumulative cache (``GpuSpec.kv_chain``)."""
+    """How the job's runtime holds a KV-Runahead rank's cumulative cache and a pipeline stage's growing
+    one (``GpuSpec.kv_chain``)."""
     return job.gpu.kv_chain if job.gpu is not None else "resident"
 
 
-def chain_kv_s(cost: CostModel, kv_chain: str, rank: int, tokens: float, keys: float) -> float:
-    """Per-layer seconds a KV-Runahead rank spends copying K/V in its own memory besides the stack of
-    its chunk's K and V that ``pre_attention_s`` charges every rank (a cache's first copy): ``resident``,
-    none (that copy is the write of the rank's tokens into the layer's cache, after the past the
-    receive put there); ``copy``, every rank after the first copies all ``keys`` tokens (the received
-    past concatenated with its own). docs/cost_model.md, "The KV chain"."""
+def chain_kv_s(cost: CostModel, kv_chain: str, step: int, keys: float) -> float:
+    """Per-layer seconds a KV-Runahead rank (or a pipeline stage's piece) ``step`` spends copying K/V in
+    its own memory besides the stack of its own K and V that ``pre_attention_s`` charges every step (a
+    cache's first copy): ``resident``, none (that copy is the write of its tokens into the layer's
+    cache, after the past already there); ``copy``, every step after the first copies all ``keys``
+    tokens (the past concatenated with its own). docs/cost_model.md, "The KV chain"."""
     if kv_chain == "copy":
-        return cost.kv_copy_s(keys) if rank > 0 else 0.0
+        return cost.kv_copy_s(keys) if step > 0 else 0.0
     return 0.0
 
 

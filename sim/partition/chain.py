@@ -8,7 +8,7 @@ at 0 with their embedding):
     ready[r][l]  = max(t[r] + qkv_r, arrive[r-1][l])                (rank 0: t[r] + qkv_r)
     start[r][l]  = max(ready[r][l], arrive[r][l-1])                 (sends of one pair go in order)
     arrive[r][l] = start[r][l] + latency(route r) + S_r * kv_bytes / bandwidth(route r)
-    t[r]         = ready[r][l] + (kv-cat + attention + mlp)     (kv-cat: ``cost.chain_kv_s``)
+    t[r]         = ready[r][l] + (kv-cat + attention + mlp)     (kv-cat: ``sim.cost.chain_kv_s``)
 
 and TTFT is the last rank's t after its LM head. It costs ~0.3 ms instead of ~30 ms for 8 GPUs, 32
 layers, so the search can score thousands of candidates. ``tests/sim/test_partition_properties.py`` checks
@@ -60,7 +60,7 @@ def chain_ttft_s(job, chunks: Sequence[int], gpus: Sequence[int]) -> float:
     for r, c in enumerate(chunks):
         keys += c
         qkv_s = cost.pre_attention_s(c)
-        ops = [chain_kv_s(cost, chain, r, c, keys), cost.attention_s(c, keys, causal_pairs(c, keys)),
+        ops = [chain_kv_s(cost, chain, r, keys), cost.attention_s(c, keys, causal_pairs(c, keys)),
                cost.post_attention_s(c)]
         rest_s = sum(ops) + layer_extra_s(cost, qkv_s, *ops, tokens=c, past=r > 0)
         ctas = 0

@@ -55,7 +55,7 @@ def layer_compute_s(cost: CostModel, rank: int, tokens: float, before: float, kv
     """Per-layer compute of kvr rank ``rank`` holding ``tokens`` tokens after ``before`` earlier ones
     (real-valued token counts are fine for the analytic cost model)."""
     keys = before + tokens
-    parts = (cost.pre_attention_s(tokens) + chain_kv_s(cost, kv_chain, rank, tokens, keys)
+    parts = (cost.pre_attention_s(tokens) + chain_kv_s(cost, kv_chain, rank, keys)
              + cost.attention_s(tokens, keys, causal_pairs(tokens, keys)) + cost.post_attention_s(tokens))
     return parts + layer_extra_s(cost, parts, tokens=tokens, past=rank > 0)
 

@@ -15,17 +15,17 @@ def supports(model, num_gpus: int, context: int) -> str | None:
 def rank(sim, r: int, plan, scheme):
     """Rank r holds tokens [S_{r-1}, S_r). Per layer: QKV of its chunk; wait for rank r-1's K, V of
     tokens [0, S_{r-1}); send K, V of [0, S_r) to rank r+1 without waiting; attend its c_r queries to
-    S_r keys (causal, bottom right), after writing its own K, V after the received ones (``kv-cat``:
-    its c_r tokens where the receive lands in the cache, the runtime's ``ResidentKVCache``; all S_r
-    tokens on ranks after the first under ``kv_chain: copy``, the runtime's torch.cat before
-    2026-12-06); MLP. The last rank then runs the LM head: the first token."""
+    S_r keys (causal, bottom right), its own K, V written after the received ones (no copy of the past:
+    the runtime's ``ResidentKVCache``; under ``kv_chain: copy``, ``kv-cat``, a copy of all S_r tokens
+    on ranks after the first, the runtime's torch.cat before 2026-12-06); MLP. The last rank then runs
+    the LM head: the first token."""
     chunks = list(plan.chunks)
     last = len(chunks) - 1
     c, keys = chunks[r], sum(chunks[: r + 1])
     cost = sim.cost
     qkv_s, mlp_s = cost.pre_attention_s(c), cost.post_attention_s(c)
     attention_s = cost.attention_s(c, keys, causal_pairs(c, keys))
-    concat_s = chain_kv_s(cost, sim.kv_chain, r, c, keys)
+    concat_s = chain_kv_s(cost, sim.kv_chain, r, keys)
     concat = [("kv-cat", concat_s)] if concat_s else []
     host = layer_extras(cost, qkv_s, attention_s, mlp_s, *(s for _, s in concat), tokens=c, past=r > 0)
     yield from sim.compute(r, None, ("embed", cost.embed_s(c)))

@@ -42,7 +42,7 @@ def rank(sim, r: int, plan, scheme):
             yield sim.message(r - 1, r, k)
         qkv_s, mlp_s = cost.pre_attention_s(c), cost.post_attention_s(c)
         attention_s = cost.attention_s(c, keys, causal_pairs(c, keys))
-        concat_s = chain_kv_s(cost, sim.kv_chain, k, c, keys)  # a resident cache copies no earlier piece
+        concat_s = chain_kv_s(cost, sim.kv_chain, k, keys)  # a resident cache copies no earlier piece
         concat = [("kv-cat", concat_s)] if concat_s else []
         host = layer_extras(cost, qkv_s, attention_s, mlp_s, *(s for _, s in concat), tokens=c, past=k > 0)
         for layer in layers:
