@@ -1,7 +1,7 @@
 """Measure the simulator's cost components on this device: a profile JSON the simulator interpolates.
 
     python -m reference.measure.profile --model PRESET_OR_CONFIG --device cpu|cuda --dtype fp32|fp16|bf16 \\
-        --out profiles/NAME.json [--grid small|cpu|gpu] [--repeat 7] [--threads 1]
+        --out profiles/NAME.json [--grid small|cpu|cpu-low|gpu] [--repeat 7] [--threads 1] [--add-to PROFILE]
 
 The components are the questions of the simulator's cost model (docs/cost_model.md), timed on layer 0
 of the runtime's own seeded random model, fused as ``reference.launch`` fuses it: ``embed``,
@@ -33,6 +33,10 @@ FORWARD_HOST_MAX_TOKENS = 4096  # host time of forwards up to here: above, a lay
 GRIDS = {
     "small": {"tokens": [8, 16, 32, 64], "tokens_held_out": [24, 48],
               "queries": [8, 16, 32, 64], "past": [0, 16, 64], "attention_held_out": [[24, 24], [24, 40]]},
+    # ``cpu-low`` extends a ``cpu`` profile below its grid (``--add-to``): the nearly empty ranks of
+    # KV-Runahead chains searched on slow links, whose layers cost a fixed part the 128-token line misses
+    "cpu-low": {"tokens": [1, 8, 32, 64], "tokens_held_out": [16],
+                "queries": [1, 8, 32, 64], "past": [0, 256, 512, 1024, 2048, 3072], "attention_held_out": [[16, 528]]},
     "cpu": {"tokens": [128, 256, 512, 768, 1024, 1536, 2048, 3072], "tokens_held_out": [384, 1280],
             "queries": [128, 256, 512, 1024, 1536, 2048], "past": [0, 256, 512, 1024, 2048, 3072],
             "attention_held_out": [[768, 768], [768, 1536], [1280, 2304], [384, 1664]]},
@@ -57,7 +61,75 @@ def _parser() -> argparse.ArgumentParser:
                    help="CUDA: each sample times back-to-back calls lasting about this long, the "
                         "steady-state cost inside a forward pass (default 5; 0: one call per sample)")
     p.add_argument("--max-keys", type=int, default=None, help="skip attention points with more keys")
+    p.add_argument("--add-to", metavar="PROFILE", default=None,
+                   help="measure this grid's points and write them merged into PROFILE's (same model, dtype, "
+                        "device type and threads; no shared points): the result keeps PROFILE's reference speed "
+                        "and head, and lists the addition under 'extensions'")
     return p
+
+
+def _point_keys(comps: dict) -> set[tuple]:
+    """(component, tokens, queries, keys) of every measured point but ``head`` (one per profile)."""
+    return {(name, e.get("tokens"), e.get("queries"), e.get("keys"))
+            for name, entries in comps.items() if name != "head" for e in entries}
+
+
+def _grid_keys(grid: dict) -> set[tuple]:
+    """The points a grid measures, as ``_point_keys`` names them (CPU: no ``forward`` points)."""
+    keys = {(name, t, None, None) for t in grid["tokens"] + grid["tokens_held_out"]
+            for name in ("embed", "pre_attention", "post_attention", "kv_copy")}
+    keys |= {("attention", None, c, c + p) for c in grid["queries"] for p in grid["past"]}
+    keys |= {("attention", None, c, k) for c, k in grid["attention_held_out"]}
+    keys |= {("layer", t, None, t + p) for t in grid["queries"][::2] for p in (0, grid["past"][len(grid["past"]) // 2])}
+    return keys
+
+
+def read_base(args: argparse.Namespace) -> dict | None:
+    """``--add-to``'s profile, checked against the flags before anything is measured (MeasureError)."""
+    import json
+
+    from sim.model import ModelSpec
+
+    if args.add_to is None:
+        return None
+    try:
+        with open(args.add_to, encoding="utf-8") as f:
+            base = json.load(f)
+    except OSError as e:
+        raise MeasureError(f"--add-to {args.add_to}: cannot read it ({e.strerror})") from None
+    except json.JSONDecodeError as e:
+        raise MeasureError(f"--add-to {args.add_to}: not valid JSON ({e})") from None
+    if not isinstance(base, dict) or not isinstance(base.get("components"), dict):
+        raise MeasureError(f"--add-to {args.add_to}: not a profile (no components)")
+    if args.device != "cpu":
+        raise MeasureError("--add-to: only CPU profiles can be extended (a GPU profile's forwards and host "
+                           "floor are measured over its whole grid)")
+    threads = args.threads if args.device == "cpu" else None
+    for name, want in (("model", ModelSpec.resolve(args.model).to_dict()), ("dtype", args.dtype),
+                       ("device_type", args.device), ("threads", threads)):
+        if base.get(name) != want:
+            raise MeasureError(f"--add-to {args.add_to}: its {name} is {base.get(name)!r}, these flags measure {want!r}")
+    shared = sorted(_grid_keys(GRIDS[args.grid]) & _point_keys(base["components"]), key=str)
+    if shared:
+        raise MeasureError(f"--add-to {args.add_to}: grid {args.grid} measures points it already has, e.g. {shared[0]}")
+    return base
+
+
+def merged(base: dict, new: dict) -> dict:
+    """``base`` with ``new``'s points added: each point keeps its own ``probe_s``, so the cost model brings
+    it to the base's reference speed (``speed_probe_s``); the grids are united; ``extensions`` records
+    when, how and at what machine speed the points were added."""
+    out = dict(base)
+    out["components"] = {name: list(base["components"].get(name, [])) + (new["components"].get(name, [])
+                                                                          if name != "head" else [])
+                         for name in set(base["components"]) | set(new["components"])}
+    out["grid"] = {key: sorted({tuple(x) if isinstance(x, list) else x for x in base["grid"].get(key, []) + val})
+                   for key, val in new["grid"].items()}
+    out["grid"]["attention_held_out"] = [list(x) for x in out["grid"]["attention_held_out"]]
+    out["extensions"] = list(base.get("extensions", [])) + [
+        {key: new[key] for key in ("grid_name", "grid", "command", "timestamp_utc", "torch_version", "host",
+                                   "load_average", "warmup", "repeat", "speed_probe_s")}]
+    return out
 
 
 class Parts:
@@ -209,6 +281,7 @@ def profile(args: argparse.Namespace, say=print) -> dict:
                 out[(t, past)] = forward_s(run, layers=spec.num_layers, warmup=args.warmup, repeat=args.repeat)
         return out.items()
 
+    base = read_base(args)
     with torch.no_grad():
         first = {} if cpu else dict(forwards_pass())  # before the components, and again after them
         for t, held in tokens:
@@ -242,7 +315,7 @@ def profile(args: argparse.Namespace, say=print) -> dict:
                 say(f"forward {t} + past {past}: {entry['median_s'] * 1e3:.2f} ms (passes "
                     f"{medians[0] * 1e3:.2f}, {medians[1] * 1e3:.2f}), host "
                     f"{entry.get('host_s', float('nan')) * 1e3:.3f} ms a layer")
-    return {
+    result = {
         "schema_version": SCHEMA_VERSION, "model": spec.to_dict(), "model_arg": args.model,
         "model_source": source, "dtype": args.dtype, "device": device_name(device),
         "device_type": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else None,
@@ -258,12 +331,13 @@ def profile(args: argparse.Namespace, say=print) -> dict:
         "speed_probe_s": statistics.median(probes) if cpu else None,
         "components": comps,
     }
+    return result if base is None else merged(base, result)
 
 
 def main(argv: list[str] | None = None) -> int:
     from sim.model import ModelSpec
     return measurement_main("reference.measure.profile", _parser(), profile, argv,
-                            check=lambda args: ModelSpec.resolve(args.model))
+                            check=lambda args: (ModelSpec.resolve(args.model), read_base(args)))
 
 
 if __name__ == "__main__":

@@ -315,3 +315,44 @@ def test_the_workload_bridge_adds_the_workload_probe_at_the_profiles_speed(tmp_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "for CPU profiles" in err and gpu.read_text() == before
     assert bridge_main([str(tmp_path / "missing.json")]) == 2
+
+
+def test_a_cpu_profile_is_extended_below_its_grid_with_add_to(tmp_path, capsys, monkeypatch):
+    """``--add-to`` measures a grid's points and writes them merged into an existing profile: the
+    base's points, reference speed and head kept, the new points fitted (no longer extrapolated), the
+    addition recorded under ``extensions``; a grid that shares points with the base, or flags that
+    measure another dtype, are one line and exit 2 before anything is measured, no file written."""
+    from reference.measure import profile as prof
+
+    base = tmp_path / "base.json"
+    common = ["--model", "tiny-llama", "--device", "cpu", "--repeat", "1", "--warmup", "0"]
+    assert prof.main([*common, "--dtype", "fp32", "--grid", "small", "--out", str(base)]) == 0
+    before = ProfileCost.load(base)
+    before.pre_attention_s(4)
+    assert before.extrapolated["pre_attention"] == 1  # below the small grid's 8 tokens
+
+    below = {"tokens": [4], "tokens_held_out": [], "queries": [4], "past": [0, 16, 64], "attention_held_out": []}
+    monkeypatch.setitem(prof.GRIDS, "below", below)
+    out = tmp_path / "extended.json"
+    assert prof.main([*common, "--dtype", "fp32", "--grid", "below", "--add-to", str(base), "--out", str(out)]) == 0
+    doc, base_doc = json.loads(out.read_text()), json.loads(base.read_text())
+    comps = doc["components"]
+    assert [e["tokens"] for e in comps["pre_attention"]] == [e["tokens"] for e in base_doc["components"]["pre_attention"]] + [4]
+    assert {(e["queries"], e["keys"]) for e in comps["attention"]} >= {(4, 4), (4, 20), (4, 68)}
+    assert comps["head"] == base_doc["components"]["head"]
+    assert doc["speed_probe_s"] == base_doc["speed_probe_s"] and doc["timestamp_utc"] == base_doc["timestamp_utc"]
+    assert doc["grid"]["tokens"] == [4, 8, 16, 32, 64]
+    ext, = doc["extensions"]
+    assert ext["grid_name"] == "below" and ext["grid"] == below and ext["speed_probe_s"] > 0
+    after = ProfileCost.load(out)  # the schema takes it and the attention grid is still rectangular
+    new = next(e for e in comps["pre_attention"] if e["tokens"] == 4)
+    assert after.pre_attention_s(4) == pytest.approx(new["median_s"] * doc["speed_probe_s"] / new["probe_s"])
+    assert not after.extrapolated
+
+    for flags, words in ((["--dtype", "fp32", "--grid", "small"], "measures points it already has"),
+                         (["--dtype", "fp16", "--grid", "below"], "its dtype is 'fp32'")):
+        capsys.readouterr()
+        bad = tmp_path / "bad.json"
+        assert prof.main([*common, *flags, "--add-to", str(base), "--out", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err and not bad.exists()
