@@ -4,14 +4,17 @@
     python -m reference.netcluster probe --world-size 3 --bandwidth "x,20MB/s,5MB/s;20MB/s,x,inf;5MB/s,inf,x"
     python -m reference.netcluster cpu --world-size 2 --bandwidth 100MB/s --sizes 32MB --repeats 4
     python -m reference.netcluster latency --world-size 2 --busy 2
+    python -m reference.netcluster chain --world-size 8 --bandwidth 20MB/s --compute-ms 10 --repeats 40
     python -m reference.netcluster cleanup
 
 ``--bandwidth`` and ``--latency`` take one value for every directed pair, or a P x P matrix written as
 rows separated by ``;`` and entries by ``,`` (row i, column j is link i -> j; the diagonal, e.g. ``x``, is ignored).
 ``--noise SRC-DST[:ON_S/OFF_S]`` (repeatable) adds a competing flow on link SRC -> DST. ``cpu`` measures the
 host CPU seconds a byte moved from rank 0 to rank 1 costs (``probe.cpu_probe``), ``latency`` a small
-message's one-way latency on an idle host and with ``--busy N`` processes spinning (``probe.latency_probe``);
-run both on a quiet machine.
+message's one-way latency on an idle host and with ``--busy N`` processes spinning (``probe.latency_probe``),
+``chain`` a small message's delivery down a chain of ranks that compute ``--compute-ms`` after each send, against
+the same chain asleep (``probe.chain_probe``: the ``busy_wake_s`` of the CPU-cluster model); run them on a quiet
+machine.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ import sys
 from reference.netcluster.cluster import ShapedCluster
 from reference.netcluster.links import LinkSpec, NetClusterError, NoiseFlow, parse_bandwidth, parse_duration
 from reference.netcluster.net import cleanup_stale
-from reference.netcluster.probe import cpu_probe, format_probe, latency_probe, probe
+from reference.netcluster.probe import chain_probe, cpu_probe, format_probe, latency_probe, probe
 
 
 def _matrix(text: str, world_size: int, parse) -> list[list[float]]:
@@ -54,7 +57,7 @@ def _cluster(a: argparse.Namespace) -> ShapedCluster:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m reference.netcluster [run|probe|cpu|latency|cleanup]", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m reference.netcluster [run|probe|cpu|latency|chain|cleanup]", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world-size", type=int, default=2)
     ap.add_argument("--bandwidth", default="inf", help="e.g. 100MB/s, or a matrix (see above)")
@@ -65,12 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=3, help="probe: timed repeats per size")
     ap.add_argument("--json", default=None, help="probe: also write the report here")
     ap.add_argument("--busy", type=int, default=2, help="latency: processes kept spinning (default 2)")
+    ap.add_argument("--compute-ms", type=float, default=10.0,
+                    help="chain: milliseconds each rank computes (or sleeps) after its send (default 10)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    mode = args.pop(0) if args[:1] and args[0] in ("run", "probe", "cpu", "latency", "cleanup") else "run"
+    mode = args.pop(0) if args[:1] and args[0] in ("run", "probe", "cpu", "latency", "chain", "cleanup") else "run"
     command = args[args.index("--") + 1:] if "--" in args else []
     a = _parser().parse_args(args[:args.index("--")] if "--" in args else args)
     a.mode = mode
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.mode == "cleanup":
             print("\n".join(cleanup_stale()) or "nothing to clean")
             return 0
+        if a.mode == "chain" and (a.world_size < 3 or a.compute_ms <= 0 or a.repeats < 1):
+            raise NetClusterError("chain: needs --world-size >= 3, --compute-ms > 0 and --repeats >= 1")
         if a.mode == "run" and not command:
             raise NetClusterError("nothing to run: give -- CMD ARGS...")
         with _cluster(a) as cluster:
@@ -93,6 +100,19 @@ def main(argv: list[str] | None = None) -> int:
                     r = report[label]
                     print(f"{label:>4} ({0 if label == 'idle' else a.busy} spinning): one way median "
                           f"{r['one_way_median_s'] * 1e3:.3f} ms, p90 {r['one_way_p90_s'] * 1e3:.3f} ms")
+                return 0
+            if a.mode == "chain":
+                report = chain_probe(cluster, compute_ms=a.compute_ms, repeats=a.repeats, timeout_s=a.timeout)
+                print(f"asleep after the send: delivery median {report['asleep_median_s'] * 1e3:.3f} ms")
+                for n, med in report["computing_median_s"].items():
+                    print(f"computing after the send, {n} other ranks computing at arrival: median "
+                          f"{med * 1e3:.3f} ms over {report['computing_hops'][n]} hops")
+                wake = report["busy_wake_s"]
+                print(f"busy_wake_s (at least {report['cores']:g} computing, less asleep): "
+                      + (f"{wake * 1e3:.3f} ms over {report['busy_hops']} hops" if wake is not None else "no such hop"))
+                if a.json:
+                    with open(a.json, "w") as f:
+                        json.dump(report, f, indent=1)
                 return 0
             if a.mode == "probe":
                 sizes = [int(parse_bandwidth(s)) for s in a.sizes.split(",")]

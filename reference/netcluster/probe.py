@@ -242,6 +242,80 @@ def latency_probe(cluster, *, busy: int, repeats: int = 200, timeout_s: float = 
     return {"busy_processes": busy, **out}
 
 
+def chain_probe(cluster, *, compute_ms: float = 10.0, repeats: int = 40, cores: float | None = None,
+                timeout_s: float = 120.0) -> dict:
+    """How much later a small message reaches its receiver while every core is taken, measured the way
+    KV-Runahead ranks use the host (``sim.engine.cpu_cluster.BUSY_WAKE_S``): a chain over every rank of
+    ``cluster``, each rank posting its receive, then on arrival sending 4 KB on (``isend``) and spending
+    ``compute_ms`` before waiting for the send, in one run computing (a small GEMM loop, as a rank's
+    next layer) and in another asleep. Competitors that compute in bursts between waits, as ranks do,
+    keep a woken gloo thread from a core where processes that spin without pause do not
+    (``latency_probe``). The report: every hop's delivery (arrival less the sender's ``isend``) with
+    the number of other ranks computing at its arrival, and ``busy_wake_s``: the median delivery of
+    the hops that arrived while at least ``cores`` ranks computed (default: this host's) less the
+    median delivery asleep. Run it with nothing else on the machine."""
+    cores = float(cores or os.cpu_count() or 1)
+    argv = [sys.executable, "-m", "reference.netcluster.probe", "--chain", "--repeats", str(repeats),
+            "--compute-ms", str(compute_ms)]
+    out = {mode: _run_ranks(cluster, argv + ["--after", mode], "chain probe", timeout_s)["hops"]
+           for mode in ("sleep", "compute")}
+    asleep = statistics.median(d for d, _ in out["sleep"])
+    busy = [d for d, n in out["compute"] if n >= cores]
+    by_count: dict[int, list[float]] = {}
+    for d, n in out["compute"]:
+        by_count.setdefault(n, []).append(d)
+    return {"world_size": cluster.world_size, "compute_ms": compute_ms, "repeats": repeats, "cores": cores,
+            "asleep_median_s": asleep,
+            "computing_median_s": {str(n): statistics.median(ds) for n, ds in sorted(by_count.items())},
+            "computing_hops": {str(n): len(ds) for n, ds in sorted(by_count.items())},
+            "busy_hops": len(busy), "busy_median_s": statistics.median(busy) if busy else None,
+            "busy_wake_s": max(0.0, statistics.median(busy) - asleep) if busy else None, "hops": out}
+
+
+def _chain_main(repeats: int, compute_ms: float, after: str) -> None:
+    import torch
+
+    dist, rank = _gloo()
+    world = dist.get_world_size()
+    w, a = torch.randn(512, 1376), torch.randn(8, 512)
+    buf = torch.zeros(1024)  # 4 KB, a nearly empty rank's K and V of a layer
+    records = []  # (arrival, isend, end of the work after it), time.time() (one host clock)
+    for i in range(repeats + 5):
+        dist.barrier()
+        arrival = send = end = None
+        if rank == 0:
+            time.sleep(0.003)  # every receiver has posted its receive
+        else:
+            dist.recv(buf, rank - 1)
+            arrival = time.time()
+        if rank < world - 1:
+            send = time.time()
+            buf[0] = send
+            work = dist.isend(buf, rank + 1)
+            until = send + compute_ms / 1e3
+            if after == "compute":
+                while time.time() < until:
+                    a @ w
+            else:
+                time.sleep(compute_ms / 1e3)
+            end = time.time()
+            work.wait()
+        if i >= 5:
+            records.append((arrival, send, end))
+    everyone = [None] * world
+    dist.all_gather_object(everyone, records)
+    if rank == 0:
+        hops = []
+        for i in range(repeats):
+            for k in range(1, world):
+                arrival = everyone[k][i][0]
+                computing = sum(1 for j in range(world - 1) if j != k and after == "compute"
+                                and everyone[j][i][1] <= arrival < everyone[j][i][2])
+                hops.append((arrival - everyone[k - 1][i][1], computing))
+        print(_MARK + json.dumps({"hops": hops}), flush=True)
+    dist.destroy_process_group()
+
+
 def _latency_main(repeats: int) -> None:
     import torch
 
@@ -299,12 +373,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-all-gather", action="store_true")
     ap.add_argument("--cpu", action="store_true", help="the host CPU a byte costs (cpu_probe)")
     ap.add_argument("--latency", action="store_true", help="a small message's one-way latency (latency_probe)")
+    ap.add_argument("--chain", action="store_true", help="a message's delivery down a chain (chain_probe)")
+    ap.add_argument("--compute-ms", type=float, default=10.0)
+    ap.add_argument("--after", default="compute", choices=["compute", "sleep"])
     a = ap.parse_args(argv)
     if a.cpu:
         _cpu_main(int(a.sizes.split(",")[0]), a.repeats)
         return 0
     if a.latency:
         _latency_main(a.repeats)
+        return 0
+    if a.chain:
+        _chain_main(a.repeats, a.compute_ms, a.after)
         return 0
     pairs = None if a.pairs is None else [tuple(map(int, p.split("-"))) for p in a.pairs.split(",")]
     _rank_main([int(s) for s in a.sizes.split(",")], repeats=a.repeats, pairs=pairs,

@@ -120,7 +120,11 @@ NET_CPU_S_PER_BYTE = 0.45e-9
 # How much later a small message reaches a rank asleep in its receive while every core is taken by
 # computing processes than on an idle host, measured on the project's VM: ``python -m reference.netcluster
 # latency --world-size 2 --busy 2`` (busy one-way median less idle one-way median; docs/validation.md,
-# section 8): on 2026-12-06 0.035 ms busy against 0.048 ms idle, no penalty, so none is applied.
+# section 8): on 2026-12-06 0.035 ms busy against 0.048 ms idle, no penalty, so none is applied. Ranks that
+# compute in bursts hold messages longer than spinning processes: ``python -m reference.netcluster chain
+# --world-size 8 --bandwidth 20MB/s --compute-ms 10`` finds 1.8-2.5 ms once two ranks compute, 3.6 ms with
+# 30 ms bursts. That is not one constant, and 2 ms here does not make more ranks agree (docs/validation.md,
+# section 8), so none is applied still.
 BUSY_WAKE_S = 0.0
 
 

@@ -3,6 +3,7 @@
 The tests that create namespaces need root and iproute2; elsewhere they skip, and the loopback fallback
 is still tested.
 """
+import json
 import math
 import os
 import re
@@ -185,6 +186,25 @@ def test_cli_runs_a_command_in_every_rank(capsys):
     assert cli_main(["--world-size", "2", "--timeout", "0.5", "--", "sleep", "10"]) == 124
     assert cli_main(["--bandwidth", "10XB", "--", "true"]) == 2
     assert "error: bandwidth '10XB'" in capsys.readouterr().err
+
+
+@needs_netns
+def test_the_chain_probe_times_each_hop_computing_and_asleep(tmp_path, capsys):
+    """``chain``: every hop of a 3-rank chain timed in both runs, the ranks computing at each arrival
+    counted (the sender is computing at every arrival of the computing run, none in the asleep run),
+    the report written; a chain of 2 ranks is one line and exit 2."""
+    out = tmp_path / "chain.json"
+    assert cli_main(["chain", "--world-size", "3", "--bandwidth", "100MB/s", "--compute-ms", "20",
+                     "--repeats", "3", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert len(report["hops"]["sleep"]) == len(report["hops"]["compute"]) == 3 * 2
+    assert {n for _, n in report["hops"]["sleep"]} == {0}
+    # the sender computes 20 ms after its isend: it is computing at (nearly) every arrival
+    assert sum(n >= 1 for _, n in report["hops"]["compute"]) >= 4
+    assert 0 < report["asleep_median_s"] < 0.02 and sum(report["computing_hops"].values()) == 6
+    assert "asleep after the send: delivery median" in capsys.readouterr().out
+    assert cli_main(["chain", "--world-size", "2"]) == 2
+    assert "chain: needs --world-size >= 3" in capsys.readouterr().err
 
 
 def test_scale_links_divides_bandwidth_and_multiplies_latency_by_the_slowdown():
