@@ -264,7 +264,7 @@ def chain_probe(cluster, *, compute_ms: float = 10.0, repeats: int = 40, cores: 
     by_count: dict[int, list[float]] = {}
     for d, n in out["compute"]:
         by_count.setdefault(n, []).append(d)
-    return {"world_size": cluster.world_size, "compute_ms": compute_ms, "repeats": repeats, "cores": cores,
+    return {"schema": "chain-probe/1", "world_size": cluster.world_size, "compute_ms": compute_ms, "repeats": repeats, "cores": cores,
             "asleep_median_s": asleep,
             "computing_median_s": {str(n): statistics.median(ds) for n, ds in sorted(by_count.items())},
             "computing_hops": {str(n): len(ds) for n, ds in sorted(by_count.items())},

@@ -197,6 +197,7 @@ def test_the_chain_probe_times_each_hop_computing_and_asleep(tmp_path, capsys):
     assert cli_main(["chain", "--world-size", "3", "--bandwidth", "100MB/s", "--compute-ms", "20",
                      "--repeats", "3", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
+    assert report["schema"] == "chain-probe/1"
     assert len(report["hops"]["sleep"]) == len(report["hops"]["compute"]) == 3 * 2
     assert {n for _, n in report["hops"]["sleep"]} == {0}
     # the sender computes 20 ms after its isend: it is computing at (nearly) every arrival
