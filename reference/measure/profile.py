@@ -104,9 +104,8 @@ def read_base(args: argparse.Namespace) -> dict | None:
     if args.device != "cpu":
         raise MeasureError("--add-to: only CPU profiles can be extended (a GPU profile's forwards and host "
                            "floor are measured over its whole grid)")
-    threads = args.threads if args.device == "cpu" else None
     for name, want in (("model", ModelSpec.resolve(args.model).to_dict()), ("dtype", args.dtype),
-                       ("device_type", args.device), ("threads", threads)):
+                       ("device_type", args.device), ("threads", args.threads)):
         if base.get(name) != want:
             raise MeasureError(f"--add-to {args.add_to}: its {name} is {base.get(name)!r}, these flags measure {want!r}")
     shared = sorted(_grid_keys(GRIDS[args.grid]) & _point_keys(base["components"]), key=str)
@@ -251,6 +250,7 @@ def profile(args: argparse.Namespace, say=print) -> dict:
     from reference.checkpoint import DTYPES, load_model
     from reference.chunk_attention import FLASH_MAX_CHUNK
 
+    base = read_base(args)  # bad --add-to input fails here, before anything is loaded or measured
     device = torch.device("cuda" if args.device == "cuda" else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise MeasureError("--device cuda: no CUDA device on this machine")
@@ -281,7 +281,6 @@ def profile(args: argparse.Namespace, say=print) -> dict:
                 out[(t, past)] = forward_s(run, layers=spec.num_layers, warmup=args.warmup, repeat=args.repeat)
         return out.items()
 
-    base = read_base(args)
     with torch.no_grad():
         first = {} if cpu else dict(forwards_pass())  # before the components, and again after them
         for t, held in tokens:
@@ -337,7 +336,7 @@ def profile(args: argparse.Namespace, say=print) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from sim.model import ModelSpec
     return measurement_main("reference.measure.profile", _parser(), profile, argv,
-                            check=lambda args: (ModelSpec.resolve(args.model), read_base(args)))
+                            check=lambda args: ModelSpec.resolve(args.model))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,13 @@ def _cluster(a: argparse.Namespace) -> ShapedCluster:
     return ShapedCluster(a.world_size, links, noise=[_noise(n) for n in a.noise])
 
 
+def _write_json(path: str | None, report: dict) -> None:
+    """``--json``: the probe's report, also as a file."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=1)
+
+
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m reference.netcluster [run|probe|cpu|latency|chain|cleanup]", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,17 +117,13 @@ def main(argv: list[str] | None = None) -> int:
                 wake = report["busy_wake_s"]
                 print(f"busy_wake_s (at least {report['cores']:g} computing, less asleep): "
                       + (f"{wake * 1e3:.3f} ms over {report['busy_hops']} hops" if wake is not None else "no such hop"))
-                if a.json:
-                    with open(a.json, "w") as f:
-                        json.dump(report, f, indent=1)
+                _write_json(a.json, report)
                 return 0
             if a.mode == "probe":
                 sizes = [int(parse_bandwidth(s)) for s in a.sizes.split(",")]
                 report = probe(cluster, sizes, repeats=a.repeats, timeout_s=a.timeout)
                 print(format_probe(report))
-                if a.json:
-                    with open(a.json, "w") as f:
-                        json.dump(report, f, indent=1)
+                _write_json(a.json, report)
                 return 0
             results = cluster.run(command, timeout_s=a.timeout)
     except NetClusterError as e:
