@@ -50,9 +50,10 @@ def probe(cluster, sizes_bytes=(1 << 20, 4 << 20), *, repeats: int = 3,
           timeout_s: float = 120.0) -> dict:
     """Measure every ordered pair (or `pairs`) of `cluster` with gloo; returns the report dict.
 
-    Report: ``{"world_size", "shaped", "latency_applied", "pairs": [{src, dst, size_bytes, requested_*,
-    round_trip_s, send_s, achieved_bytes_per_s, ratio}], "all_gather": [{size_bytes, time_s}],
-    "exchange": [{size_bytes, time_s}]}`` (times in seconds, the slowest rank's median).
+    Report: ``{"schema": "link-probe/1", "world_size", "shaped", "latency_applied", "pairs": [{src, dst,
+    size_bytes, requested_*, round_trip_s, send_s, achieved_bytes_per_s, ratio}], "all_gather": [{size_bytes, time_s}],
+    "exchange": [{size_bytes, time_s}], "all_to_all": [{size_bytes, time_s}]}`` (times in seconds, the
+    slowest rank's median; ``all_to_all`` with 3 ranks or more, ``size_bytes`` from every rank to every other).
     """
     argv = [sys.executable, "-m", "reference.netcluster.probe", "--sizes", ",".join(map(str, sizes_bytes)),
             "--repeats", str(repeats)]
@@ -61,6 +62,7 @@ def probe(cluster, sizes_bytes=(1 << 20, 4 << 20), *, repeats: int = 3,
     if not all_gather:
         argv += ["--no-all-gather"]
     report = _run_ranks(cluster, argv, "probe", timeout_s)
+    report["schema"] = "link-probe/1"
     report["shaped"] = cluster.shaped
     report["latency_applied"] = cluster.latency_applied
     for p in report["pairs"]:
@@ -93,6 +95,9 @@ def format_probe(report: dict) -> str:
             rows.append(f"  rank {r['rank']}: received at {r['recv_s'] * 1e3:.2f} ms, its send returned at "
                         f"{r['send_s'] * 1e3:.2f} ms" + ("" if held is None else
                                                          f", {held / 1e6:.2f} MB still in its socket then"))
+    for g in report.get("all_to_all", []):
+        rows.append(f"all_to_all {g['size_bytes']:>9} bytes a pair: {g['time_s'] * 1e3:.2f} ms "
+                    f"({g['size_bytes'] / g['time_s'] / 1e6:.2f} MB/s a pair, every pair at once)")
     return "\n".join(rows)
 
 
@@ -145,19 +150,23 @@ def _rank_main(sizes: list[int], *, repeats: int, pairs: list[tuple[int, int]] |
                 rtt, send = min(rtts), statistics.median(sends)
                 mine.append({"src": s, "dst": d, "size_bytes": x.numel() * 4, "round_trip_s": rtt,
                              "send_s": send, "achieved_bytes_per_s": x.numel() * 4 / max(send - rtt, 1e-9)})
+    def timed(call) -> float:
+        """Median seconds of `call()` started together on every rank, after one untimed call."""
+        times = []
+        for rep in range(repeats + 1):
+            dist.barrier()
+            t0 = time.perf_counter()
+            call()
+            if rep:
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
     gathers = []
     if do_all_gather and world > 1:
         for size in sizes:
             x = torch.zeros(max(1, size // 4))
             out = [torch.empty_like(x) for _ in range(world)]
-            times = []
-            for rep in range(repeats + 1):
-                dist.barrier()
-                t0 = time.perf_counter()
-                dist.all_gather(out, x)
-                if rep:
-                    times.append(time.perf_counter() - t0)
-            gathers.append({"size_bytes": x.numel() * 4, "time_s": statistics.median(times)})
+            gathers.append({"size_bytes": x.numel() * 4, "time_s": timed(lambda: dist.all_gather(out, x))})
     exchanges = []
     if do_all_gather and world > 1:
         # Ranks 0 and 1 send to each other at once, receives posted first (docs/netcluster.md says why).
@@ -183,8 +192,20 @@ def _rank_main(sizes: list[int], *, repeats: int, pairs: list[tuple[int, int]] |
             exchanges.append({"size_bytes": x.numel() * 4, "time_s": statistics.median(times),
                               "recv_s": statistics.median(recvs) if recvs else None,
                               "send_s": statistics.median(sends) if sends else None})
+    scatters = []
+    if do_all_gather and world > 2:
+        # Every rank sends `size` bytes to every other rank at once, as Ulysses' all-to-all does
+        # (``DistTransport.all_to_all``: every receive posted, then every send).
+        from reference.transport import DistTransport
+        transport = DistTransport()
+        for size in sizes:
+            send = [torch.zeros(max(1, size // 4)) for _ in range(world)]
+            recv = [torch.empty_like(x) for x in send]
+            scatters.append({"size_bytes": send[0].numel() * 4,
+                             "time_s": timed(lambda: transport.all_to_all(send, recv))})
     everyone = [None] * world
-    dist.all_gather_object(everyone, {"pairs": mine, "all_gather": gathers, "exchange": exchanges})
+    dist.all_gather_object(everyone, {"pairs": mine, "all_gather": gathers, "exchange": exchanges,
+                                      "all_to_all": scatters})
     if rank == 0:
         pairs_out = sorted((p for e in everyone for p in e["pairs"]),
                            key=lambda p: (p["src"], p["dst"], p["size_bytes"]))
@@ -195,7 +216,10 @@ def _rank_main(sizes: list[int], *, repeats: int, pairs: list[tuple[int, int]] |
                "ranks": [{"rank": r, "recv_s": everyone[r]["exchange"][k]["recv_s"],
                           "send_s": everyone[r]["exchange"][k]["send_s"]} for r in range(2)]}
               for k, g in enumerate(exchanges)]
-        print(_MARK + json.dumps({"world_size": world, "pairs": pairs_out, "all_gather": ag, "exchange": ex}),
+        a2a = [{"size_bytes": g["size_bytes"], "time_s": max(e["all_to_all"][k]["time_s"] for e in everyone)}
+               for k, g in enumerate(scatters)]
+        print(_MARK + json.dumps({"world_size": world, "pairs": pairs_out, "all_gather": ag, "exchange": ex,
+                                  "all_to_all": a2a}),
               flush=True)
     dist.destroy_process_group()
 

@@ -121,6 +121,19 @@ def test_a_gloo_send_returns_while_its_socket_still_holds_part_of_the_message():
 
 
 @needs_netns
+def test_an_all_to_all_moves_every_pair_at_once_at_the_pair_rate():
+    """Ulysses' all-to-all (``DistTransport.all_to_all``) on 3 ranks: each rank's two sends leave on
+    links of their own, so 1 MB a pair takes about 1 MB over one link's rate, not two."""
+    with ShapedCluster(3, lambda i, j: LinkSpec(bandwidth_bytes_per_s=20 * MB)) as c:
+        report = probe(c, [1 << 20], repeats=2, pairs=[(0, 1)], timeout_s=60)
+    (a2a,) = report["all_to_all"]
+    one_pair_s = (1 << 20) / (20 * MB)
+    assert a2a["size_bytes"] == 1 << 20
+    assert 0.7 * one_pair_s < a2a["time_s"] < 1.5 * one_pair_s, a2a
+    assert "all_to_all" in format_probe(report)
+
+
+@needs_netns
 def test_a_competing_flow_takes_its_share_of_one_link_and_stops_with_the_run():
     noise = [NoiseFlow(src=0, dst=1, max_duration_s=30)]
     with ShapedCluster(2, LinkSpec(bandwidth_bytes_per_s=20 * MB), noise=noise) as c:
