@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Sequence
 
 from reference.netcluster.links import LinkSpec, NetClusterError, NoiseFlow
+from sim.engine.cpu_cluster import WIRE_OVER_PAYLOAD, htb_burst_bytes
 
 SUBNET_PREFIX = "10.213.0."  # exists only inside the namespaces we create
 NOISE_PORT_BASE = 41000  # competing flows listen on 41000, 41001, ... in their destination's namespace
 NAME_PREFIX = "ncl-"
 _NAME_RE = re.compile(r"^ncl-(\d+)-(\d+)-(hub|r\d+)$")
-# A full 1500-byte-MTU TCP segment: 1448 payload bytes + 32 TCP (timestamps) + 20 IP + 14 Ethernet.
-WIRE_OVER_PAYLOAD = 1514 / 1448
 REPO_ROOT = Path(__file__).resolve().parents[2]  # on the PYTHONPATH of every process run in a namespace
 
 
@@ -215,8 +214,9 @@ def _htb_root(tc: list[str], dev: list[str], default: int | None = None) -> list
 
 def _htb_class(tc: list[str], dev: list[str], parent: str, minor: int, rate: float, ceil: float) -> list[str]:
     # A burst of 64 KiB (one GSO segment on veth) or 1 ms of traffic keeps htb from rounding the
-    # rate down at high rates while staying small next to the messages we time.
-    burst = str(max(64 * 1024, int(ceil * 1e-3)))
+    # rate down at high rates while staying small next to the messages we time; the CPU-cluster
+    # simulation models the same bucket (``sim.engine.cpu_cluster.HtbBuckets``).
+    burst = str(htb_burst_bytes(ceil))
     return [*tc, "class", "add", *dev, "parent", parent, "classid", f"1:{minor:x}", "htb",
             "rate", _rate_bits(rate), "ceil", _rate_bits(ceil), "burst", burst, "cburst", burst, "quantum", "65536"]
 

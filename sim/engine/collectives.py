@@ -145,6 +145,7 @@ class RingAllGather:
                 start_s = sim.env.now
                 moves = [(r, (r + 1) % p, self.chunk_bytes) for r in range(p)]
                 yield from _moves(sim, moves, self.op, start_s, self.layer)
+                yield from _acted_on(sim)
         self.done.succeed()
 
     def _nccl(self):
@@ -197,6 +198,7 @@ class AllToAll(RingAllGather):
         moves = [(a, b, self.pair_bytes[a][b]) for a in range(p) for b in range(p) if a != b]
         if moves and sim.nccl is None:
             yield from _moves(sim, moves, self.op, start_s, self.layer)
+            yield from _acted_on(sim)
         elif moves:  # NCCL's grouped sends: one launch, the slowest pair's latency, each pair's protocol
             choices = [sim.nccl.send(sim.gpu_of[a], sim.gpu_of[b], nbytes / sim.tp) for a, b, nbytes in moves]
             ctas = [0] * p  # one grouped kernel a rank: the blocks of all its sends and receives
@@ -212,6 +214,14 @@ class AllToAll(RingAllGather):
             for r in range(p):
                 sim.comm_kernel((r,), ctas[r], on=False)
         self.done.succeed()
+
+
+def _acted_on(sim):
+    """Process body: the time between a collective step's last byte arriving and its ranks acting on it
+    (``Sim.delivery_delay_s``: none on GPUs; processes that must get a core on a shared host)."""
+    delay_s = sim.delivery_delay_s(None)
+    if delay_s:
+        yield sim.env.timeout(delay_s)
 
 
 def _moves(sim, moves, op: str, start_s: float, layer, *, latency: bool = True,

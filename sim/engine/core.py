@@ -216,9 +216,10 @@ class Sim:
             self._collectives[key] = collectives.AllToAll(self, len(self.gpus), pair_bytes, tag, layer)
         return self._collectives[key].join()
 
-    def delivery_delay_s(self, rank: int) -> float:
-        """Seconds between a message's last byte arriving and rank ``rank`` acting on it (none on GPUs:
-        ``engine/cpu_cluster.py`` has processes that must first get a core)."""
+    def delivery_delay_s(self, rank: int | None) -> float:
+        """Seconds between a message's last byte arriving and rank ``rank`` (None: the ranks of a
+        collective step) acting on it (none on GPUs: ``engine/cpu_cluster.py`` has processes that
+        must first get a core)."""
         return 0.0
 
     def record_transfer(self, op: str, src: int, dst: int, nbytes: float, start_s: float, end_s: float,

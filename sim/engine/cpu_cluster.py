@@ -9,7 +9,8 @@ from .core import Segment, Sim
 from .network import Network
 
 
-def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_wake_s: float = 0.0):
+def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_wake_s: float = 0.0,
+                    htb: bool = True):
     """A ``Sim`` for gloo ranks that are processes on one host:
 
     - with ``cores``, a rank's compute runs at min(1, cores / ranks computing at that moment) of its
@@ -21,9 +22,15 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
       ``NET_CPU_S_PER_BYTE``): from the moment its bytes start to move, a flow of that much work
       crosses the same shared host link (behind a link of ``cores``: the kernel's work may run on any
       core), so it takes cores from the ranks' compute, and the other way round;
+    - with ``cores``, every point-to-point message and every step of a collective reaches its ranks
+      ``host_step_s(P)`` later: with P processes on the host's cores, a woken rank's threads wait
+      for a core, step after step (``HOST_STEP_S``, measured with nothing else running);
     - with ``cores`` and ``busy_wake_s``, a message that arrives while at least ``cores`` ranks compute
       reaches its receiver that much later (a rank asleep in a receive must be woken and get a core
       that others hold: ``BUSY_WAKE_S``, measured); once per point-to-point message and per ring step;
+    - with ``htb``, every shaped link lets a message's first bytes through at once after an idle spell,
+      as its htb class does (``HtbBuckets``: a token bucket of ``htb_burst_bytes``), so a message of a
+      few KB takes its link's latency, not its size over the rate, and a 1 MB one about 6% less;
     - a point-to-point message moves only once its receiver has posted the receive (gloo's rendezvous:
       the sender waits for the receiver's "ready to receive" notice, docs/netcluster.md); a kvr rank
       posts it when it starts waiting for the message, after its own QKV, as the runtime's
@@ -40,6 +47,7 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
             self._rank_of: dict[object, int] = {}
             self._rings: dict[int, _BufferedRing] = {}
             self.computing = 0  # ranks computing now
+            self.buckets = HtbBuckets(self.network, job.cluster) if htb else None
             if cores is None:
                 return
             self.sink = num_ranks  # compute "flows" from rank r through the host to this node
@@ -53,12 +61,22 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
                                                      switches=("host",)))
 
         def delivery_delay_s(self, rank):
-            return busy_wake_s if cores is not None and self.computing >= cores else 0.0
+            if cores is None:
+                return 0.0
+            return host_step_s(len(self.gpus)) + (busy_wake_s if self.computing >= cores else 0.0)
 
         def net_work(self, nbytes):
             """The host CPU a message of ``nbytes`` costs, started now, in the background."""
             if cores is not None and net_cpu_s_per_byte > 0 and nbytes > 0:
                 self.env.process(self.cpu.transfer([(self.kernel, self.sink, nbytes * net_cpu_s_per_byte)]))
+
+        def flows(self, src, dst, nbytes):
+            """The message's flows, less the bytes its links' token buckets let through at once."""
+            return [(a, b, n - self.at_once(a, b, n)) for a, b, n in super().flows(src, dst, nbytes)]
+
+        def at_once(self, src, dst, nbytes):
+            """The bytes of a message from GPU src to dst, starting now, that pass without waiting."""
+            return self.buckets.take(src, dst, nbytes) if self.buckets is not None else 0.0
 
         def hold_gpu(self, rank, body):
             self._rank_of[self.env.active_process] = rank  # who calls all_gather (it takes no rank)
@@ -128,6 +146,75 @@ NET_CPU_S_PER_BYTE = 0.45e-9
 BUSY_WAKE_S = 0.0
 
 
+# What the host adds to every point-to-point message and every step of a collective when P gloo
+# processes share its 2 cores, with nothing else running: the per-step time of an all-gather of 4 KB
+# blocks over unshaped links at P ranks, less that at 2 ranks (one process a core, where the links'
+# latency model holds). Measured on the project's VM on 2026-12-07 (``python -m reference.netcluster probe
+# --world-size P --bandwidth inf --sizes 4KB,100KB,393KB,1MB --repeats 6``, results/cpu-time/2026-12-07/
+# collectives/p{2,4,8}-inf.json: 0.43 ms for 1 step at P = 2, 5.43 ms for 3 at P = 4, 15.40 ms for 7 at
+# P = 8; docs/netcluster.md, "Collectives of many ranks on two cores").
+HOST_STEP_S = {2: 0.0, 4: 5.43e-3 / 3 - 0.43e-3, 8: 15.40e-3 / 7 - 0.43e-3}
+
+
+def host_step_s(num_ranks: int) -> float:
+    """``HOST_STEP_S`` at ``num_ranks`` processes: linear between the measured counts, 0 at 2 or fewer,
+    the largest measured beyond them."""
+    known = sorted(HOST_STEP_S)
+    if num_ranks <= known[0]:
+        return HOST_STEP_S[known[0]]
+    for lo, hi in zip(known, known[1:]):
+        if num_ranks <= hi:
+            return HOST_STEP_S[lo] + (HOST_STEP_S[hi] - HOST_STEP_S[lo]) * (num_ranks - lo) / (hi - lo)
+    return HOST_STEP_S[known[-1]]
+
+
+# The shaped-link cluster's htb classes (``reference.netcluster``, docs/netcluster.md): their rates count
+# whole Ethernet frames, 1514 bytes on the wire for a full TCP segment's 1448 payload bytes, so a class runs
+# at the link's payload rate times this; and each lets ``htb_burst_bytes`` of its wire rate through at
+# once after an idle spell. Measured (docs/netcluster.md, "Measured rates"): a 1 MB message gets 1.04-1.07
+# of the link's rate at 10-20 MB/s and 1.09 at 100 MB/s, where the bucket gives 1.07 and 1.11.
+WIRE_OVER_PAYLOAD = 1514 / 1448
+
+
+def htb_burst_bytes(wire_bytes_per_s: float) -> int:
+    """The burst (and cburst) of an htb class of that rate: 64 KiB (one GSO segment on veth) or 1 ms of
+    traffic, whichever is more (less would make htb round the rate down at high rates)."""
+    return max(64 * 1024, int(wire_bytes_per_s * 1e-3))
+
+
+class HtbBuckets:
+    """The token bucket of every shaped link (finite bandwidth, no competing flows), as htb keeps it:
+    tokens accrue at the link's rate up to its burst, and a message's bytes pass at once while there
+    are tokens, the rest at the rate. Kept as the time each bucket is full again: a message of n bytes
+    starting at t takes min(n, tokens(t)) of every link on its route and moves that time to
+    max(it, t) + n / rate. A link that carries competing flows keeps its bucket empty (they use it)."""
+
+    def __init__(self, network: Network, cluster: ClusterSpec):
+        self.network = network
+        self.full_at_s: dict = {}
+        self.noisy = {(bg.src, bg.dst) for bg in cluster.background}
+
+    def take(self, src: int, dst: int, nbytes: float) -> float:
+        """The bytes of an ``nbytes`` message from GPU ``src`` to ``dst``, starting now, that pass at once."""
+        now_s, network = self.network.env.now, self.network
+        free = nbytes
+        links = []
+        for link in network._pair(src, dst)[0]:
+            rate = network.capacity[link]
+            if rate == float("inf"):
+                continue
+            links.append((link, rate))
+            if link in self.noisy:
+                free = 0.0
+                continue
+            burst = htb_burst_bytes(rate * WIRE_OVER_PAYLOAD) / WIRE_OVER_PAYLOAD  # payload bytes
+            full_at_s = self.full_at_s.get(link, now_s)
+            free = min(free, max(0.0, burst - rate * max(0.0, full_at_s - now_s)))
+        for link, rate in links:
+            self.full_at_s[link] = max(self.full_at_s.get(link, now_s), now_s) + nbytes / rate
+        return free
+
+
 class _BufferedRing:
     """The runtime's gloo all-gather among ranks 0..P-1 (a ring, receives posted before sends): in step
     s rank r receives one chunk from rank r-1. That transfer starts when both have begun step s (rank
@@ -157,11 +244,12 @@ class _BufferedRing:
         start_s = sim.env.now
         sim.net_work(self.chunk_bytes)
         route = (sim.gpu_of[src], sim.gpu_of[r])
-        held = min(self.chunk_bytes, SOCKET_BUFFER_BYTES)
-        if self.chunk_bytes > held:  # the sender's send returns when only `held` bytes are left
-            yield from sim.network.transfer([(*route, self.chunk_bytes - held)])
+        flowing = self.chunk_bytes - sim.at_once(*route, self.chunk_bytes)  # the rest passes at once
+        held = min(flowing, SOCKET_BUFFER_BYTES)
+        if flowing > held:  # the sender's send returns when only `held` bytes are left
+            yield from sim.network.transfer([(*route, flowing - held)])
         self.sent[src][step].succeed()
-        yield from sim.network.transfer([(*route, held)], latency=self.chunk_bytes <= held)
+        yield from sim.network.transfer([(*route, held)], latency=flowing <= held)
         sim.record_transfer("all-gather", src, r, self.chunk_bytes, start_s, sim.env.now, self.tag)
         delay_s = sim.delivery_delay_s(r)
         if delay_s:

@@ -56,7 +56,7 @@ def test_a_kvr_message_moves_once_the_receiver_posts_its_receive():
     assert simulate(j).ttft_s == pytest.approx(4.0)
     # With it, message l starts when rank 1 has done its QKV of layer l and posted the receive:
     # rank 1 is at layer l's receive at 1 + 2l, so the message arrives at 2 + 2l; the last at 6.
-    assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(6.0)
+    assert simulate(j, sim_class=cpu_cluster_sim(None, htb=False)).ttft_s == pytest.approx(6.0)
 
 
 def test_measured_results_match_by_cluster_scheme_and_partition(tmp_path):
@@ -84,7 +84,7 @@ def test_a_rank_leaves_the_gloo_all_gather_after_its_own_receive():
     assert simulate(j).ttft_s == pytest.approx(9.0)  # every layer: both wait for the 2 s transfer
     # Rank 1 (the last) gets rank 0's chunk as soon as both have entered; rank 0 waits 2 s for its own:
     # rank 1 computes 0-1, 3-4, 6-7 (each gather starts when the late rank 0 enters).
-    assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(7.0)
+    assert simulate(j, sim_class=cpu_cluster_sim(None, htb=False)).ttft_s == pytest.approx(7.0)
 
 
 def test_a_gloo_send_holds_its_rank_until_the_socket_buffer_holds_the_rest(monkeypatch):
@@ -102,9 +102,9 @@ def test_a_gloo_send_holds_its_rank_until_the_socket_buffer_holds_the_rest(monke
     monkeypatch.setattr(sim.engine.cpu_cluster, "SOCKET_BUFFER_BYTES", chunk / 4)
     # Rank 1 leaves the gathers at 1.5, 4.5, 7.5 (each starts when rank 0 enters: 0, 3, 6) and
     # computes a second after each: 8.5; with the whole chunk buffered it was 7.0 (test above).
-    assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(8.5)
+    assert simulate(j, sim_class=cpu_cluster_sim(None, htb=False)).ttft_s == pytest.approx(8.5)
     monkeypatch.setattr(sim.engine.cpu_cluster, "SOCKET_BUFFER_BYTES", 2 * chunk)
-    assert simulate(j, sim_class=cpu_cluster_sim(None)).ttft_s == pytest.approx(7.0)
+    assert simulate(j, sim_class=cpu_cluster_sim(None, htb=False)).ttft_s == pytest.approx(7.0)
 
 
 def test_contention_comes_from_the_workload_probe_where_a_result_has_one(tmp_path):
@@ -142,12 +142,53 @@ def test_a_message_reaches_a_rank_later_while_every_core_computes():
     1.25 s while rank 0 holds the core computing (busy_wake_s = 0.25)."""
     nbytes = 32 * SPEC.kv_bytes_per_token_per_layer("fp32")
     for compute_s, expected in ((0.0, 1.0), (2.0, 1.25)):
-        sim = cpu_cluster_sim(1.0, 0.0, 0.25)(job("kvr-e", Stub(), bandwidth=nbytes), 2)
+        sim = cpu_cluster_sim(1.0, 0.0, 0.25, htb=False)(job("kvr-e", Stub(), bandwidth=nbytes), 2)
         arrived = sim.message(0, 1, "m")  # rank 1 has posted its receive
         sim.send(0, 1, nbytes, "m")
         if compute_s:
             sim.env.process(sim.compute(0, 0, ("mlp", compute_s)))
         sim.env.run(until=arrived)
+        assert sim.env.now == pytest.approx(expected)
+
+
+def test_a_shaped_link_lets_its_burst_through_at_once_and_refills_at_its_rate():
+    """htb's token bucket on a 20 MB/s link (burst 64 KiB of wire bytes): a 1 MB message starting on an
+    idle link has its first 64 KiB x 1448/1514 payload bytes pass at once; one right after it gets
+    nothing, and after an idle second the bucket is full again (``HtbBuckets``)."""
+    from sim.engine.cpu_cluster import WIRE_OVER_PAYLOAD, htb_burst_bytes
+
+    rate = 20e6
+    assert htb_burst_bytes(rate * WIRE_OVER_PAYLOAD) == 64 * 1024
+    assert htb_burst_bytes(300e6) == 300_000  # 1 ms of a fast class
+    sim = cpu_cluster_sim(None)(job("kvr-e", Stub(), bandwidth=rate), 2)
+    burst = 64 * 1024 / WIRE_OVER_PAYLOAD
+    assert sim.at_once(0, 1, 1e6) == pytest.approx(burst)
+    assert sim.at_once(0, 1, 1e6) == 0.0
+    assert sim.at_once(1, 0, 1e4) == 1e4  # the other direction is a class of its own
+    sim.env.run(until=1e6 / rate * 2 + 1.0)  # both messages' bytes have left; idle for a second since
+    assert sim.at_once(0, 1, 1e6) == pytest.approx(burst)
+    assert cpu_cluster_sim(None, htb=False)(job("kvr-e", Stub(), bandwidth=rate), 2).at_once(0, 1, 1e6) == 0.0
+
+
+def test_a_host_of_many_processes_delays_every_step_by_the_measured_host_step():
+    """With P processes on the shared cores every message and collective step is acted on
+    ``host_step_s(P)`` later: nothing at 2, the probe's figures at 4 and 8, linear between."""
+    from sim.engine.cpu_cluster import HOST_STEP_S, host_step_s
+
+    assert host_step_s(2) == 0.0 and host_step_s(1) == 0.0
+    assert host_step_s(4) == HOST_STEP_S[4] and host_step_s(8) == HOST_STEP_S[8] > HOST_STEP_S[4] > 0.001
+    assert host_step_s(6) == pytest.approx((HOST_STEP_S[4] + HOST_STEP_S[8]) / 2)
+    assert host_step_s(16) == HOST_STEP_S[8]
+    # A 4-rank all-reduce (tensor parallel's) of free bytes: its 6 ring steps cost 6 host steps, where
+    # the shared host is modelled (cores given).
+    from sim.engine.collectives import RingAllReduce
+    j = Job(**{**job("tsp", Stub()).__dict__, "num_gpus": 4, "cluster": ClusterSpec.uniform("u", 4, 1e18, 0.0)})
+    for cores, expected in ((None, 0.0), (4.0, 6 * HOST_STEP_S[4])):
+        sim = cpu_cluster_sim(cores)(j, 4)
+        reduce = RingAllReduce(sim, 4, 400.0, tag=0)
+        for _ in range(4):
+            done = reduce.join()
+        sim.env.run(until=done)
         assert sim.env.now == pytest.approx(expected)
 
 
