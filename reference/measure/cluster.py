@@ -181,6 +181,7 @@ def run(args: argparse.Namespace, say=print) -> list[str]:
     if not jobs:
         raise HarnessError("no job of the scenario matches --clusters/--schemes/--contexts/--gpus")
     dtype = args.dtype or scenario.dtype
+    check_speed(jobs, say)
     os.makedirs(os.path.join(args.out_dir, "traces") if args.trace else args.out_dir, exist_ok=True)
     written = []
     # One shaped cluster per (cluster, P): ranks 0..P-1 on the cluster's GPUs 0..P-1, as the simulator
@@ -201,6 +202,34 @@ def run(args: argparse.Namespace, say=print) -> list[str]:
                     say(f"  [{done}/{total}] {elapsed / 60:.1f} min, about {elapsed / done * (total - done) / 60:.0f} "
                         "min left")
     return written
+
+
+# How far this machine's GEMM probe may stray from the profile's before the harness warns. The speed
+# adjustment held within 5% at 0.98-1.05x (2026-12-05); at 1.2x idle (1.3-2.0x during the rounds) a
+# tsp/kvr-e control missed by up to 28% (2026-12-07; docs/validation.md, section 8).
+SPEED_TOLERANCE = 0.10
+
+
+def check_speed(jobs, say=print) -> float | None:
+    """Take the GEMM speed probe now and say how it compares with the jobs' CPU profile's; warn where it
+    is off by more than ``SPEED_TOLERANCE``. Returns the ratio (now / profile's), None without a
+    profile probe."""
+    from sim.cost.profiled import ProfileCost
+
+    refs = {j.cost_model.profile.get("speed_probe_s") for j in jobs if isinstance(j.cost_model, ProfileCost)}
+    refs.discard(None)
+    if not refs:
+        return None
+    ref, now = statistics.median(refs), speed_probe_s()
+    ratio = now / ref
+    say(f"machine speed: the GEMM probe takes {now * 1e3:.2f} ms here, {ref * 1e3:.2f} ms in the profile "
+        f"({ratio:.2f}x)")
+    if abs(ratio - 1) > SPEED_TOLERANCE:
+        say(f"warning: this machine's probe takes {ratio:.2f}x the profile's time; the comparison's speed "
+            "adjustment is validated only within 10% of it. Measure a profile here first (python -m "
+            "reference.measure.profile --model M --device cpu --grid cpu --out P) and point the scenario's "
+            "hardware.profile at it.")
+    return ratio
 
 
 def shaped_links(spec, width: int, round_: int):

@@ -95,3 +95,19 @@ def test_a_four_rank_cluster_is_measured_and_compared_in_under_a_minute(tmp_path
     # 2026-12-06 and 41 s that afternoon (the launches, not the simulation, which this test limits to
     # the 4-rank jobs): the bound is 90 s so that CI fails on a broken loop, not on a slow minute.
     assert elapsed < 90, elapsed
+
+
+def test_the_harness_says_how_fast_this_machine_runs_against_the_profile(monkeypatch):
+    """Before measuring, the harness times its GEMM probe and compares it with the scenario's CPU profile's;
+    off by more than ``SPEED_TOLERANCE`` it warns that the comparison will not hold, and says what to do."""
+    import reference.measure.cluster as harness
+    from sim.scenario import load
+
+    jobs = list(load(str(REPO / "scenarios" / "validate-cluster.yaml")).jobs())[:2]
+    ref = jobs[0].cost_model.profile["speed_probe_s"]
+    for factor, warns in ((1.02, False), (1.3, True), (0.8, True)):
+        said = []
+        monkeypatch.setattr(harness, "speed_probe_s", lambda: ref * factor)
+        assert harness.check_speed(jobs, said.append) == pytest.approx(factor)
+        assert f"({factor:.2f}x)" in said[0]
+        assert any(line.startswith("warning:") and "reference.measure.profile" in line for line in said) == warns
