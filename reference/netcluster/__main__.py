@@ -10,10 +10,10 @@
 ``--bandwidth`` and ``--latency`` take one value for every directed pair, or a P x P matrix written as
 rows separated by ``;`` and entries by ``,`` (row i, column j is link i -> j; the diagonal, e.g. ``x``, is ignored).
 ``--noise SRC-DST[:ON_S/OFF_S]`` (repeatable) adds a competing flow on link SRC -> DST. ``cpu`` measures the
-host CPU seconds a byte moved from rank 0 to rank 1 costs (``probe.cpu_probe``), ``latency`` a small
-message's one-way latency on an idle host and with ``--busy N`` processes spinning (``probe.latency_probe``),
+host CPU seconds a byte moved from rank 0 to rank 1 costs (``host_probe.cpu_probe``), ``latency`` a small
+message's one-way latency on an idle host and with ``--busy N`` processes spinning (``host_probe.latency_probe``),
 ``chain`` a small message's delivery down a chain of ranks that compute ``--compute-ms`` after each send, against
-the same chain asleep (``probe.chain_probe``: the ``busy_wake_s`` of the CPU-cluster model); run them on a quiet
+the same chain asleep (``host_probe.chain_probe``: the ``busy_wake_s`` of the CPU-cluster model); run them on a quiet
 machine.
 """
 from __future__ import annotations
@@ -23,9 +23,10 @@ import json
 import sys
 
 from reference.netcluster.cluster import ShapedCluster
+from reference.netcluster.host_probe import chain_probe, cpu_probe, latency_probe
 from reference.netcluster.links import LinkSpec, NetClusterError, NoiseFlow, parse_bandwidth, parse_duration
 from reference.netcluster.net import cleanup_stale
-from reference.netcluster.probe import chain_probe, cpu_probe, format_probe, latency_probe, probe
+from reference.netcluster.probe import format_probe, probe
 
 
 def _matrix(text: str, world_size: int, parse) -> list[list[float]]:
