@@ -78,8 +78,8 @@ def chain_probe(cluster, *, compute_ms: float = 10.0, repeats: int = 40, cores: 
     by_count: dict[int, list[float]] = {}
     for d, n in out["compute"]:
         by_count.setdefault(n, []).append(d)
-    return {"schema": "chain-probe/1", "world_size": cluster.world_size, "compute_ms": compute_ms, "repeats": repeats, "cores": cores,
-            "asleep_median_s": asleep,
+    return {"schema": "chain-probe/1", "world_size": cluster.world_size, "compute_ms": compute_ms,
+            "repeats": repeats, "cores": cores, "asleep_median_s": asleep,
             "computing_median_s": {str(n): statistics.median(ds) for n, ds in sorted(by_count.items())},
             "computing_hops": {str(n): len(ds) for n, ds in sorted(by_count.items())},
             "busy_hops": len(busy), "busy_median_s": statistics.median(busy) if busy else None,

@@ -151,6 +151,7 @@ def _rank_main(sizes: list[int], *, repeats: int, pairs: list[tuple[int, int]] |
                 rtt, send = min(rtts), statistics.median(sends)
                 mine.append({"src": s, "dst": d, "size_bytes": x.numel() * 4, "round_trip_s": rtt,
                              "send_s": send, "achieved_bytes_per_s": x.numel() * 4 / max(send - rtt, 1e-9)})
+
     def timed(call) -> float:
         """Median seconds of `call()` started together on every rank, after one untimed call."""
         times = []

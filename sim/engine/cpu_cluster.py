@@ -199,7 +199,7 @@ class HtbBuckets:
         now_s, network = self.network.env.now, self.network
         free = nbytes
         links = []
-        for link in network._pair(src, dst)[0]:
+        for link in network.cluster.route(src, dst):
             rate = network.capacity[link]
             if rate == float("inf"):
                 continue
