@@ -93,6 +93,15 @@ def test_a_rank_agrees_within_ten_percent_or_a_millisecond(sim_s, meas_s, agrees
     assert row.agrees is agrees
 
 
+@pytest.mark.parametrize("sim_s, waits, within", [(0.020, (0.010, 0.030, 0.025), True),
+                                                 (0.008, (0.010, 0.030, 0.025), False),
+                                                 (0.031, (0.010, 0.030, 0.025), False),
+                                                 (0.020, (), False)])
+def test_a_missing_rank_is_told_apart_from_its_rounds_spread(sim_s, waits, within):
+    row = RankRow(None, 0, RankTimes(1.0, sim_s), RankTimes(1.0, 0.025), 3, waits)
+    assert row.within_rounds is within
+
+
 def test_compute_to_communication_ratio_is_compute_over_time_on_the_wire():
     nbytes = 4 * SPEC.kv_bytes_per_token_per_layer("fp32")
     result = simulate(_job("tsp", ClusterSpec.uniform("u", 2, nbytes, 0.0)))
