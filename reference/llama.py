@@ -18,9 +18,13 @@ from sim.model import ModelSpec
 
 
 def _fused_linear(*parts: nn.Linear) -> nn.Linear:
-    """One bias-free Linear whose output is the parts' outputs side by side (weights concatenated)."""
+    """One bias-free Linear whose output is the parts' outputs side by side (weights concatenated).
+    Built on the meta device, then given the concatenated weight: no initialisation of a weight that
+    is replaced at once, so no draw from the device's random generator. On CUDA such a draw fails while
+    another thread captures a CUDA graph ("Offset increment outside graph capture"), which thread
+    ranks (``transport.run_in_threads``) do."""
     w = torch.cat([p.weight for p in parts], dim=0)
-    fused = nn.Linear(w.shape[1], w.shape[0], bias=False, device=w.device, dtype=w.dtype)
+    fused = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta", dtype=w.dtype)
     fused.weight = nn.Parameter(w, requires_grad=False)
     return fused
 
