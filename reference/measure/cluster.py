@@ -226,7 +226,7 @@ def check_speed(jobs, say=print) -> float | None:
         f"({ratio:.2f}x)")
     if abs(ratio - 1) > SPEED_TOLERANCE:
         say(f"warning: this machine's probe takes {ratio:.2f}x the profile's time; the comparison's speed "
-            "adjustment is validated only within 10% of it. Measure a profile here first (python -m "
+            f"adjustment is validated only within {SPEED_TOLERANCE:.0%} of it. Measure a profile here first (python -m "
             "reference.measure.profile --model M --device cpu --grid cpu --out P) and point the scenario's "
             "hardware.profile at it.")
     return ratio
