@@ -3,6 +3,7 @@
     python -m reference.netcluster --world-size 2 --bandwidth 100MB/s --latency 1ms -- CMD ARGS...
     python -m reference.netcluster probe --world-size 3 --bandwidth "x,20MB/s,5MB/s;20MB/s,x,inf;5MB/s,inf,x"
     python -m reference.netcluster cpu --world-size 2 --bandwidth 100MB/s --sizes 32MB --repeats 4
+    python -m reference.netcluster busy-cpu --world-size 2 --bandwidth 100MB/s --seconds 15 --repeats 2
     python -m reference.netcluster latency --world-size 2 --busy 2
     python -m reference.netcluster chain --world-size 8 --bandwidth 20MB/s --compute-ms 10 --repeats 40
     python -m reference.netcluster cleanup
@@ -10,7 +11,10 @@
 ``--bandwidth`` and ``--latency`` take one value for every directed pair, or a P x P matrix written as
 rows separated by ``;`` and entries by ``,`` (row i, column j is link i -> j; the diagonal, e.g. ``x``, is ignored).
 ``--noise SRC-DST[:ON_S/OFF_S]`` (repeatable) adds a competing flow on link SRC -> DST. ``cpu`` measures the
-host CPU seconds a byte moved from rank 0 to rank 1 costs (``host_probe.cpu_probe``), ``latency`` a small
+host CPU seconds a byte moved from rank 0 to rank 1 costs (``host_probe.cpu_probe``), ``busy-cpu`` the compute it
+takes from processes keeping every core busy with ``--model``'s forwards, in ``--seconds`` windows with and without
+the traffic, ``--repeats`` pairs (``host_probe.busy_cpu_probe``: the ``NET_CPU_S_PER_BYTE`` of the CPU-cluster
+model), ``latency`` a small
 message's one-way latency on an idle host and with ``--busy N`` processes spinning (``host_probe.latency_probe``),
 ``chain`` a small message's delivery down a chain of ranks that compute ``--compute-ms`` after each send, against
 the same chain asleep (``host_probe.chain_probe``: the ``busy_wake_s`` of the CPU-cluster model); run them on a quiet
@@ -20,13 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from reference.netcluster.cluster import ShapedCluster
-from reference.netcluster.host_probe import chain_probe, cpu_probe, latency_probe
+from reference.netcluster.host_probe import busy_cpu_probe, chain_probe, cpu_probe, latency_probe
 from reference.netcluster.links import LinkSpec, NetClusterError, NoiseFlow, parse_bandwidth, parse_duration
 from reference.netcluster.net import cleanup_stale
 from reference.netcluster.probe import format_probe, probe
+
+
+# The shaped-link cluster's own model (scenarios/validate-cluster.yaml): the default work of ``busy-cpu``.
+_CLUSTER_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              "profiles", "models", "cpu-llama-h512", "config.json")
 
 
 def _matrix(text: str, world_size: int, parse) -> list[list[float]]:
@@ -65,7 +75,7 @@ def _write_json(path: str | None, report: dict) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m reference.netcluster [run|probe|cpu|latency|chain|cleanup]", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m reference.netcluster [run|probe|cpu|busy-cpu|latency|chain|cleanup]", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--world-size", type=int, default=2)
     ap.add_argument("--bandwidth", default="inf", help="e.g. 100MB/s, or a matrix (see above)")
@@ -78,12 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--busy", type=int, default=2, help="latency: processes kept spinning (default 2)")
     ap.add_argument("--compute-ms", type=float, default=10.0,
                     help="chain: milliseconds each rank computes (or sleeps) after its send (default 10)")
+    ap.add_argument("--model", default=_CLUSTER_MODEL,
+                    help="busy-cpu: the model whose forwards keep the cores busy (default: the cluster's)")
+    ap.add_argument("--processes", type=int, default=None, help="busy-cpu: computing processes (default: one a core)")
+    ap.add_argument("--seconds", type=float, default=15.0, help="busy-cpu: seconds of each window (default 15)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    mode = args.pop(0) if args[:1] and args[0] in ("run", "probe", "cpu", "latency", "chain", "cleanup") else "run"
+    mode = args.pop(0) if args[:1] and args[0] in ("run", "probe", "cpu", "busy-cpu", "latency", "chain", "cleanup") else "run"
     command = args[args.index("--") + 1:] if "--" in args else []
     a = _parser().parse_args(args[:args.index("--")] if "--" in args else args)
     a.mode = mode
@@ -93,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if a.mode == "chain" and (a.world_size < 3 or a.compute_ms <= 0 or a.repeats < 1):
             raise NetClusterError("chain: needs --world-size >= 3, --compute-ms > 0 and --repeats >= 1")
+        if a.mode == "busy-cpu" and (a.world_size != 2 or a.seconds <= 0 or a.repeats < 1
+                                     or (a.processes is not None and a.processes < 1)):
+            raise NetClusterError("busy-cpu: needs --world-size 2, --seconds > 0, --repeats >= 1 and --processes >= 1")
+        if a.mode == "busy-cpu" and not os.path.isfile(a.model):
+            raise NetClusterError(f"busy-cpu: --model {a.model!r} is not a file")
         if a.mode == "run" and not command:
             raise NetClusterError("nothing to run: give -- CMD ARGS...")
         with _cluster(a) as cluster:
@@ -101,6 +120,19 @@ def main(argv: list[str] | None = None) -> int:
                                    timeout_s=a.timeout)
                 print(f"{report['bytes'] / 1e6:.0f} MB in {report['seconds']:.2f} s: host busy {report['busy_s']:.2f} s "
                       f"(idle spell: {report['idle_busy_s']:.2f} s) -> {report['cpu_s_per_byte'] * 1e9:.2f} ns of CPU a byte")
+                return 0
+            if a.mode == "busy-cpu":
+                report = busy_cpu_probe(cluster, a.model, processes=a.processes, window_s=a.seconds, pairs=a.repeats,
+                                        timeout_s=a.timeout)
+                for w in report["windows"]:
+                    print(f"{'traffic' if w['traffic'] else 'idle':>7}: {w['forwards_per_s']:.2f} forwards/s"
+                          + (f", {w['bytes_per_s'] / 1e6:.1f} MB/s moved" if w["traffic"] else ""))
+                print(f"{report['processes']} processes on {report['cores']} cores: {report['idle_forwards_per_s']:.2f} -> "
+                      f"{report['traffic_forwards_per_s']:.2f} forwards/s at {report['bytes_per_s'] / 1e6:.1f} MB/s; "
+                      "each traffic window against the quiet ones either side: "
+                      + ", ".join(f"{v * 1e9:.2f}" for v in report["cpu_s_per_byte_windows"])
+                      + f" ns of CPU a byte, median {report['cpu_s_per_byte'] * 1e9:.2f}")
+                _write_json(a.json, report)
                 return 0
             if a.mode == "latency":
                 report = latency_probe(cluster, busy=a.busy, repeats=a.repeats, timeout_s=a.timeout)

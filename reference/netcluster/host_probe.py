@@ -1,6 +1,7 @@
 """Host probes for ``reference.netcluster``: what the shared host adds to a gloo message. ``cpu_probe``: the
 host CPU a byte moved costs; ``latency_probe``: a small message's one-way latency, idle and with processes
-spinning; ``chain_probe``: a small message's delivery down a chain of ranks that compute in bursts. Each runs
+spinning; ``chain_probe``: a small message's delivery down a chain of ranks that compute in bursts; ``busy_cpu_probe``: the
+compute a byte moved takes from processes that keep every core busy. Each runs
 its rank program (``main`` below) on every rank of a cluster; the link probe is ``reference.netcluster.probe``.
 """
 from __future__ import annotations
@@ -33,6 +34,77 @@ def cpu_probe(cluster, size_bytes: int = 32 << 20, *, repeats: int = 4, timeout_
     argv = [sys.executable, "-m", "reference.netcluster.host_probe", "--cpu", "--sizes", str(size_bytes),
             "--repeats", str(repeats)]
     return _run_ranks(cluster, argv, "cpu probe", timeout_s)
+
+
+def busy_cpu_probe(cluster, model: str, dtype: str = "fp32", *, processes: int | None = None,
+                   window_s: float = 15.0, pairs: int = 2, size_bytes: int = 4 << 20, warm_s: float = 10.0,
+                   timeout_s: float = 300.0) -> dict:
+    """The compute a byte moved takes from ranks that keep every core busy: ``processes`` processes (default:
+    one a core) run forwards of ``model`` (the cluster's own, ``reference.measure.cluster.workload_probe_s``)
+    without pause, while windows of ``window_s`` seconds alternate between no traffic and rank 0 streaming
+    ``size_bytes`` messages to rank 1 of ``cluster`` (gloo): ``pairs`` traffic windows, each between two
+    quiet ones. A window's compute rate is the forwards done in it (a forward cut by the window's edge
+    counted by its share inside). With every core computing, the fraction of the rate a traffic window
+    lost against the mean of the quiet windows either side of it (so a drift of the machine's speed
+    cancels), times the cores, is the core-seconds a second the traffic took; over the bytes a second it
+    moved, the CPU a byte costs a busy host. ``cpu_s_per_byte`` is the median over the traffic windows,
+    ``cpu_s_per_byte_windows`` each one's. Unlike ``cpu_probe`` (the host's CPU while it moves bytes and nothing else runs),
+    this includes what the traffic does to the compute beside it: softirq work charged to whichever
+    thread it interrupts, wake-ups that preempt a computing rank, caches it evicts. Run it with nothing
+    else on the machine."""
+    import multiprocessing as mp
+
+    cores = os.cpu_count() or 1
+    processes = processes or cores
+    ctx = mp.get_context("spawn")
+    stop, queue = ctx.Event(), ctx.Queue()
+    workers = [ctx.Process(target=_busy_worker, args=(model, dtype, stop, queue), daemon=True)
+               for _ in range(processes)]
+    argv = [sys.executable, "-m", "reference.netcluster.host_probe", "--stream", "--sizes", str(size_bytes),
+            "--seconds", str(window_s), "--repeats", str(pairs)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(warm_s)  # the model loaded and its first, slow forwards done
+        windows = _run_ranks(cluster, argv, "busy cpu probe", max(timeout_s, (2 * pairs + 1) * window_s + 120))["windows"]
+        stop.set()
+        spans = [s for _ in workers for s in queue.get(timeout=60)]
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=10)
+            if w.is_alive():
+                w.kill()
+    rates = [(label, _done_in(spans, a, b) / (b - a), n / (b - a)) for label, a, b, n in windows]  # time.time()
+    busy_cores = min(processes, cores)
+    per_window = [max(0.0, busy_cores * (1 - rates[i][1] * 2 / (rates[i - 1][1] + rates[i + 1][1]))) / rates[i][2]
+                  for i in range(1, len(rates), 2)]  # the traffic windows, between quiet ones
+    idle = statistics.mean(r for label, r, _ in rates if label == "idle")
+    busy = statistics.mean(r for label, r, _ in rates if label == "traffic")
+    moved = statistics.mean(bps for label, _, bps in rates if label == "traffic")
+    return {"schema": "busy-cpu-probe/1", "model": model, "dtype": dtype, "processes": processes, "cores": cores,
+            "window_s": window_s, "size_bytes": size_bytes,
+            "windows": [{"traffic": label == "traffic", "forwards_per_s": r, "bytes_per_s": bps}
+                        for label, r, bps in rates],
+            "idle_forwards_per_s": idle, "traffic_forwards_per_s": busy, "bytes_per_s": moved,
+            "cpu_s_per_byte_windows": per_window, "cpu_s_per_byte": statistics.median(per_window)}
+
+
+def _done_in(spans: list[tuple[float, float]], a: float, b: float) -> float:
+    """Forwards done in [a, b]: each span (start, end) counted by the share of it inside."""
+    return sum(max(0.0, min(e, b) - max(s, a)) / (e - s) for s, e in spans if e > s)
+
+
+def _busy_worker(model: str, dtype: str, stop, queue) -> None:
+    """A computing process of ``busy_cpu_probe``: forwards without pause until ``stop``; its spans."""
+    from reference.measure.cluster import workload_probe_s
+
+    spans = []
+    while not stop.is_set():
+        t0 = time.time()
+        workload_probe_s(model, dtype, repeat=1)
+        spans.append((t0, time.time()))
+    queue.put(spans)
 
 
 def latency_probe(cluster, *, busy: int, repeats: int = 200, timeout_s: float = 120.0) -> dict:
@@ -130,6 +202,41 @@ def _chain_main(repeats: int, compute_ms: float, after: str) -> None:
     dist.destroy_process_group()
 
 
+def _stream_main(size: int, seconds: float, pairs: int) -> None:
+    """Rank side of ``busy_cpu_probe``: ``2 pairs + 1`` windows of ``seconds``, quiet and streaming by turns
+    (starting quiet): in a streaming one rank 0 sends ``size`` bytes to rank 1 again and again; in a quiet
+    one both wait, asleep. Rank 0 reports the windows as (label, start, end, bytes), ``time.time()``."""
+    import torch
+
+    dist, rank = _gloo()
+    x, go = torch.zeros(max(1, size // 4)), torch.zeros(1)
+    for _ in range(2):  # warm the connection up
+        (dist.send if rank == 0 else dist.recv)(x, 1 - rank)
+    dist.barrier()
+    if rank == 1:
+        while True:  # asleep in the receive through the quiet windows
+            dist.recv(go, 0)
+            if not go[0]:
+                break
+            dist.recv(x, 0)
+    else:
+        windows = []
+        for i in range(2 * pairs + 1):
+            start, sent = time.time(), 0
+            if i % 2 == 0:
+                time.sleep(seconds)
+            while i % 2 and time.time() - start < seconds:
+                go[0] = 1.0
+                dist.send(go, 1)
+                dist.send(x, 1)
+                sent += x.numel() * 4
+            windows.append(("traffic" if i % 2 else "idle", start, time.time(), sent))
+        go[0] = 0.0
+        dist.send(go, 1)
+        print(_MARK + json.dumps({"windows": windows}), flush=True)
+    dist.destroy_process_group()
+
+
 def _latency_main(repeats: int) -> None:
     import torch
 
@@ -185,15 +292,19 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--cpu", action="store_true", help="the host CPU a byte costs (cpu_probe)")
     mode.add_argument("--latency", action="store_true", help="a small message's one-way latency (latency_probe)")
     mode.add_argument("--chain", action="store_true", help="a message's delivery down a chain (chain_probe)")
+    mode.add_argument("--stream", action="store_true", help="rank 0 streams to rank 1 (busy_cpu_probe)")
     ap.add_argument("--sizes", default=str(32 << 20))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compute-ms", type=float, default=10.0)
+    ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--after", default="compute", choices=["compute", "sleep"])
     a = ap.parse_args(argv)
     if a.cpu:
         _cpu_main(int(a.sizes.split(",")[0]), a.repeats)
     elif a.latency:
         _latency_main(a.repeats)
+    elif a.stream:
+        _stream_main(int(a.sizes.split(",")[0]), a.seconds, a.repeats)
     else:
         _chain_main(a.repeats, a.compute_ms, a.after)
     return 0

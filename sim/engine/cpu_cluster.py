@@ -18,10 +18,11 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
       ``cores`` core-seconds per second that every rank's compute crosses, behind a private link of 1
       for its own core);
     - with ``cores`` and ``net_cpu_s_per_byte``, every message also costs the host that many
-      core-seconds a byte (the gloo threads' copies and the kernel's TCP, veth and htb work, measured:
-      ``NET_CPU_S_PER_BYTE``): from the moment its bytes start to move, a flow of that much work
-      crosses the same shared host link (behind a link of ``cores``: the kernel's work may run on any
-      core), so it takes cores from the ranks' compute, and the other way round;
+      core-seconds a byte (the gloo threads' copies, the kernel's TCP, veth and htb work and what they
+      do to the compute beside them, measured while every core computes: ``NET_CPU_S_PER_BYTE``): from
+      the moment its bytes start to move, a flow of that much work crosses the same shared host link
+      (behind a link of ``cores``: the kernel's work may run on any core), so it takes cores from the
+      ranks' compute, and the other way round;
     - with ``cores``, every point-to-point message and every step of a collective reaches its ranks
       ``host_step_s(P)`` later: with P processes on the host's cores, a woken rank's threads wait
       for a core, step after step (``HOST_STEP_S``, measured with nothing else running);
@@ -129,11 +130,17 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
 # 1MB,2MB,4MB,8MB``, docs/netcluster.md, "When a gloo send returns").
 SOCKET_BUFFER_BYTES = 1.5e6
 
-# Host CPU a byte moved between two ranks costs (both gloo threads, the kernel's TCP, veth, bridge and
-# htb), measured on the project's VM on 2026-12-06: ``python -m reference.netcluster cpu --world-size 2
-# --bandwidth 100MB/s --sizes 32MB --repeats 4`` (and ``--repeats 8``): 0.39 and 0.51 ns a byte, the mean
-# kept (docs/validation.md, section 8).
-NET_CPU_S_PER_BYTE = 0.45e-9
+# The compute a byte moved between two ranks takes from ranks that keep every core busy (both gloo
+# threads, the kernel's TCP, veth, bridge and htb work, charged to whichever thread it interrupts, and what
+# it does to the computing threads beside it: wake-ups that preempt them, caches it evicts). Measured on the
+# project's VM on 2026-12-07: ``python -m reference.netcluster busy-cpu --world-size 2 --bandwidth 100MB/s
+# --seconds 5 --repeats 20`` and the same at 50MB/s (results/cpu-time/2026-12-07/busy-cpu/): two processes
+# running the cluster model's forwards lose 14% of their rate while 98 MB/s move, 6% at 50 MB/s; the median
+# of the 40 traffic windows, 2.6 ns a byte (10th-90th percentile 1.65-3.46), is kept. The same host moving
+# bytes with nothing else running (``python -m reference.netcluster cpu``) burns only 0.39-0.51 ns a byte
+# (2026-12-06) or 1.1-1.5 ns (2026-12-07): what the traffic costs the ranks is mostly what it does to the
+# compute beside it (docs/validation.md, section 8).
+NET_CPU_S_PER_BYTE = 2.6e-9
 
 # How much later a small message reaches a rank asleep in its receive while every core is taken by
 # computing processes than on an idle host, measured on the project's VM: ``python -m reference.netcluster

@@ -221,6 +221,36 @@ def test_the_chain_probe_times_each_hop_computing_and_asleep(tmp_path, capsys):
     assert "chain: needs --world-size >= 3" in capsys.readouterr().err
 
 
+@needs_netns
+def test_the_busy_cpu_probe_alternates_quiet_and_streaming_windows(tmp_path, capsys):
+    """``busy-cpu``: two computing processes, 2 streaming windows each between quiet ones; the streaming
+    windows move about the link's rate, the quiet ones nothing, and every streaming window has its own
+    figure; a cluster of 3 ranks or a missing model is one line and exit 2."""
+    out = tmp_path / "busy.json"
+    assert cli_main(["busy-cpu", "--world-size", "2", "--bandwidth", "50MB/s", "--seconds", "1.5",
+                     "--repeats", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["schema"] == "busy-cpu-probe/1" and report["processes"] == (os.cpu_count() or 1)
+    assert [w["traffic"] for w in report["windows"]] == [False, True, False, True, False]
+    assert all(w["forwards_per_s"] > 0 for w in report["windows"])
+    assert all(w["bytes_per_s"] == 0 for w in report["windows"][::2])
+    assert all(0.6 * 50 * MB < w["bytes_per_s"] < 1.2 * 50 * MB for w in report["windows"][1::2])
+    assert len(report["cpu_s_per_byte_windows"]) == 2 and report["cpu_s_per_byte"] >= 0
+    assert "ns of CPU a byte, median" in capsys.readouterr().out
+    assert cli_main(["busy-cpu", "--world-size", "3"]) == 2
+    assert "busy-cpu: needs --world-size 2" in capsys.readouterr().err
+    assert cli_main(["busy-cpu", "--model", str(tmp_path / "none.json")]) == 2
+    assert "is not a file" in capsys.readouterr().err
+
+
+def test_forwards_done_in_a_window_count_cut_forwards_by_their_share_inside():
+    from reference.netcluster.host_probe import _done_in
+    spans = [(0.0, 1.0), (1.0, 3.0), (3.0, 4.0), (5.0, 5.0)]
+    assert _done_in(spans, 0.5, 2.0) == pytest.approx(0.5 + 0.5)
+    assert _done_in(spans, 0.0, 4.0) == pytest.approx(3.0)
+    assert _done_in(spans, 6.0, 7.0) == 0.0
+
+
 def test_scale_links_divides_bandwidth_and_multiplies_latency_by_the_slowdown():
     cpu = scale_links(LinkSpec(bandwidth_bytes_per_s=300e9, latency_s=2e-6), 1000)
     assert (cpu.bandwidth_bytes_per_s, cpu.latency_s) == (300e6, pytest.approx(2e-3))
