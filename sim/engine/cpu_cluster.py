@@ -19,8 +19,9 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
       for its own core);
     - with ``cores`` and ``net_cpu_s_per_byte``, every message also costs the host that many
       core-seconds a byte (the gloo threads' copies, the kernel's TCP, veth and htb work and what they
-      do to the compute beside them, measured while every core computes: ``NET_CPU_S_PER_BYTE``): from
-      the moment its bytes start to move, a flow of that much work crosses the same shared host link
+      do to the compute beside them, measured while every core computes: ``NET_CPU_S_PER_BYTE``), a
+      step of a collective likewise: from the moment its bytes start to move (``flows``, and the
+      all-gather's own ring), a flow of that much work crosses the same shared host link
       (behind a link of ``cores``: the kernel's work may run on any core), so it takes cores from the
       ranks' compute, and the other way round;
     - with ``cores``, every point-to-point message and every step of a collective reaches its ranks
@@ -72,7 +73,10 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
                 self.env.process(self.cpu.transfer([(self.kernel, self.sink, nbytes * net_cpu_s_per_byte)]))
 
         def flows(self, src, dst, nbytes):
-            """The message's flows, less the bytes its links' token buckets let through at once."""
+            """The message's flows, less the bytes its links' token buckets let through at once; called
+            as its bytes start to move (a point-to-point send, a step of an all-reduce or all-to-all),
+            so the host's CPU for them starts now too."""
+            self.net_work(nbytes)
             return [(a, b, n - self.at_once(a, b, n)) for a, b, n in super().flows(src, dst, nbytes)]
 
         def at_once(self, src, dst, nbytes):
@@ -98,7 +102,6 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
 
         def send(self, src, dst, nbytes, tag, layer=None):
             def rendezvous(_event):
-                self.net_work(nbytes)
                 self.channel(src, dst).send(nbytes, tag, layer)
             posted = self.posted(src, dst, tag)
             if posted.callbacks is None:  # posted and processed already: the send goes now

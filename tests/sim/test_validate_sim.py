@@ -137,6 +137,27 @@ def test_a_message_costs_the_host_cpu_that_the_ranks_compute_on():
         assert sim.segments[-1].end_s == pytest.approx(expected)
 
 
+def test_a_collectives_bytes_cost_the_host_cpu_as_a_sends_do():
+    """One core, a 1 s compute op on rank 0 while ranks 0 and 1 send (a point-to-point message) or
+    all-reduce (2 ranks: 2 steps of half the buffer each way, 2 x the buffer moved in all) at once,
+    each costing the host 1 core-second: the op shares the core and ends at 2 s; with no CPU a byte,
+    at 1 s."""
+    j = job("tsp", Stub())
+    for c, expected in ((0.0, 1.0), (1e-6, 2.0)):
+        for how in ("send", "all-reduce"):
+            sim = cpu_cluster_sim(1.0, c, htb=False)(j, 2)
+            if how == "send":
+                sim.message(0, 1, "m")  # rank 1 has posted its receive
+                sim.send(0, 1, 1e6, "m")
+            else:
+                for _ in range(2):
+                    sim.all_reduce("r", 0.5e6)
+            sim.env.process(sim.compute(0, 0, ("mlp", 1.0)))
+            sim.env.run()
+            op = next(seg for seg in sim.segments if seg.kind == "compute")
+            assert op.end_s == pytest.approx(expected, rel=1e-3), how
+
+
 def test_a_message_reaches_a_rank_later_while_every_core_computes():
     """One core; a message of 1 s on the wire to rank 1: it is acted on at 1 s on an idle host, at
     1.25 s while rank 0 holds the core computing (busy_wake_s = 0.25)."""
