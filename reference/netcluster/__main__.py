@@ -3,7 +3,7 @@
     python -m reference.netcluster --world-size 2 --bandwidth 100MB/s --latency 1ms -- CMD ARGS...
     python -m reference.netcluster probe --world-size 3 --bandwidth "x,20MB/s,5MB/s;20MB/s,x,inf;5MB/s,inf,x"
     python -m reference.netcluster cpu --world-size 2 --bandwidth 100MB/s --sizes 32MB --repeats 4
-    python -m reference.netcluster busy-cpu --world-size 2 --bandwidth 100MB/s --seconds 15 --repeats 2
+    python -m reference.netcluster busy-cpu --world-size 2 --bandwidth 100MB/s --seconds 5 --repeats 10 --sizes 256KB,1MB,4MB
     python -m reference.netcluster latency --world-size 2 --busy 2
     python -m reference.netcluster chain --world-size 8 --bandwidth 20MB/s --compute-ms 10 --repeats 40
     python -m reference.netcluster cleanup
@@ -13,8 +13,9 @@ rows separated by ``;`` and entries by ``,`` (row i, column j is link i -> j; th
 ``--noise SRC-DST[:ON_S/OFF_S]`` (repeatable) adds a competing flow on link SRC -> DST. ``cpu`` measures the
 host CPU seconds a byte moved from rank 0 to rank 1 costs (``host_probe.cpu_probe``), ``busy-cpu`` the compute it
 takes from processes keeping every core busy with ``--model``'s forwards, in ``--seconds`` windows with and without
-the traffic, ``--repeats`` pairs (``host_probe.busy_cpu_probe``: the ``NET_CPU_S_PER_BYTE`` of the CPU-cluster
-model), ``latency`` a small
+the traffic, ``--repeats`` pairs (``host_probe.busy_cpu_probe``), at each of ``--sizes`` (default 4MB) and, with two
+sizes or more, fitted as a cost a message plus a cost a byte (``host_probe.busy_cpu_fit``: the
+``NET_CPU_S_PER_MESSAGE`` and ``NET_CPU_S_PER_BYTE`` of the CPU-cluster model), ``latency`` a small
 message's one-way latency on an idle host and with ``--busy N`` processes spinning (``host_probe.latency_probe``),
 ``chain`` a small message's delivery down a chain of ranks that compute ``--compute-ms`` after each send, against
 the same chain asleep (``host_probe.chain_probe``: the ``busy_wake_s`` of the CPU-cluster model); run them on a quiet
@@ -28,7 +29,7 @@ import os
 import sys
 
 from reference.netcluster.cluster import ShapedCluster
-from reference.netcluster.host_probe import busy_cpu_probe, chain_probe, cpu_probe, latency_probe
+from reference.netcluster.host_probe import busy_cpu_fit, busy_cpu_probe, chain_probe, cpu_probe, latency_probe
 from reference.netcluster.links import LinkSpec, NetClusterError, NoiseFlow, parse_bandwidth, parse_duration
 from reference.netcluster.net import cleanup_stale
 from reference.netcluster.probe import format_probe, probe
@@ -82,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--latency", default="0", help="e.g. 1ms, or a matrix")
     ap.add_argument("--noise", action="append", default=[], help="SRC-DST[:ON_S/OFF_S]")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds before every rank is killed")
-    ap.add_argument("--sizes", default="1MB,4MB", help="probe: message sizes")
+    ap.add_argument("--sizes", default=None, help="probe: message sizes (default 1MB,4MB); busy-cpu: the streamed "
+                                                  "message's size (default 4MB)")
     ap.add_argument("--repeats", type=int, default=3, help="probe: timed repeats per size")
     ap.add_argument("--json", default=None, help="probe: also write the report here")
     ap.add_argument("--busy", type=int, default=2, help="latency: processes kept spinning (default 2)")
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args[args.index("--") + 1:] if "--" in args else []
     a = _parser().parse_args(args[:args.index("--")] if "--" in args else args)
     a.mode = mode
+    a.sizes_given, a.sizes = a.sizes is not None, a.sizes or "1MB,4MB"
     try:
         if a.mode == "cleanup":
             print("\n".join(cleanup_stale()) or "nothing to clean")
@@ -122,16 +125,21 @@ def main(argv: list[str] | None = None) -> int:
                       f"(idle spell: {report['idle_busy_s']:.2f} s) -> {report['cpu_s_per_byte'] * 1e9:.2f} ns of CPU a byte")
                 return 0
             if a.mode == "busy-cpu":
-                report = busy_cpu_probe(cluster, a.model, processes=a.processes, window_s=a.seconds, pairs=a.repeats,
-                                        timeout_s=a.timeout)
-                for w in report["windows"]:
-                    print(f"{'traffic' if w['traffic'] else 'idle':>7}: {w['forwards_per_s']:.2f} forwards/s"
-                          + (f", {w['bytes_per_s'] / 1e6:.1f} MB/s moved" if w["traffic"] else ""))
-                print(f"{report['processes']} processes on {report['cores']} cores: {report['idle_forwards_per_s']:.2f} -> "
-                      f"{report['traffic_forwards_per_s']:.2f} forwards/s at {report['bytes_per_s'] / 1e6:.1f} MB/s; "
-                      "each traffic window against the quiet ones either side: "
-                      + ", ".join(f"{v * 1e9:.2f}" for v in report["cpu_s_per_byte_windows"])
-                      + f" ns of CPU a byte, median {report['cpu_s_per_byte'] * 1e9:.2f}")
+                sizes = [int(parse_bandwidth(s)) for s in a.sizes.split(",")] if a.sizes_given else [4 << 20]
+                reports = []
+                for size in sizes:
+                    report = busy_cpu_probe(cluster, a.model, processes=a.processes, window_s=a.seconds,
+                                            pairs=a.repeats, size_bytes=size, timeout_s=a.timeout)
+                    reports.append(report)
+                    print(f"{size / 1e6:g} MB messages, {report['processes']} processes on {report['cores']} cores: "
+                          f"{report['idle_forwards_per_s']:.2f} -> {report['traffic_forwards_per_s']:.2f} forwards/s "
+                          f"at {report['bytes_per_s'] / 1e6:.1f} MB/s; each traffic window against the quiet ones "
+                          "either side: " + ", ".join(f"{v * 1e9:.2f}" for v in report["cpu_s_per_byte_windows"])
+                          + f" ns of CPU a byte, median {report['cpu_s_per_byte'] * 1e9:.2f}", flush=True)
+                if len(sizes) > 1:
+                    report = busy_cpu_fit(reports)
+                    print(f"fit over {report['windows']} windows: {report['per_message_s'] * 1e3:.3f} ms of CPU a message "
+                          f"+ {report['per_byte_s'] * 1e9:.2f} ns a byte")
                 _write_json(a.json, report)
                 return 0
             if a.mode == "latency":

@@ -10,16 +10,17 @@ from .network import Network
 
 
 def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_wake_s: float = 0.0,
-                    htb: bool = True):
+                    htb: bool = True, net_cpu_s_per_message: float = 0.0):
     """A ``Sim`` for gloo ranks that are processes on one host:
 
     - with ``cores``, a rank's compute runs at min(1, cores / ranks computing at that moment) of its
       speed (processor sharing, max-min fair: the network model's progressive filling on a link of
       ``cores`` core-seconds per second that every rank's compute crosses, behind a private link of 1
       for its own core);
-    - with ``cores`` and ``net_cpu_s_per_byte``, every message also costs the host that many
-      core-seconds a byte (the gloo threads' copies, the kernel's TCP, veth and htb work and what they
-      do to the compute beside them, measured while every core computes: ``NET_CPU_S_PER_BYTE``), a
+    - with ``cores`` and ``net_cpu_s_per_byte`` (and ``net_cpu_s_per_message``), every message also
+      costs the host that many core-seconds a byte (and a message: the gloo threads' copies and
+      wake-ups, the kernel's TCP, veth and htb work, and what they do to the compute beside them,
+      measured while every core computes: ``NET_CPU_S_PER_BYTE``, ``NET_CPU_S_PER_MESSAGE``), a
       step of a collective likewise: from the moment its bytes start to move (``flows``, and the
       all-gather's own ring), a flow of that much work crosses the same shared host link
       (behind a link of ``cores``: the kernel's work may run on any core), so it takes cores from the
@@ -69,8 +70,9 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
 
         def net_work(self, nbytes):
             """The host CPU a message of ``nbytes`` costs, started now, in the background."""
-            if cores is not None and net_cpu_s_per_byte > 0 and nbytes > 0:
-                self.env.process(self.cpu.transfer([(self.kernel, self.sink, nbytes * net_cpu_s_per_byte)]))
+            work_s = nbytes * net_cpu_s_per_byte + net_cpu_s_per_message if nbytes > 0 else 0.0
+            if cores is not None and work_s > 0:
+                self.env.process(self.cpu.transfer([(self.kernel, self.sink, work_s)]))
 
         def flows(self, src, dst, nbytes):
             """The message's flows, less the bytes its links' token buckets let through at once; called
@@ -133,17 +135,21 @@ def cpu_cluster_sim(cores: float | None, net_cpu_s_per_byte: float = 0.0, busy_w
 # 1MB,2MB,4MB,8MB``, docs/netcluster.md, "When a gloo send returns").
 SOCKET_BUFFER_BYTES = 1.5e6
 
-# The compute a byte moved between two ranks takes from ranks that keep every core busy (both gloo
-# threads, the kernel's TCP, veth, bridge and htb work, charged to whichever thread it interrupts, and what
-# it does to the computing threads beside it: wake-ups that preempt them, caches it evicts). Measured on the
-# project's VM on 2026-12-07: ``python -m reference.netcluster busy-cpu --world-size 2 --bandwidth 100MB/s
-# --seconds 5 --repeats 20`` and the same at 50MB/s (results/cpu-time/2026-12-07/busy-cpu/): two processes
-# running the cluster model's forwards lose 14% of their rate while 98 MB/s move, 6% at 50 MB/s; the median
-# of the 40 traffic windows, 2.6 ns a byte (10th-90th percentile 1.65-3.46), is kept. The same host moving
-# bytes with nothing else running (``python -m reference.netcluster cpu``) burns only 0.39-0.51 ns a byte
-# (2026-12-06) or 1.1-1.5 ns (2026-12-07): what the traffic costs the ranks is mostly what it does to the
-# compute beside it (docs/validation.md, section 8).
-NET_CPU_S_PER_BYTE = 2.6e-9
+# The compute a message and a byte moved between two ranks take from ranks that keep every core busy (both
+# gloo threads, the kernel's TCP, veth, bridge and htb work, charged to whichever thread it interrupts, and
+# what it does to the computing threads beside it: wake-ups that preempt them, caches it evicts). Measured
+# on the project's VM on 2026-12-07 (ninth session), 13:05-13:12 UTC: ``python -m reference.netcluster
+# busy-cpu --world-size 2 --bandwidth 100MB/s --seconds 5 --repeats 10 --sizes 256KB,1MB,4MB``
+# (results/cpu-time/2026-12-07/busy-cpu/busy-cpu-fit.json): two processes running the cluster model's
+# forwards lose 12-21% of their rate while 89-98 MB/s move, 4.73, 2.99 and 2.77 ns a byte at the median
+# for 256 KB, 1 MB and 4 MB messages; the least-squares fit over the 30 streaming windows is 0.555 ms a
+# message plus 2.50 ns a byte. (With 4 MB messages alone, earlier the same day, 2.6 ns a byte: the median
+# of 40 windows at 100 and 50 MB/s.) The same host moving bytes with nothing else running (``python -m
+# reference.netcluster cpu``) burns only 0.39-0.51 ns a byte (2026-12-06) or 1.1-1.5 ns (2026-12-07):
+# what the traffic costs the ranks is mostly what it does to the compute beside it (docs/validation.md,
+# section 8, "The CPU a byte costs a busy host").
+NET_CPU_S_PER_BYTE = 2.50e-9
+NET_CPU_S_PER_MESSAGE = 0.555e-3
 
 # How much later a small message reaches a rank asleep in its receive while every core is taken by
 # computing processes than on an idle host, measured on the project's VM: ``python -m reference.netcluster

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from ..cost.profiled import ProfileCost
 from ..engine import run
-from ..engine.cpu_cluster import BUSY_WAKE_S, NET_CPU_S_PER_BYTE, cpu_cluster_sim
+from ..engine.cpu_cluster import BUSY_WAKE_S, NET_CPU_S_PER_BYTE, NET_CPU_S_PER_MESSAGE, cpu_cluster_sim
 from ..partition import Plan
 from ..partition.plan import plan
 from ..report import Row
@@ -179,7 +179,7 @@ def resimulate(row: Row, factor: float, contention: float | None = None):
     """(TTFT, the first phase's ``Result``) of the row's job at ``factor`` times the profile's compute
     time, as gloo processes on one host (``cpu_cluster_sim``): with ``contention`` (the probe with every
     rank busy over the probe alone) its ranks share P / contention cores, every byte moved costs
-    them ``NET_CPU_S_PER_BYTE`` of it, and a message that arrives while they are all taken reaches its
+    them ``NET_CPU_S_PER_BYTE`` of it (and every message ``NET_CPU_S_PER_MESSAGE``), and a message that arrives while they are all taken reaches its
     rank ``BUSY_WAKE_S`` later; with on/off competing flows, the mean TTFT over ``noise_phases``."""
     job = row.job
     # kvr: the partition that was measured (not a new search at this speed), ranks on GPUs 0..P-1 as
@@ -187,7 +187,7 @@ def resimulate(row: Row, factor: float, contention: float | None = None):
     planned = Plan(tuple(row.result.chunks), tuple(range(job.num_gpus))) if job.scheme.kind == "kvr" else plan(job)
     job = dataclasses.replace(job, cost_model=job.cost_model.scaled(factor))
     cores = None if not contention else min(job.num_gpus, job.num_gpus / contention)
-    sim_class = cpu_cluster_sim(cores, NET_CPU_S_PER_BYTE, BUSY_WAKE_S)
+    sim_class = cpu_cluster_sim(cores, NET_CPU_S_PER_BYTE, BUSY_WAKE_S, net_cpu_s_per_message=NET_CPU_S_PER_MESSAGE)
     results = [run(dataclasses.replace(job, cluster=c), planned, sim_class=sim_class) for c in noise_phases(job.cluster)]
     return statistics.fmean(r.ttft_s for r in results), results[0]
 

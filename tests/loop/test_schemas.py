@@ -43,6 +43,9 @@ def test_checked_in_files_match_their_schemas():
         if doc.get("schema") == "busy-cpu-probe/1":  # reference.netcluster busy-cpu's report: its own format
             assert doc["windows"] and doc["cpu_s_per_byte_windows"] and doc["cpu_s_per_byte"] >= 0, path
             continue
+        if doc.get("schema") == "busy-cpu-fit/1":  # the same at several message sizes, and the fit
+            assert len(doc["reports"]) >= 2 and doc["per_byte_s"] > 0 and doc["per_message_s"] >= 0, path
+            continue
         if doc.get("schema") == "link-probe/1":  # reference.netcluster probe's report: its own format
             assert doc["world_size"] >= 2 and "pairs" in doc and "all_gather" in doc, path
             continue

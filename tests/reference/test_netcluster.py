@@ -223,24 +223,45 @@ def test_the_chain_probe_times_each_hop_computing_and_asleep(tmp_path, capsys):
 
 @needs_netns
 def test_the_busy_cpu_probe_alternates_quiet_and_streaming_windows(tmp_path, capsys):
-    """``busy-cpu``: two computing processes, 2 streaming windows each between quiet ones; the streaming
-    windows move about the link's rate, the quiet ones nothing, and every streaming window has its own
-    figure; a cluster of 3 ranks or a missing model is one line and exit 2."""
+    """``busy-cpu``: two computing processes, 2 streaming windows each between quiet ones, at two message
+    sizes; the streaming windows move about the link's rate, the quiet ones nothing, every streaming
+    window has its own figure and the report is the fit over both sizes; a cluster of 3 ranks or a
+    missing model is one line and exit 2."""
     out = tmp_path / "busy.json"
     assert cli_main(["busy-cpu", "--world-size", "2", "--bandwidth", "50MB/s", "--seconds", "1.5",
-                     "--repeats", "2", "--json", str(out)]) == 0
-    report = json.loads(out.read_text())
-    assert report["schema"] == "busy-cpu-probe/1" and report["processes"] == (os.cpu_count() or 1)
-    assert [w["traffic"] for w in report["windows"]] == [False, True, False, True, False]
-    assert all(w["forwards_per_s"] > 0 for w in report["windows"])
-    assert all(w["bytes_per_s"] == 0 for w in report["windows"][::2])
-    assert all(0.6 * 50 * MB < w["bytes_per_s"] < 1.2 * 50 * MB for w in report["windows"][1::2])
-    assert len(report["cpu_s_per_byte_windows"]) == 2 and report["cpu_s_per_byte"] >= 0
-    assert "ns of CPU a byte, median" in capsys.readouterr().out
+                     "--repeats", "2", "--sizes", "512KB,2MB", "--json", str(out)]) == 0
+    fit = json.loads(out.read_text())
+    assert fit["schema"] == "busy-cpu-fit/1" and fit["sizes_bytes"] == [512e3, 2e6] and fit["windows"] == 4
+    for report in fit["reports"]:
+        assert report["schema"] == "busy-cpu-probe/1" and report["processes"] == (os.cpu_count() or 1)
+        assert [w["traffic"] for w in report["windows"]] == [False, True, False, True, False]
+        assert all(w["forwards_per_s"] > 0 for w in report["windows"])
+        assert all(w["bytes_per_s"] == 0 for w in report["windows"][::2])
+        assert all(0.6 * 50 * MB < w["bytes_per_s"] < 1.2 * 50 * MB for w in report["windows"][1::2])
+        assert len(report["cpu_s_per_byte_windows"]) == 2 and report["cpu_s_per_byte"] >= 0
+    printed = capsys.readouterr().out
+    assert printed.count("ns of CPU a byte, median") == 2 and "ms of CPU a message +" in printed
     assert cli_main(["busy-cpu", "--world-size", "3"]) == 2
     assert "busy-cpu: needs --world-size 2" in capsys.readouterr().err
     assert cli_main(["busy-cpu", "--model", str(tmp_path / "none.json")]) == 2
     assert "is not a file" in capsys.readouterr().err
+
+
+def test_the_busy_cpu_fit_recovers_a_cost_a_message_and_a_cost_a_byte():
+    """Windows made from 0.5 ms a message + 2 ns a byte at three message sizes: the fit gives both back;
+    one size alone cannot tell them apart and is refused."""
+    from reference.netcluster.host_probe import busy_cpu_fit
+
+    def report(size, rates):
+        windows = [{"traffic": True, "forwards_per_s": 1.0, "bytes_per_s": r} for r in rates]
+        per_byte = [(0.5e-3 * r / size + 2e-9 * r) / r for r in rates]
+        return {"size_bytes": size, "windows": windows, "cpu_s_per_byte_windows": per_byte}
+    reports = [report(256e3, [80e6, 90e6]), report(1e6, [95e6]), report(4e6, [98e6, 99e6])]
+    fit = busy_cpu_fit(reports)
+    assert fit["per_message_s"] == pytest.approx(0.5e-3) and fit["per_byte_s"] == pytest.approx(2e-9)
+    assert fit["windows"] == 5
+    with pytest.raises(ValueError, match="two message sizes"):
+        busy_cpu_fit(reports[:1])
 
 
 def test_forwards_done_in_a_window_count_cut_forwards_by_their_share_inside():

@@ -137,6 +137,21 @@ def test_a_message_costs_the_host_cpu_that_the_ranks_compute_on():
         assert sim.segments[-1].end_s == pytest.approx(expected)
 
 
+def test_a_message_costs_the_host_cpu_of_its_own_besides_its_bytes():
+    """One core, a 1 s compute op on rank 0 beside a 1 MB message: 0.5 core-second a message and none a
+    byte, the op ends at 1.5 s; with 0.5 us a byte as well, at 2 s; an empty message costs nothing."""
+    j = job("tsp", Stub())
+    for per_byte, nbytes, expected in ((0.0, 1e6, 1.5), (0.5e-6, 1e6, 2.0), (0.5e-6, 0, 1.0)):
+        sim = cpu_cluster_sim(1.0, per_byte, net_cpu_s_per_message=0.5)(j, 2)
+
+        def op():
+            sim.net_work(nbytes)
+            yield from sim.compute(0, 0, ("mlp", 1.0))
+        sim.env.process(op())
+        sim.env.run()
+        assert sim.segments[-1].end_s == pytest.approx(expected)
+
+
 def test_a_collectives_bytes_cost_the_host_cpu_as_a_sends_do():
     """One core, a 1 s compute op on rank 0 while ranks 0 and 1 send (a point-to-point message) or
     all-reduce (2 ranks: 2 steps of half the buffer each way, 2 x the buffer moved in all) at once,
