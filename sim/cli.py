@@ -142,7 +142,8 @@ def load_measured(scenario: Scenario, path: str):
         at, file = missing[0]
         raise UsageError(f"{path}: {at}: no such file {file} (only a glob that matches nothing means "
                          "measurements pending)")
-    return (validate.load_measured(spec.files()), replay.load(list(spec.replays)) if spec.replays else [])
+    return (validate.load_measured(spec.files()), replay.load(list(spec.replays)) if spec.replays else [],
+            validate.host_terms(spec.host))
 
 
 def compare_measured(scenario: Scenario, table, measured) -> tuple[list[tuple[str, Callable[[str], None]]], str]:
@@ -151,16 +152,16 @@ def compare_measured(scenario: Scenario, table, measured) -> tuple[list[tuple[st
     from .validation import measured as validate
     from .validation import ranks, replay
 
-    results, replays = measured
+    results, replays, host = measured
     for _, cost in scenario.profiles:  # count only the measured configurations' questions below
         cost.extrapolated.clear()
-    comparisons = validate.compare(table, results)
+    comparisons = validate.compare(table, results, host)
     unmatched = [row for row in table if row.result is not None and all(c.row is not row for c in comparisons)]
     extrapolated: dict[str, int] = {}
     for _, cost in scenario.profiles:
         for k, v in cost.extrapolated.items():
             extrapolated[k] = extrapolated.get(k, 0) + v
-    out = validate.text(scenario, comparisons, extrapolated, unmatched)
+    out = validate.text(scenario, comparisons, extrapolated, unmatched, host)
     plots = []
     if comparisons:
         plots.append(("validation.png", lambda path: validate.plot(comparisons, scenario.name, path)))

@@ -34,6 +34,7 @@ class MeasuredSpec:
     replays: tuple[str, ...] = ()  # per-rank replay results (reference.measure.replay; sim/validation/replay.py)
     labels: tuple[str, ...] = ()
     replay_labels: tuple[str, ...] = ()
+    host: str | None = None  # the rounds' host's busy-cpu fit (reference.netcluster busy-cpu --sizes ...)
 
     def files(self) -> list[str]:
         return sorted({p for pat in self.patterns for p in glob.glob(pat)})
@@ -44,6 +45,7 @@ class MeasuredSpec:
         pairs = zip(self.labels or [f"measured.results[{i}]" for i in range(len(self.patterns))], self.patterns)
         pairs = [*pairs, *zip(self.replay_labels or [f"measured.replays[{i}]" for i in range(len(self.replays))],
                               self.replays)]
+        pairs += [("measured.host", self.host)] if self.host is not None else []
         return [(at, p) for at, p in pairs if not glob.has_magic(p) and not os.path.isfile(p)]
 
 
@@ -191,7 +193,7 @@ def _measured(value: Any, base_dir: str) -> MeasuredSpec:
     """The ``measured`` section. Whether literal paths exist is checked where the files are read
     (``MeasuredSpec.missing``): a measuring tool loads the scenario that names its output before
     writing it."""
-    d = mapping(value, "measured", required=("results",), optional=("replays",))
+    d = mapping(value, "measured", required=("results",), optional=("replays", "host"))
     results = d["results"]
     patterns = [results] if isinstance(results, str) else listed(results, "measured.results", empty=True)
     at = "measured.results" if isinstance(results, str) else "measured.results[{}]"
@@ -200,7 +202,8 @@ def _measured(value: Any, base_dir: str) -> MeasuredSpec:
         patterns=tuple(scenario_path(text(p, at.format(i)), base_dir) for i, p in enumerate(patterns)),
         replays=tuple(scenario_path(text(p, f"measured.replays[{i}]"), base_dir) for i, p in enumerate(replays)),
         labels=tuple(at.format(i) for i in range(len(patterns))),
-        replay_labels=tuple(f"measured.replays[{i}]" for i in range(len(replays))))
+        replay_labels=tuple(f"measured.replays[{i}]" for i in range(len(replays))),
+        host=scenario_path(text(d["host"], "measured.host"), base_dir) if "host" in d else None)
 
 
 def _validated_on(value: Any, base_dir: str) -> ValidatedOn:

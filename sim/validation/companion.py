@@ -52,6 +52,7 @@ def load(front, path: str):
     missing = comp.measured.missing()
     if missing:
         raise ScenarioError(f"{spec.scenario}: {missing[0][0]}: no such file {missing[0][1]}")
+    validate.host_terms(comp.measured.host)  # an unreadable host fit, before the sweep
     return comp, validate.load_measured(comp.measured.files())
 
 
@@ -61,10 +62,11 @@ def run(front, front_table, comp, results, *, jobs: int = 1, progress: bool = Fa
     import os
 
     table = report.run(comp, progress=progress, jobs=jobs)
-    comparisons = validate.compare(table, results)
+    host = validate.host_terms(comp.measured.host)
+    comparisons = validate.compare(table, results, host)
     head = (f"\n== measured: the same shapes on a real cluster of CPU processes ({os.path.basename(front.validated_on.scenario)}"
             f", clusters {', '.join(front.validated_on.clusters)}) ==")
-    out = head + validate.text(comp, comparisons).removeprefix("\n== simulated against measured ==")
+    out = head + validate.text(comp, comparisons, host=host).removeprefix("\n== simulated against measured ==")
     if not comparisons:
         return [], out
     fronts = _Front(front_table)

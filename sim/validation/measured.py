@@ -66,6 +66,33 @@ def _key(model: str, cluster: str | None, kind: str, world: int, context: int, c
     return (model, cluster, kind, world, context, tuple(chunks))
 
 
+@dataclass(frozen=True)
+class HostTerms:
+    """What a message and a byte moved cost the ranks' host (``cpu_cluster_sim``'s
+    ``net_cpu_s_per_message`` and ``net_cpu_s_per_byte``), and where they come from."""
+    per_byte_s: float = NET_CPU_S_PER_BYTE
+    per_message_s: float = NET_CPU_S_PER_MESSAGE
+    source: str = "sim.engine.cpu_cluster's NET_CPU_S_PER_MESSAGE and NET_CPU_S_PER_BYTE"
+
+
+def host_terms(path: str | None) -> HostTerms:
+    """The scenario's ``measured.host``: the fit of ``python -m reference.netcluster busy-cpu --sizes A,B,...``
+    taken on the rounds' host (``busy-cpu-fit/1``); without one, the engine's constants."""
+    if path is None:
+        return HostTerms()
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise MeasuredError(f"{path}: measured.host cannot be read as JSON ({e})") from None
+    ok = isinstance(doc, dict) and doc.get("schema") == "busy-cpu-fit/1" and all(
+        isinstance(doc.get(k), (int, float)) and doc[k] >= 0 for k in ("per_byte_s", "per_message_s"))
+    if not ok:
+        raise MeasuredError(f"{path}: measured.host is not a busy-cpu fit (schema busy-cpu-fit/1 with per_byte_s "
+                            "and per_message_s >= 0: python -m reference.netcluster busy-cpu --sizes 256KB,1MB,4MB)")
+    return HostTerms(float(doc["per_byte_s"]), float(doc["per_message_s"]), path)
+
+
 def load_measured(files: list[str]) -> dict[tuple, Measured]:
     """Results files -> pooled measurements by (model, cluster, scheme kind, P, C, partition)."""
     by_key: dict[tuple, list[tuple[float, str, float | None]]] = {}
@@ -121,8 +148,9 @@ class Comparison:
         return (self.row.result.ttft_s - self.measured.ttft_s) / self.measured.ttft_s
 
 
-def compare(table: list[Row], measured: dict[tuple, Measured]) -> list[Comparison]:
-    """The rows that have a measurement, paired with it (and re-simulated at each round's speed)."""
+def compare(table: list[Row], measured: dict[tuple, Measured], host: HostTerms = HostTerms()) -> list[Comparison]:
+    """The rows that have a measurement, paired with it (and re-simulated at each round's speed, on a
+    host whose messages cost ``host``)."""
     out = []
     for row in table:
         if row.result is None:  # does not fit: nothing simulated to compare
@@ -131,7 +159,7 @@ def compare(table: list[Row], measured: dict[tuple, Measured]) -> list[Compariso
         if m is not None:
             factors = _speed_factors(row.job, m)
             contention = m.contention if len(m.contention) == len(factors) else (None,) * len(factors)
-            runs = [resimulate(row, f, c) for f, c in zip(factors, contention)]
+            runs = [resimulate(row, f, c, host) for f, c in zip(factors, contention)]
             sims = [ttft for ttft, _ in runs]
             errors = tuple((s - t) / t for s, t in zip(sims, m.rounds_s))
             out.append(Comparison(row, m, statistics.median(sims) if sims else row.result.ttft_s, factors, errors,
@@ -175,11 +203,11 @@ def noise_phases(cluster) -> list:
             for k in range(NOISE_PHASES)]
 
 
-def resimulate(row: Row, factor: float, contention: float | None = None):
+def resimulate(row: Row, factor: float, contention: float | None = None, host: HostTerms = HostTerms()):
     """(TTFT, the first phase's ``Result``) of the row's job at ``factor`` times the profile's compute
     time, as gloo processes on one host (``cpu_cluster_sim``): with ``contention`` (the probe with every
     rank busy over the probe alone) its ranks share P / contention cores, every byte moved costs
-    them ``NET_CPU_S_PER_BYTE`` of it (and every message ``NET_CPU_S_PER_MESSAGE``), and a message that arrives while they are all taken reaches its
+    them ``host.per_byte_s`` of it (and every message ``host.per_message_s``), and a message that arrives while they are all taken reaches its
     rank ``BUSY_WAKE_S`` later; with on/off competing flows, the mean TTFT over ``noise_phases``."""
     job = row.job
     # kvr: the partition that was measured (not a new search at this speed), ranks on GPUs 0..P-1 as
@@ -187,7 +215,7 @@ def resimulate(row: Row, factor: float, contention: float | None = None):
     planned = Plan(tuple(row.result.chunks), tuple(range(job.num_gpus))) if job.scheme.kind == "kvr" else plan(job)
     job = dataclasses.replace(job, cost_model=job.cost_model.scaled(factor))
     cores = None if not contention else min(job.num_gpus, job.num_gpus / contention)
-    sim_class = cpu_cluster_sim(cores, NET_CPU_S_PER_BYTE, BUSY_WAKE_S, net_cpu_s_per_message=NET_CPU_S_PER_MESSAGE)
+    sim_class = cpu_cluster_sim(cores, host.per_byte_s, BUSY_WAKE_S, net_cpu_s_per_message=host.per_message_s)
     results = [run(dataclasses.replace(job, cluster=c), planned, sim_class=sim_class) for c in noise_phases(job.cluster)]
     return statistics.fmean(r.ttft_s for r in results), results[0]
 
@@ -197,7 +225,7 @@ def mape(comparisons: list[Comparison]) -> float:
 
 
 def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] | None = None,
-         unmatched: list[Row] = ()) -> str:
+         unmatched: list[Row] = (), host: HostTerms = HostTerms()) -> str:
     """Simulated and measured TTFT per configuration, each error, MAPE per scheme and cluster and in all;
     then the configurations of the sweep that have no measurement (e.g. a searched partition that
     changed since the measurement)."""
@@ -215,6 +243,8 @@ def text(scenario, comparisons: list[Comparison], extrapolated: dict[str, int] |
     lines.append("sim ms: each round simulated under its speed and contention, median; meas ms: median of "
                  "the rounds; error: median of the rounds' errors; unadj.: one core per rank at the profile's "
                  "speed, NCCL semantics; speed: the round's workload probe / the profile's (else the GEMM probe's); busy: a rank's work with every rank busy / alone (the workload probe, else the GEMM probe)")
+    lines.append(f"host: a message costs the ranks {host.per_message_s * 1e3:.3f} ms of CPU and a byte "
+                 f"{host.per_byte_s * 1e9:.2f} ns ({host.source})")
     w = max(7, *(len(c.row.job.scheme.name) + 1 for c in comparisons))  # the scheme column
     lines.append(f"{'model':<16}{'cluster':<12}{'scheme':<{w}}{'P':>2}{'C':>6} {'chunks':<10}"
                  f"{'sim ms':>9}{'meas ms':>9}{'rounds ms':>17}{'speed':>11}{'busy':>11}{'error':>8}"

@@ -200,6 +200,17 @@ def test_a_missing_literal_results_file_is_an_error_and_an_empty_glob_is_pending
     assert proc.returncode == 0 and "measurements pending" in proc.stdout, proc.stderr
 
 
+def test_a_missing_or_wrong_host_fit_is_one_line_before_simulating(tmp_path):
+    doc = edit(lambda d: d.update(measured={"results": [str(tmp_path / "none-*.json")],
+                                            "host": str(tmp_path / "fit.json")}))
+    assert f"measured.host: no such file {tmp_path / 'fit.json'}" in sim_error(run_cli(tmp_path, doc))
+    (tmp_path / "fit.json").write_text('{"schema": "busy-cpu-probe/1", "cpu_s_per_byte": 2e-9}')
+    line = sim_error(run_cli(tmp_path, doc))
+    assert line == (f"error: {tmp_path / 'fit.json'}: measured.host is not a busy-cpu fit (schema busy-cpu-fit/1 "
+                    "with per_byte_s and per_message_s >= 0: python -m reference.netcluster busy-cpu --sizes "
+                    "256KB,1MB,4MB)")
+
+
 # ----- the simulator: output folders -------------------------------------------------------------------
 def test_out_under_a_file_is_refused_before_simulating(tmp_path):
     (tmp_path / "file").write_text("x")

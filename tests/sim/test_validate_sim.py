@@ -73,6 +73,35 @@ def test_measured_results_match_by_cluster_scheme_and_partition(tmp_path):
     assert c.error == pytest.approx(0.0, abs=1e-12) and mape([c]) == pytest.approx(0.0, abs=1e-9)
 
 
+def test_the_hosts_measured_costs_enter_the_resimulation_and_a_bad_fit_is_one_line(tmp_path):
+    """``measured.host``: a busy-cpu fit's cost a message is charged in the re-simulation (ranks that
+    share their cores compute slower beside a costly message than beside a free one); without a file,
+    the engine's constants; a file that is not a fit is one ``MeasuredError`` line naming it."""
+    from sim.engine.cpu_cluster import NET_CPU_S_PER_BYTE, NET_CPU_S_PER_MESSAGE
+    from sim.validation.measured import HostTerms, MeasuredError, host_terms, resimulate
+
+    @dataclass(frozen=True)
+    class Scaled(Stub):
+        def scaled(self, factor):
+            return Stub(self.pre * factor, self.post * factor)
+    j = job("kvr-e", Scaled(pre=1.0, post=1.0))
+    [row] = rows([(j, simulate(j), None, None)])
+    free, costly = HostTerms(0.0, 0.0, "free"), HostTerms(0.0, 0.5, "costly")
+    ttft_free, _ = resimulate(row, 1.0, 1.0, free)  # 2 ranks on 2 cores
+    ttft_costly, _ = resimulate(row, 1.0, 1.0, costly)
+    assert ttft_costly > ttft_free + 0.1
+    assert host_terms(None) == HostTerms(NET_CPU_S_PER_BYTE, NET_CPU_S_PER_MESSAGE, HostTerms().source)
+    fit = tmp_path / "fit.json"
+    fit.write_text(json.dumps({"schema": "busy-cpu-fit/1", "per_byte_s": 2e-9, "per_message_s": 5e-4}))
+    assert host_terms(str(fit)) == HostTerms(2e-9, 5e-4, str(fit))
+    fit.write_text(json.dumps({"schema": "busy-cpu-probe/1", "cpu_s_per_byte": 2e-9}))
+    with pytest.raises(MeasuredError, match=r"fit.json: measured.host is not a busy-cpu fit"):
+        host_terms(str(fit))
+    fit.write_text("{")
+    with pytest.raises(MeasuredError, match=r"measured.host cannot be read as JSON"):
+        host_terms(str(fit))
+
+
 def test_a_rank_leaves_the_gloo_all_gather_after_its_own_receive():
     from sim.cluster import LinkSpec
 
