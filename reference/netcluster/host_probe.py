@@ -1,8 +1,8 @@
 """Host probes for ``reference.netcluster``: what the shared host adds to a gloo message. ``cpu_probe``: the
 host CPU a byte moved costs; ``latency_probe``: a small message's one-way latency, idle and with processes
-spinning; ``chain_probe``: a small message's delivery down a chain of ranks that compute in bursts; ``busy_cpu_probe``: the
-compute a byte moved takes from processes that keep every core busy. Each runs
-its rank program (``main`` below) on every rank of a cluster; the link probe is ``reference.netcluster.probe``.
+spinning; ``chain_probe``: a small message's delivery down a chain of ranks that compute in bursts;
+``busy_cpu_probe``: the compute a byte moved takes from processes that keep every core busy. Each runs its
+rank program (``main`` below) on every rank of a cluster; the link probe is ``reference.netcluster.probe``.
 """
 from __future__ import annotations
 
@@ -48,10 +48,10 @@ def busy_cpu_probe(cluster, model: str, dtype: str = "fp32", *, processes: int |
     lost against the mean of the quiet windows either side of it (so a drift of the machine's speed
     cancels), times the cores, is the core-seconds a second the traffic took; over the bytes a second it
     moved, the CPU a byte costs a busy host. ``cpu_s_per_byte`` is the median over the traffic windows,
-    ``cpu_s_per_byte_windows`` each one's. Unlike ``cpu_probe`` (the host's CPU while it moves bytes and nothing else runs),
-    this includes what the traffic does to the compute beside it: softirq work charged to whichever
-    thread it interrupts, wake-ups that preempt a computing rank, caches it evicts. Run it with nothing
-    else on the machine."""
+    ``cpu_s_per_byte_windows`` each one's. Unlike ``cpu_probe`` (the host's CPU while it moves bytes and
+    nothing else runs), this includes what the traffic does to the compute beside it: softirq work
+    charged to whichever thread it interrupts, wake-ups that preempt a computing rank, caches it evicts.
+    Run it with nothing else on the machine."""
     import multiprocessing as mp
 
     cores = os.cpu_count() or 1

@@ -32,8 +32,8 @@ def comm_ratio(result) -> float:
 
 
 def load(front, path: str):
-    """(companion scenario restricted to its named clusters, its measured results), read before any
-    simulation so that bad input fails at once."""
+    """(companion scenario restricted to its named clusters, its measured results, its host's costs), read
+    before any simulation so that bad input fails at once."""
     from ..scenario import ScenarioError, load as load_scenario
 
     spec = front.validated_on
@@ -52,17 +52,15 @@ def load(front, path: str):
     missing = comp.measured.missing()
     if missing:
         raise ScenarioError(f"{spec.scenario}: {missing[0][0]}: no such file {missing[0][1]}")
-    validate.host_terms(comp.measured.host)  # an unreadable host fit, before the sweep
-    return comp, validate.load_measured(comp.measured.files())
+    return comp, validate.load_measured(comp.measured.files()), validate.host_terms(comp.measured.host)
 
 
-def run(front, front_table, comp, results, *, jobs: int = 1, progress: bool = False
+def run(front, front_table, comp, results, host, *, jobs: int = 1, progress: bool = False
         ) -> tuple[list[tuple[str, Callable[[str], None]]], str]:
     """The companion's sweep, compared with its measurements: (plots as (file name, draw(path)), text)."""
     import os
 
     table = report.run(comp, progress=progress, jobs=jobs)
-    host = validate.host_terms(comp.measured.host)
     comparisons = validate.compare(table, results, host)
     head = (f"\n== measured: the same shapes on a real cluster of CPU processes ({os.path.basename(front.validated_on.scenario)}"
             f", clusters {', '.join(front.validated_on.clusters)}) ==")
