@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference.decoder import DecoderBlock, DecoderLM, merge_heads
-from reference.layers import apply_rotary, make_norm
+from reference.layers import make_norm, rotate_qk
 from sim.model import ModelSpec
 
 
@@ -37,10 +37,10 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         g = self.nh // self.nkv
         qkv = self.wqkv(x).view(b, t, self.nkv, g + 2, self.hd)
-        q = qkv[:, :, :, :g].reshape(b, t, self.nh, self.hd).transpose(1, 2)  # (B, nh, T, hd)
-        k = qkv[:, :, :, g].transpose(1, 2)                                     # (B, nkv, T, hd)
-        v = qkv[:, :, :, g + 1].transpose(1, 2)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        q, k = rotate_qk(qkv[:, :, :, :g], qkv[:, :, :, g], cos, sin)           # (B, T, nkv, g, hd), (B, T, nkv, hd)
+        q = q.reshape(b, t, self.nh, self.hd)                                    # a view: q is contiguous
+        v = qkv[:, :, :, g + 1]                                                 # (B, T, nkv, hd)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)          # (B, n, T, hd) views
 
 
 class MLP(nn.Module):

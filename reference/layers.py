@@ -73,9 +73,19 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 @cuda_fused
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, n, T, hd) rotated by cos, sin (T, hd)."""
-    return x * cos + _rotate_half(x) * sin
+def rotate_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """q (B, T, ..., hd) and k (B, T, ..., hd), token-major views of a fused QKV output (any strides;
+    Falcon's q is (B, T, nkv, nh / nkv, hd)), rotated by cos, sin (T, hd); returned contiguous in the
+    same shapes, so that a reshape to (B, T, n, hd) and ``.transpose(1, 2)`` give the (B, n, T, hd)
+    views the attention reads, without a copy.
+
+    One compiled kernel on CUDA for both, reading the GEMM's output where it lies (docs/benchmarks.md,
+    "Rotary from the QKV output")."""
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        shape = (cos.shape[0],) + (1,) * (x.dim() - 3) + (cos.shape[1],)   # (T, 1.., hd): over heads
+        return x * cos.view(shape) + _rotate_half(x) * sin.view(shape)
+    return rotate(q), rotate(k)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

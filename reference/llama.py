@@ -13,7 +13,7 @@ from torch import nn
 
 from reference.decoder import DecoderBlock, DecoderLM, merge_heads
 from reference.cuda_graphs import forget_graphs
-from reference.layers import RMSNorm, apply_rotary, silu_mul
+from reference.layers import RMSNorm, rotate_qk, silu_mul
 from sim.model import ModelSpec
 
 
@@ -50,10 +50,9 @@ class Attention(nn.Module):
             q, k, v = self.wqkv(x).split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], -1)
         else:
             q, k, v = self.wq(x), self.wk(x), self.wv(x)
-        q = q.view(b, t, self.nh, self.hd).transpose(1, 2)             # (B, nh, T, hd)
-        k = k.view(b, t, self.nkv, self.hd).transpose(1, 2)            # (B, nkv, T, hd)
-        v = v.view(b, t, self.nkv, self.hd).transpose(1, 2)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        q, k = rotate_qk(q.view(b, t, self.nh, self.hd), k.view(b, t, self.nkv, self.hd), cos, sin)
+        v = v.view(b, t, self.nkv, self.hd)
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, n, T, hd) views
 
 
 class FeedForward(nn.Module):

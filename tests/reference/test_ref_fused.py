@@ -6,7 +6,7 @@ compares them with the eager result.
 """
 import torch
 
-from reference.layers import apply_rotary, rms_norm, rotary_cos_sin, silu_mul
+from reference.layers import rms_norm, rotary_cos_sin, rotate_qk, silu_mul
 
 
 def test_fused_functions_trace_and_match_eager():
@@ -14,11 +14,12 @@ def test_fused_functions_trace_and_match_eager():
     for t in (7, 33):  # two lengths: the dynamic graph serves both
         x = torch.randn(1, t, 64)
         w = torch.randn(64)
-        q = torch.randn(1, 4, t, 16)
+        qkv = torch.randn(1, t, 4 + 2 * 2, 16)  # Llama-like: 4 query heads, 2 K/V heads, token-major
+        q, k = qkv[:, :, :4], qkv[:, :, 4:6]
         cos, sin = rotary_cos_sin(5, t, head_dim=16, theta=10000.0, dtype=torch.float32,
                                   device=torch.device("cpu"))
         for fn, args in ((rms_norm, (x, w, 1e-5)), (silu_mul, (x, x.flip(-1))),
-                         (apply_rotary, (q, cos, sin))):
+                         (rotate_qk, (q, k, cos, sin))):
             eager = fn.__wrapped__
             compiled = torch.compile(eager, dynamic=True, fullgraph=True)
             torch.testing.assert_close(compiled(*args), eager(*args), rtol=1e-5, atol=1e-6)
@@ -77,7 +78,8 @@ def test_each_variant_compiles_its_own_copy_so_none_hits_the_recompile_limit():
 
 
 def test_rotary_on_falcon_and_llama_views_of_many_shapes_never_fails_at_the_recompile_limit():
-    """The GPU tests once warned ``torch.compile of apply_rotary failed (FailOnRecompileLimitHit)``:
+    """The GPU tests once warned ``torch.compile of apply_rotary failed (FailOnRecompileLimitHit)``
+(``rotate_qk``'s forerunner):
     Falcon's Q (a reshaped slice) and K (a strided slice) of one and several K/V heads, and chunks of
     one token, specialise the graph on size-1 dimensions and stride relations. ``Variants`` keeps them
     apart and replaces a copy that runs out of recompilations: under a recompile limit of 1 every call
@@ -86,9 +88,9 @@ def test_rotary_on_falcon_and_llama_views_of_many_shapes_never_fails_at_the_reco
     import torch._dynamo
 
     from reference.cuda_fused import Variants
-    from reference.layers import apply_rotary
+    from reference.layers import rotate_qk
 
-    fn = apply_rotary.__wrapped__
+    fn = rotate_qk.__wrapped__
     variants = Variants(fn, backend="eager")
     torch._dynamo.reset()
     calls = 0
@@ -97,18 +99,18 @@ def test_rotary_on_falcon_and_llama_views_of_many_shapes_never_fails_at_the_reco
             for t in (1, 2, 5, 16, 17):
                 g, hd = nh // nkv, 8
                 qkv = torch.randn(1, t, nkv, g + 2, hd)
-                q = qkv[:, :, :, :g].reshape(1, t, nh, hd).transpose(1, 2)
-                k = qkv[:, :, :, g].transpose(1, 2)
                 cos, sin = torch.randn(t, hd), torch.randn(t, hd)
-                for x in (q, k):
-                    torch.testing.assert_close(variants(x, cos, sin), fn(x, cos, sin), rtol=0, atol=0)
+                flat = qkv.view(1, t, nkv * (g + 2), hd)  # Llama's layout: all queries, then keys
+                for q, k in ((qkv[:, :, :, :g], qkv[:, :, :, g]), (flat[:, :, :nh], flat[:, :, nh:nh + nkv])):
+                    torch.testing.assert_close(variants(q, k, cos, sin), fn(q, k, cos, sin), rtol=0, atol=0)
                     calls += 1
         shared = torch.compile(fn, backend="eager", dynamic=True, fullgraph=True)
         with pytest.raises(Exception, match="(?i)recompil|fullgraph"):  # the negative control
             for t in (1, 2):
                 qkv = torch.randn(1, t, 1, 6, 8)
-                shared(qkv[:, :, :, 4].transpose(1, 2), torch.randn(t, 8), torch.randn(t, 8))
-                shared(qkv[:, :, :, :4].reshape(1, t, 4, 8).transpose(1, 2), torch.randn(t, 8), torch.randn(t, 8))
+                flat = qkv.view(1, t, 6, 8)
+                shared(qkv[:, :, :, :4], qkv[:, :, :, 4], torch.randn(t, 8), torch.randn(t, 8))
+                shared(flat[:, :, :4], flat[:, :, 4:5], torch.randn(t, 8), torch.randn(t, 8))
     torch._dynamo.reset()
     assert calls == 30
 
