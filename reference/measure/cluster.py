@@ -9,7 +9,9 @@ Pair (i, j) gets the simulator's route bandwidth (``netcluster.from_cluster_spec
 become fair-share competing TCP flows, and the partitions are the simulator's
 (``sim.partition.plan.plan(job)``); one torch thread per rank; rounds are interleaved. The results'
 ``link`` field (``cluster=NAME ...``) is how the simulator matches them to its jobs, and the harness
-adds the machine-speed and workload probes taken around each launch. Every namespace, link and
+adds the machine-speed and workload probes taken around each launch. ``--busy-cpu 256KB,1MB,4MB`` first
+measures what moving bytes costs this host's computing ranks (``reference.netcluster busy-cpu``) and writes
+the fit a scenario's ``measured.host`` names to ``OUT_DIR/busy-cpu-fit.json``. Every namespace, link and
 process is torn down after each cluster, also on failure or Ctrl-C; where namespaces are not
 permitted the ranks run on plain loopback and ``link`` says so. docs/validation.md, section 4.
 """
@@ -48,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", help="comma-separated rank counts (default: the scenario's)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per launch (default 600)")
     p.add_argument("--dtype", help="default: the scenario's hardware.dtype")
+    p.add_argument("--busy-cpu", metavar="SIZES",
+                   help="first measure the CPU a message and a byte cost this host while every core computes "
+                   "(python -m reference.netcluster busy-cpu at these message sizes, e.g. 256KB,1MB,4MB; two or more) "
+                   "and write the fit to OUT_DIR/busy-cpu-fit.json, for the scenario's measured.host")
+    p.add_argument("--busy-cpu-seconds", type=float, default=5.0, help="--busy-cpu: seconds a window (default 5)")
+    p.add_argument("--busy-cpu-repeats", type=int, default=10,
+                   help="--busy-cpu: traffic windows a size, each between quiet ones (default 10)")
     p.add_argument("--no-trace", dest="trace", action="store_false",
                    help="no traced prefill (by default every launch adds one, for each rank's compute, waits and "
                    "sends: traces/NAME.trace.json beside its results NAME.json)")
@@ -181,9 +190,12 @@ def run(args: argparse.Namespace, say=print) -> list[str]:
     if not jobs:
         raise HarnessError("no job of the scenario matches --clusters/--schemes/--contexts/--gpus")
     dtype = args.dtype or scenario.dtype
+    sizes = busy_cpu_sizes_arg(args)
     check_speed(jobs, say)
     os.makedirs(os.path.join(args.out_dir, "traces") if args.trace else args.out_dir, exist_ok=True)
     written = []
+    if sizes:
+        host_fit(args, sizes, model_args[jobs[0].model.name], say)
     # One shaped cluster per (cluster, P): ranks 0..P-1 on the cluster's GPUs 0..P-1, as the simulator
     # places them. Single-rank jobs run as one plain process.
     groups: dict[tuple[str, int], list] = {}
@@ -202,6 +214,46 @@ def run(args: argparse.Namespace, say=print) -> list[str]:
                     say(f"  [{done}/{total}] {elapsed / 60:.1f} min, about {elapsed / done * (total - done) / 60:.0f} "
                         "min left")
     return written
+
+
+BUSY_CPU_BANDWIDTH = 100e6  # bytes/s of the 2-rank link the busy-cpu fit streams over (as in docs/netcluster.md)
+BUSY_CPU_FIT = "busy-cpu-fit.json"
+
+
+def busy_cpu_sizes_arg(args) -> list[int]:
+    """``--busy-cpu``'s message sizes in bytes ([] without it); a one-line error for a bad list."""
+    from reference.netcluster.links import parse_bandwidth
+
+    if args.busy_cpu is None:
+        return []
+    try:
+        sizes = [int(parse_bandwidth(s)) for s in args.busy_cpu.split(",")]
+    except (ValueError, OverflowError) as e:  # a bad size, or 'inf'
+        raise HarnessError(f"--busy-cpu {args.busy_cpu!r}: {e}") from None
+    if len(set(sizes)) < 2 or min(sizes) <= 0:
+        raise HarnessError(f"--busy-cpu {args.busy_cpu!r}: needs two different message sizes or more (the fit "
+                           "separates a cost a message from a cost a byte)")
+    if args.busy_cpu_seconds <= 0 or args.busy_cpu_repeats < 1:
+        raise HarnessError("--busy-cpu: needs --busy-cpu-seconds > 0 and --busy-cpu-repeats >= 1")
+    return sizes
+
+
+def host_fit(args, sizes: list[int], model_arg: str, say=print) -> str:
+    """The busy-cpu fit on this host before the rounds (``host_probe.busy_cpu_sizes`` over a 2-rank link of
+    ``BUSY_CPU_BANDWIDTH``, every core computing forwards of the rounds' own model), written to
+    ``OUT_DIR/busy-cpu-fit.json``; returns its path."""
+    from reference.netcluster.host_probe import busy_cpu_sizes
+
+    say(f"busy-cpu: the CPU a message and a byte cost this host, at {args.busy_cpu} "
+        f"({args.busy_cpu_repeats} windows of {args.busy_cpu_seconds:g} s a size)")
+    link = LinkSpec(bandwidth_bytes_per_s=BUSY_CPU_BANDWIDTH)
+    with ShapedCluster(2, [[None, link], [link, None]]) as cluster:
+        fit = busy_cpu_sizes(cluster, model_arg, sizes, window_s=args.busy_cpu_seconds, pairs=args.busy_cpu_repeats,
+                             timeout_s=args.timeout, say=lambda line: say(f"  {line}"))
+    path = os.path.join(args.out_dir, BUSY_CPU_FIT)
+    write_atomic(path, fit)
+    say(f"busy-cpu: wrote {path}; name it in the scenario's measured.host")
+    return path
 
 
 # How far this machine's GEMM probe may stray from the profile's before the harness warns. The speed

@@ -29,7 +29,7 @@ import os
 import sys
 
 from reference.netcluster.cluster import ShapedCluster
-from reference.netcluster.host_probe import busy_cpu_fit, busy_cpu_probe, chain_probe, cpu_probe, latency_probe
+from reference.netcluster.host_probe import busy_cpu_sizes, chain_probe, cpu_probe, latency_probe
 from reference.netcluster.links import LinkSpec, NetClusterError, NoiseFlow, parse_bandwidth, parse_duration
 from reference.netcluster.net import cleanup_stale
 from reference.netcluster.probe import format_probe, probe
@@ -126,20 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             if a.mode == "busy-cpu":
                 sizes = [int(parse_bandwidth(s)) for s in a.sizes.split(",")] if a.sizes_given else [4 << 20]
-                reports = []
-                for size in sizes:
-                    report = busy_cpu_probe(cluster, a.model, processes=a.processes, window_s=a.seconds,
-                                            pairs=a.repeats, size_bytes=size, timeout_s=a.timeout)
-                    reports.append(report)
-                    print(f"{size / 1e6:g} MB messages, {report['processes']} processes on {report['cores']} cores: "
-                          f"{report['idle_forwards_per_s']:.2f} -> {report['traffic_forwards_per_s']:.2f} forwards/s "
-                          f"at {report['bytes_per_s'] / 1e6:.1f} MB/s; each traffic window against the quiet ones "
-                          "either side: " + ", ".join(f"{v * 1e9:.2f}" for v in report["cpu_s_per_byte_windows"])
-                          + f" ns of CPU a byte, median {report['cpu_s_per_byte'] * 1e9:.2f}", flush=True)
-                if len(sizes) > 1:
-                    report = busy_cpu_fit(reports)
-                    print(f"fit over {report['windows']} windows: {report['per_message_s'] * 1e3:.3f} ms of CPU a message "
-                          f"+ {report['per_byte_s'] * 1e9:.2f} ns a byte")
+                report = busy_cpu_sizes(cluster, a.model, sizes, processes=a.processes, window_s=a.seconds,
+                                        pairs=a.repeats, timeout_s=a.timeout, say=lambda line: print(line, flush=True))
                 _write_json(a.json, report)
                 return 0
             if a.mode == "latency":

@@ -113,6 +113,28 @@ def busy_cpu_fit(reports: list[dict]) -> dict:
             "reports": reports}
 
 
+def busy_cpu_sizes(cluster, model: str, sizes: list[int], *, processes: int | None = None, window_s: float,
+                   pairs: int, timeout_s: float, say=print) -> dict:
+    """``busy_cpu_probe`` on ``cluster`` at each of ``sizes`` (bytes a message), each said as it is measured;
+    returns their fit (``busy_cpu_fit``) where there are two sizes or more, else the one report."""
+    reports = []
+    for size in sizes:
+        report = busy_cpu_probe(cluster, model, processes=processes, window_s=window_s, pairs=pairs,
+                                size_bytes=size, timeout_s=timeout_s)
+        reports.append(report)
+        say(f"{size / 1e6:g} MB messages, {report['processes']} processes on {report['cores']} cores: "
+            f"{report['idle_forwards_per_s']:.2f} -> {report['traffic_forwards_per_s']:.2f} forwards/s "
+            f"at {report['bytes_per_s'] / 1e6:.1f} MB/s; each traffic window against the quiet ones "
+            "either side: " + ", ".join(f"{v * 1e9:.2f}" for v in report["cpu_s_per_byte_windows"])
+            + f" ns of CPU a byte, median {report['cpu_s_per_byte'] * 1e9:.2f}")
+    if len(reports) == 1:
+        return reports[0]
+    fit = busy_cpu_fit(reports)
+    say(f"fit over {fit['windows']} windows: {fit['per_message_s'] * 1e3:.3f} ms of CPU a message "
+        f"+ {fit['per_byte_s'] * 1e9:.2f} ns a byte")
+    return fit
+
+
 def _done_in(spans: list[tuple[float, float]], a: float, b: float) -> float:
     """Forwards done in [a, b]: each span (start, end) counted by the share of it inside."""
     return sum(max(0.0, min(e, b) - max(s, a)) / (e - s) for s, e in spans if e > s)
