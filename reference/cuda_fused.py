@@ -57,7 +57,12 @@ class Variants:
     ``_CALL_LOCK``, so threads never call one while another compiles."""
 
     def __init__(self, fn: Callable[..., torch.Tensor], **compile_options):
-        self.fn, self.options, self.copies = fn, {"dynamic": True, "fullgraph": True, **compile_options}, {}
+        # dynamic=None: torch.compile's automatic dynamic shapes. The first call compiles for its sizes;
+        # a later call whose sizes differ recompiles once with only the sizes that changed (the tokens)
+        # symbolic. Heads and head dims stay constants, so the kernel's index arithmetic is cheap and its
+        # loads vectorise; with every size symbolic (dynamic=True) Llama-2-7B's rotary ran at about a
+        # quarter of the H100's memory bandwidth (docs/benchmarks.md, "Rotary from the QKV output").
+        self.fn, self.options, self.copies = fn, {"dynamic": None, "fullgraph": True, **compile_options}, {}
 
     def __call__(self, *args) -> torch.Tensor:
         key = _variant_key(args)
@@ -80,9 +85,9 @@ def cuda_fused(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
 
     Memory-bound chains (a norm, the rotary rotation, SiLU times up) cost one pass over their
     tensors this way instead of one per eager op; at 16k tokens that is about a tenth of the prefill.
-    ``KVR_COMPILE=0`` turns it off. The compiled graph is shape-dynamic, so chunks of any length
-    reuse it. Each variant (dtypes, ranks, devices, size-1 dimensions, strides, a norm's eps:
-    ``_variant_key``) compiles its own copy of ``fn`` (``Variants``): one code object seeing many
+    ``KVR_COMPILE=0`` turns it off. A chunk of a new length recompiles once, with the token count
+    symbolic from then on, so chunks of any length reuse that graph. Each variant (dtypes, ranks,
+    devices, size-1 dimensions, strides, a norm's eps: ``_variant_key``) compiles its own copy of ``fn`` (``Variants``): one code object seeing many
     variants would recompile for each and, past torch.compile's recompile limit, fail
     (``FailOnRecompileLimitHit``) and run eagerly. Any compiler failure turns compilation off for
     ``fn`` with a warning, and it runs eagerly (still correct).
