@@ -11,7 +11,7 @@ become fair-share competing TCP flows, and the partitions are the simulator's
 ``link`` field (``cluster=NAME ...``) is how the simulator matches them to its jobs, and the harness
 adds the machine-speed and workload probes taken around each launch. ``--busy-cpu 256KB,1MB,4MB`` first
 measures what moving bytes costs this host's computing ranks (``reference.netcluster busy-cpu``) and writes
-the fit a scenario's ``measured.host`` names to ``OUT_DIR/busy-cpu-fit.json``. Every namespace, link and
+the fit a scenario's ``measured.host`` names to ``OUT_DIR/host/busy-cpu-fit.json``. Every namespace, link and
 process is torn down after each cluster, also on failure or Ctrl-C; where namespaces are not
 permitted the ranks run on plain loopback and ``link`` says so. docs/validation.md, section 4.
 """
@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--busy-cpu", metavar="SIZES",
                    help="first measure the CPU a message and a byte cost this host while every core computes "
                    "(python -m reference.netcluster busy-cpu at these message sizes, e.g. 256KB,1MB,4MB; two or more) "
-                   "and write the fit to OUT_DIR/busy-cpu-fit.json, for the scenario's measured.host")
+                   "and write the fit to OUT_DIR/host/busy-cpu-fit.json, for the scenario's measured.host")
     p.add_argument("--busy-cpu-seconds", type=float, default=5.0, help="--busy-cpu: seconds a window (default 5)")
     p.add_argument("--busy-cpu-repeats", type=int, default=10,
                    help="--busy-cpu: traffic windows a size, each between quiet ones (default 10)")
@@ -217,7 +217,7 @@ def run(args: argparse.Namespace, say=print) -> list[str]:
 
 
 BUSY_CPU_BANDWIDTH = 100e6  # bytes/s of the 2-rank link the busy-cpu fit streams over (as in docs/netcluster.md)
-BUSY_CPU_FIT = "busy-cpu-fit.json"
+BUSY_CPU_FIT = os.path.join("host", "busy-cpu-fit.json")  # under OUT_DIR, not matched by its *.json
 
 
 def busy_cpu_sizes_arg(args) -> list[int]:
@@ -241,7 +241,8 @@ def busy_cpu_sizes_arg(args) -> list[int]:
 def host_fit(args, sizes: list[int], model_arg: str, say=print) -> str:
     """The busy-cpu fit on this host before the rounds (``host_probe.busy_cpu_sizes`` over a 2-rank link of
     ``BUSY_CPU_BANDWIDTH``, every core computing forwards of the rounds' own model), written to
-    ``OUT_DIR/busy-cpu-fit.json``; returns its path."""
+    ``OUT_DIR/host/busy-cpu-fit.json`` (a folder of its own, like ``traces/``, so that a scenario's
+    ``OUT_DIR/*.json`` reads only results); returns its path."""
     from reference.netcluster.host_probe import busy_cpu_sizes
 
     say(f"busy-cpu: the CPU a message and a byte cost this host, at {args.busy_cpu} "
@@ -251,6 +252,7 @@ def host_fit(args, sizes: list[int], model_arg: str, say=print) -> str:
         fit = busy_cpu_sizes(cluster, model_arg, sizes, window_s=args.busy_cpu_seconds, pairs=args.busy_cpu_repeats,
                              timeout_s=args.timeout, say=lambda line: say(f"  {line}"))
     path = os.path.join(args.out_dir, BUSY_CPU_FIT)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     write_atomic(path, fit)
     say(f"busy-cpu: wrote {path}; name it in the scenario's measured.host")
     return path

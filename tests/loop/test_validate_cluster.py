@@ -103,8 +103,8 @@ def test_a_four_rank_cluster_is_measured_and_compared_in_under_a_minute(tmp_path
 
 def test_the_harness_measures_the_hosts_busy_cpu_fit_before_its_rounds(loop, tmp_path):
     """``--busy-cpu SIZES``: before the rounds, the busy-cpu probe at each size on a 2-rank link, every core
-    computing the rounds' own model, and their fit in OUT_DIR/busy-cpu-fit.json (what a scenario's
-    measured.host names); the rounds still run. A single size, or a bad one, is one line and exit 2."""
+    computing the rounds' own model, and their fit in OUT_DIR/host/busy-cpu-fit.json (what a scenario's
+    measured.host names; not among OUT_DIR/*.json, which a scenario reads as results); the rounds still run. A single size, or a bad one, is one line and exit 2."""
     d, path, shaped = loop
     if not shaped:
         pytest.skip("network namespaces not permitted here")
@@ -114,10 +114,10 @@ def test_the_harness_measures_the_hosts_busy_cpu_fit_before_its_rounds(loop, tmp
                           "--busy-cpu", "512KB,2MB", "--busy-cpu-seconds", "1", "--busy-cpu-repeats", "1"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
-    fit = json.loads((out / "busy-cpu-fit.json").read_text())
+    fit = json.loads((out / "host" / "busy-cpu-fit.json").read_text())
     assert fit["schema"] == "busy-cpu-fit/1" and fit["sizes_bytes"] == [512e3, 2e6] and fit["windows"] == 2
     assert all(math.isfinite(fit[k]) for k in ("per_byte_s", "per_message_s"))
-    assert sorted(p.name for p in out.glob("*.json")) == ["busy-cpu-fit.json", "slow_tsp_P2_C1024_r1.json"]
+    assert sorted(p.name for p in out.glob("*.json")) == ["slow_tsp_P2_C1024_r1.json"]
     assert run.stdout.index("busy-cpu: wrote") < run.stdout.index("round 1 slow tsp")
     for bad, says in (("4MB", "needs two different message sizes"), ("1MB,fast", "--busy-cpu '1MB,fast'"),
                       ("1MB,inf", "--busy-cpu '1MB,inf'")):
