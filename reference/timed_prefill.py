@@ -129,6 +129,11 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
     say(f"reference.launch: warm-up done, timing {args.repeat} runs")
     samples, token, res = [], None, None
     for _ in range(args.repeat):
+        # Free the last prefill's result (its KV-cache) before the next one runs, so that every timed
+        # prefill starts as the first did. Held, it made the second of the timed prefills the first
+        # to reach a new peak of memory; at 8 CPU ranks on 2 cores that one ran about 20% slower than
+        # the others (docs/validation.md, section 8, "Timed against traced").
+        res = None
         dt, token, res = once()
         samples.append(dt)
     generated = greedy(model, res.logits, res.cache, args.generate) if rank == first and args.generate else None
