@@ -137,6 +137,7 @@ def _measure(args, *, rank, world, local_rank, ids, chunks, device, backend, say
         dt, token, res = once()
         samples.append(dt)
     generated = greedy(model, res.logits, res.cache, args.generate) if rank == first and args.generate else None
+    res = None  # nor does the extra prefill of --layer-timings or --trace run beside it
     layer_times = _layer_times(model, run, barrier, sync) if args.layer_timings else None
     trace = _trace(model, run, barrier, sync, transport) if args.trace else None
 

@@ -1,12 +1,14 @@
-"""Timed TTFT against the traced prefill of the same launch, for shaped-link rounds.
+"""Timed TTFT against the traced prefill of the same launch, and the timed prefills by position, for
+shaped-link rounds.
 
     python -m reference.measure.trace_spans DIR [DIR ...]
 
 Every launch of ``reference.measure.cluster`` times ``--repeat`` prefills and then traces one more
-(``reference.timed_prefill``). For each results file in the folders that has a trace and more than
-one rank, this takes the traced prefill's span (first layer event of any rank to the last one's end)
-and prints, per rank count, the timed TTFT median over that span (median, 10th and 90th percentile)
-and in how many launches the second timed prefill took longer than the first. The simulator's
+(``reference.timed_prefill``). Per rank count (launches of more than one rank), this prints the mean
+of the timed prefills by their position in the launch (first, second, ...; over the launches that
+have that many) and in how many launches the second took longer than the first; and, over the
+launches with a trace, the timed TTFT median over the traced prefill's span (first layer event of any
+rank to the last one's end): median, 10th and 90th percentile. The simulator's
 per-rank tables compare with the traced prefill; its TTFT rows with the timed ones
 (docs/validation.md, section 8, "Timed against traced").
 """
@@ -30,22 +32,26 @@ def span_s(trace_path: str) -> float:
 
 
 def ratios(folders: list[str]) -> dict[int, dict]:
-    """Rank count -> {"ratios": [timed TTFT median / traced span, ...], "second_slower": n, "pairs": n}."""
+    """Rank count -> {"ratios": [timed TTFT median / traced span, ...], "second_slower": n, "pairs": n,
+    "positions": [[the first timed prefill of each launch, ...], [the second ...], ...]}."""
     out: dict[int, dict] = {}
     for folder in folders:
         for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
             with open(path, encoding="utf-8") as f:
                 r = json.load(f)
-            if not isinstance(r, dict) or not r.get("trace") or r.get("world_size", 1) < 2:
+            if not isinstance(r, dict) or "ttft_s" not in r or r.get("world_size", 1) < 2:
                 continue
-            trace = os.path.join(os.path.dirname(path), r["trace"])
-            if not os.path.exists(trace):
-                continue
-            row = out.setdefault(r["world_size"], {"ratios": [], "second_slower": 0, "pairs": 0})
-            row["ratios"].append(r["ttft_median_s"] / span_s(trace))
+            row = out.setdefault(r["world_size"], {"ratios": [], "second_slower": 0, "pairs": 0, "positions": []})
+            for i, t in enumerate(r["ttft_s"]):
+                if i == len(row["positions"]):
+                    row["positions"].append([])
+                row["positions"][i].append(t)
             if len(r["ttft_s"]) >= 2:
                 row["pairs"] += 1
                 row["second_slower"] += r["ttft_s"][1] > r["ttft_s"][0]
+            trace = os.path.join(os.path.dirname(path), r["trace"]) if r.get("trace") else None
+            if trace and os.path.exists(trace):
+                row["ratios"].append(r["ttft_median_s"] / span_s(trace))
     return out
 
 
@@ -63,14 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reference.measure.trace_spans: error: {e}", file=sys.stderr)
         return 2
     if not table:
-        print("reference.measure.trace_spans: error: no traced launch of 2 ranks or more in these folders",
-              file=sys.stderr)
+        print("reference.measure.trace_spans: error: no launch of 2 ranks or more in these folders", file=sys.stderr)
         return 2
     for world, row in sorted(table.items()):
+        means = ", ".join(f"{statistics.fmean(p) * 1e3:.0f}" for p in row["positions"])
+        print(f"P={world}: {len(row['positions'][0])} launches; timed prefills by position, mean ms: {means}; "
+              f"the second slower than the first in {row['second_slower']} of {row['pairs']}")
         v = sorted(row["ratios"])
-        print(f"P={world}: {len(v)} launches, timed TTFT median / traced span: median {statistics.median(v):.2f}, "
-              f"p10 {v[len(v) // 10]:.2f}, p90 {v[9 * len(v) // 10]:.2f}; the second timed prefill slower than "
-              f"the first in {row['second_slower']} of {row['pairs']}")
+        if v:
+            print(f"P={world}: {len(v)} traced launches, timed TTFT median / traced span: median "
+                  f"{statistics.median(v):.2f}, p10 {v[len(v) // 10]:.2f}, p90 {v[9 * len(v) // 10]:.2f}")
     return 0
 
 

@@ -22,6 +22,7 @@ def test_no_timed_prefill_runs_while_an_earlier_result_is_held(tmp_path, monkeyp
     monkeypatch.setattr(timed_prefill, "prefill", prefill)
     out = tmp_path / "r.json"
     assert main(["--model", "tiny-llama", "--scheme", "single", "--context", "64", "--dtype", "fp32",
-                 "--warmup", "1", "--repeat", "3", "--out", str(out)]) == 0
-    assert len(json.loads(out.read_text())["ttft_s"]) == 3
-    assert seen == [0, 0, 0, 0], seen  # the warm-up and three timed prefills, each with nothing held
+                 "--warmup", "1", "--repeat", "3", "--trace", str(tmp_path / "t.trace.json"), "--out", str(out)]) == 0
+    assert len(json.loads(out.read_text())["ttft_s"]) == 3 and (tmp_path / "t.trace.json").exists()
+    # the warm-up, three timed prefills and the traced one, each with no earlier result held
+    assert seen == [0, 0, 0, 0, 0], seen

@@ -23,15 +23,16 @@ def test_timed_over_traced_per_rank_count(tmp_path, capsys):
     _launch(tmp_path, "single", 1, [0.2, 0.3], [(0.0, 0.1)])  # one rank: no chain, not counted
     assert main([str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == ("P=4: 1 launches, timed TTFT median / traced span: median 0.95, p10 0.95, p90 0.95; "
-                      "the second timed prefill slower than the first in 1 of 1")
-    assert out[1].startswith("P=8: 2 launches, timed TTFT median / traced span: median 1.10, p10 1.00, p90 1.20;")
-    assert out[1].endswith("slower than the first in 1 of 2") and len(out) == 2
+    assert out == [
+        "P=4: 1 launches; timed prefills by position, mean ms: 900, 1000; the second slower than the first in 1 of 1",
+        "P=4: 1 traced launches, timed TTFT median / traced span: median 0.95, p10 0.95, p90 0.95",
+        "P=8: 2 launches; timed prefills by position, mean ms: 825, 875; the second slower than the first in 1 of 2",
+        "P=8: 2 traced launches, timed TTFT median / traced span: median 1.10, p10 1.00, p90 1.20"]
 
 
 def test_bad_folders_are_one_line_and_exit_2(tmp_path, capsys):
     assert main([str(tmp_path / "none")]) == 2
     assert capsys.readouterr().err.strip().endswith("not a folder: " + str(tmp_path / "none"))
-    assert main([str(tmp_path)]) == 2  # a folder with no traced launch
+    assert main([str(tmp_path)]) == 2  # a folder with no launch
     err = capsys.readouterr().err.strip()
-    assert "no traced launch" in err and len(err.splitlines()) == 1
+    assert "no launch of 2 ranks or more" in err and len(err.splitlines()) == 1
