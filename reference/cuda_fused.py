@@ -87,9 +87,9 @@ def cuda_fused(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     tensors this way instead of one per eager op; at 16k tokens that is about a tenth of the prefill.
     ``KVR_COMPILE=0`` turns it off. A chunk of a new length recompiles once, with the token count
     symbolic from then on, so chunks of any length reuse that graph. Each variant (dtypes, ranks,
-    devices, size-1 dimensions, strides, a norm's eps: ``_variant_key``) compiles its own copy of ``fn`` (``Variants``): one code object seeing many
-    variants would recompile for each and, past torch.compile's recompile limit, fail
-    (``FailOnRecompileLimitHit``) and run eagerly. Any compiler failure turns compilation off for
+    devices, size-1 dimensions, strides, a norm's eps: ``_variant_key``) compiles its own copy of
+    ``fn`` (``Variants``): one code object seeing many variants would recompile for each and, past
+    torch.compile's recompile limit, fail (``FailOnRecompileLimitHit``) and run eagerly. Any compiler failure turns compilation off for
     ``fn`` with a warning, and it runs eagerly (still correct).
     """
     variants = Variants(fn)
