@@ -29,7 +29,7 @@ import sys
 import time
 
 from reference.launch import write_atomic
-from reference.measure.timing import make_timer, rank_run, speed_probe_s
+from reference.measure.timing import speed_probe_s, workload_probe_s
 from reference.netcluster import LinkSpec, RankResult, ShapedCluster, from_cluster_spec
 
 
@@ -102,30 +102,6 @@ def contended_probe_s(ranks: int) -> float:
     while every rank computes (docs/validation.md, section 3)."""
     futures = [_pool(ranks).submit(speed_probe_s, 15) for _ in range(ranks)]
     return statistics.fmean(f.result() for f in futures)
-
-
-_WORKLOAD: tuple | None = None
-
-
-def workload_probe_s(model_arg: str, dtype: str, tokens: int = 256, repeat: int = 3) -> float:
-    """Seconds of one forward of ``tokens`` tokens through the cluster's own model (seeded random
-    weights, fused, every layer, no past) on one thread, median of ``repeat`` after one untimed: the
-    ranks' own mix of work (GEMMs, attention, copies), not a GEMM alone. Run in one pool process and in
-    P at once, it says how much slower a rank computes while every rank does, which the GEMM probe
-    overstates (docs/validation.md, section 3)."""
-    global _WORKLOAD
-    import torch
-
-    from reference.checkpoint import DTYPES, load_model
-
-    torch.set_num_threads(1)
-    cpu = torch.device("cpu")
-    if _WORKLOAD is None or _WORKLOAD[0] != (model_arg, dtype, tokens):
-        spec, model, _ = load_model(model_arg, cpu, DTYPES[dtype], seed=0)
-        run = rank_run(model.fuse_(), spec, device=cpu, dtype=DTYPES[dtype], chunk=tokens, past=0, last=False)
-        _WORKLOAD = ((model_arg, dtype, tokens), run)
-    with torch.no_grad():
-        return statistics.median(make_timer(cpu, 1, repeat)(_WORKLOAD[1]))
 
 
 def workload_probes_s(model_arg: str, dtype: str, ranks: int) -> tuple[float, float]:

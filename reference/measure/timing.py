@@ -222,3 +222,27 @@ def measurement_main(prog: str, parser: argparse.ArgumentParser, measure: Callab
     write_atomic(args.out, result)
     print(f"wrote {args.out}")
     return 0
+
+
+_WORKLOAD: tuple | None = None
+
+
+def workload_probe_s(model_arg: str, dtype: str, tokens: int = 256, repeat: int = 3) -> float:
+    """Seconds of one forward of ``tokens`` tokens through the cluster's own model (seeded random
+    weights, fused, every layer, no past) on one thread, median of ``repeat`` after one untimed: the
+    ranks' own mix of work (GEMMs, attention, copies), not a GEMM alone. Run in one pool process and in
+    P at once, it says how much slower a rank computes while every rank does, which the GEMM probe
+    overstates (docs/validation.md, section 3)."""
+    global _WORKLOAD
+    import torch
+
+    from reference.checkpoint import DTYPES, load_model
+
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    if _WORKLOAD is None or _WORKLOAD[0] != (model_arg, dtype, tokens):
+        spec, model, _ = load_model(model_arg, cpu, DTYPES[dtype], seed=0)
+        run = rank_run(model.fuse_(), spec, device=cpu, dtype=DTYPES[dtype], chunk=tokens, past=0, last=False)
+        _WORKLOAD = ((model_arg, dtype, tokens), run)
+    with torch.no_grad():
+        return statistics.median(make_timer(cpu, 1, repeat)(_WORKLOAD[1]))

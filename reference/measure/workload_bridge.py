@@ -1,4 +1,4 @@
-"""The workload probe at a CPU profile's speed: what ``reference.measure.cluster.workload_probe_s`` (one
+"""The workload probe at a CPU profile's speed: what ``reference.measure.timing.workload_probe_s`` (one
 forward of the cluster's own model, 256 tokens, one thread) would have taken on the machine the
 profile was measured on, written into the profile as ``workload_probe_s``.
 
@@ -31,7 +31,7 @@ def bridge(profile: dict, repeat: int, say=print) -> dict:
     import torch
 
     from reference.checkpoint import DTYPES, load_model
-    from reference.measure.cluster import workload_probe_s
+    from reference.measure.timing import workload_probe_s
     from reference.measure.profile import Parts
 
     if not isinstance(profile, dict) or not isinstance(profile.get("components"), dict):

@@ -40,7 +40,7 @@ def busy_cpu_probe(cluster, model: str, dtype: str = "fp32", *, processes: int |
                    window_s: float = 15.0, pairs: int = 2, size_bytes: int = 4 << 20, warm_s: float = 10.0,
                    timeout_s: float = 300.0) -> dict:
     """The compute a byte moved takes from ranks that keep every core busy: ``processes`` processes (default:
-    one a core) run forwards of ``model`` (the cluster's own, ``reference.measure.cluster.workload_probe_s``)
+    one a core) run forwards of ``model`` (the cluster's own, ``reference.measure.timing.workload_probe_s``)
     without pause, while windows of ``window_s`` seconds alternate between no traffic and rank 0 streaming
     ``size_bytes`` messages to rank 1 of ``cluster`` (gloo): ``pairs`` traffic windows, each between two
     quiet ones. A window's compute rate is the forwards done in it (a forward cut by the window's edge
@@ -142,7 +142,7 @@ def _done_in(spans: list[tuple[float, float]], a: float, b: float) -> float:
 
 def _busy_worker(model: str, dtype: str, stop, queue) -> None:
     """A computing process of ``busy_cpu_probe``: forwards without pause until ``stop``; its spans."""
-    from reference.measure.cluster import workload_probe_s
+    from reference.measure.timing import workload_probe_s
 
     spans = []
     while not stop.is_set():

@@ -107,7 +107,7 @@ def load_measured(files: list[str]) -> dict[tuple, Measured]:
             busy = statistics.fmean(r["contended_probe_s"]) if r.get("contended_probe_s") else None
             contention = busy / probe if busy and probe else None
             if r.get("workload_probe_s") and r.get("contended_workload_probe_s"):
-                # the ranks' own work in P processes over one (reference.measure.cluster.workload_probe_s)
+                # the ranks' own work in P processes over one (reference.measure.timing.workload_probe_s)
                 contention = statistics.fmean(r["contended_workload_probe_s"]) / statistics.fmean(r["workload_probe_s"])
             trace = os.path.join(os.path.dirname(os.path.abspath(path)), r["trace"]) if r.get("trace") else None
             workload = statistics.fmean(r["workload_probe_s"]) if r.get("workload_probe_s") else None
