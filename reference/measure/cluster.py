@@ -198,15 +198,15 @@ BUSY_CPU_FIT = os.path.join("host", "busy-cpu-fit.json")  # under OUT_DIR, not m
 
 def busy_cpu_sizes_arg(args) -> list[int]:
     """``--busy-cpu``'s message sizes in bytes ([] without it); a one-line error for a bad list."""
-    from reference.netcluster.links import parse_bandwidth
+    from reference.netcluster.links import parse_sizes
 
     if args.busy_cpu is None:
         return []
     try:
-        sizes = [int(parse_bandwidth(s)) for s in args.busy_cpu.split(",")]
-    except (ValueError, OverflowError) as e:  # a bad size, or 'inf'
+        sizes = parse_sizes(args.busy_cpu)
+    except ValueError as e:
         raise HarnessError(f"--busy-cpu {args.busy_cpu!r}: {e}") from None
-    if len(set(sizes)) < 2 or min(sizes) <= 0:
+    if len(set(sizes)) < 2:
         raise HarnessError(f"--busy-cpu {args.busy_cpu!r}: needs two different message sizes or more (the fit "
                            "separates a cost a message from a cost a byte)")
     if args.busy_cpu_seconds <= 0 or args.busy_cpu_repeats < 1:

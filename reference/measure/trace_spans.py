@@ -24,8 +24,9 @@ import sys
 
 def span_s(trace_path: str) -> float:
     """Seconds from the first event's start to the last one's end, over every rank of a trace."""
-    with open(trace_path, encoding="utf-8") as f:
-        events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
+    from sim.validation.measured import read_trace
+
+    events = [e for e in read_trace(trace_path) if e.get("ph") == "X"]
     if not events:
         raise ValueError(f"{trace_path}: no events")
     return (max(e["ts"] + e["dur"] for e in events) - min(e["ts"] for e in events)) / 1e6

@@ -30,7 +30,8 @@ import sys
 
 from reference.netcluster.cluster import ShapedCluster
 from reference.netcluster.host_probe import busy_cpu_sizes, chain_probe, cpu_probe, latency_probe
-from reference.netcluster.links import LinkSpec, NetClusterError, NoiseFlow, parse_bandwidth, parse_duration
+from reference.netcluster.links import (LinkSpec, NetClusterError, NoiseFlow, parse_bandwidth, parse_duration,
+                                        parse_sizes)
 from reference.netcluster.net import cleanup_stale
 from reference.netcluster.probe import format_probe, probe
 
@@ -119,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
             raise NetClusterError("nothing to run: give -- CMD ARGS...")
         with _cluster(a) as cluster:
             if a.mode == "cpu":
-                report = cpu_probe(cluster, int(parse_bandwidth(a.sizes.split(",")[0])), repeats=a.repeats,
+                report = cpu_probe(cluster, parse_sizes(a.sizes)[0], repeats=a.repeats,
                                    timeout_s=a.timeout)
                 print(f"{report['bytes'] / 1e6:.0f} MB in {report['seconds']:.2f} s: host busy {report['busy_s']:.2f} s "
                       f"(idle spell: {report['idle_busy_s']:.2f} s) -> {report['cpu_s_per_byte'] * 1e9:.2f} ns of CPU a byte")
                 return 0
             if a.mode == "busy-cpu":
-                sizes = [int(parse_bandwidth(s)) for s in a.sizes.split(",")] if a.sizes_given else [4 << 20]
+                sizes = parse_sizes(a.sizes) if a.sizes_given else [4 << 20]
                 report = busy_cpu_sizes(cluster, a.model, sizes, processes=a.processes, window_s=a.seconds,
                                         pairs=a.repeats, timeout_s=a.timeout, say=lambda line: print(line, flush=True))
                 _write_json(a.json, report)
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                 _write_json(a.json, report)
                 return 0
             if a.mode == "probe":
-                sizes = [int(parse_bandwidth(s)) for s in a.sizes.split(",")]
+                sizes = parse_sizes(a.sizes)
                 report = probe(cluster, sizes, repeats=a.repeats, timeout_s=a.timeout)
                 print(format_probe(report))
                 _write_json(a.json, report)

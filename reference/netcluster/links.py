@@ -124,6 +124,16 @@ def parse_bandwidth(text: str) -> float:
     raise NetClusterError(f"bandwidth {text!r}: expected a number and B/KB/MB/GB/KiB/MiB/GiB per s, or kbit/mbit/gbit")
 
 
+def parse_sizes(text: str) -> list[int]:
+    """'256KB,1MB,4MB' -> message sizes in bytes (the units of ``parse_bandwidth``, per message); each
+    must be a finite number of bytes above 0."""
+    sizes = [parse_bandwidth(s) for s in text.split(",")]
+    bad = [s for s, v in zip(text.split(","), sizes) if not math.isfinite(v) or int(v) <= 0]
+    if bad:
+        raise NetClusterError(f"message size {bad[0]!r}: expected a number of bytes above 0, e.g. 4MB")
+    return [int(v) for v in sizes]
+
+
 def parse_duration(text: str) -> float:
     """'1ms', '200us', '0.5s' -> seconds."""
     m = re.fullmatch(r"([0-9.eE+-]+)(s|ms|us|ns)?", text.strip().lower())

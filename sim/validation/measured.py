@@ -208,7 +208,8 @@ def resimulate(row: Row, factor: float, contention: float | None = None, host: H
     time, as gloo processes on one host (``cpu_cluster_sim``): with ``contention`` (the probe with every
     rank busy over the probe alone) its ranks share P / contention cores, every byte moved costs
     them ``host.per_byte_s`` of it (and every message ``host.per_message_s``), and a message that
-    arrives while they are all taken reaches its rank ``BUSY_WAKE_S`` later; with on/off competing flows, the mean TTFT over ``noise_phases``."""
+    arrives while they are all taken reaches its rank ``BUSY_WAKE_S`` later; with on/off competing
+    flows, the mean TTFT over ``noise_phases``."""
     job = row.job
     # kvr: the partition that was measured (not a new search at this speed), ranks on GPUs 0..P-1 as
     # the shaped cluster runs them; tsp: its plan.

@@ -247,6 +247,8 @@ def test_the_busy_cpu_probe_alternates_quiet_and_streaming_windows(tmp_path, cap
     assert "busy-cpu: needs --world-size 2" in capsys.readouterr().err
     assert cli_main(["busy-cpu", "--model", str(tmp_path / "none.json")]) == 2
     assert "is not a file" in capsys.readouterr().err
+    assert cli_main(["busy-cpu", "--sizes", "1MB,inf"]) == 2  # was an OverflowError's traceback
+    assert "message size 'inf'" in capsys.readouterr().err
 
 
 def test_the_busy_cpu_fit_recovers_a_cost_a_message_and_a_cost_a_byte():
