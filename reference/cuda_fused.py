@@ -89,8 +89,8 @@ def cuda_fused(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     symbolic from then on, so chunks of any length reuse that graph. Each variant (dtypes, ranks,
     devices, size-1 dimensions, strides, a norm's eps: ``_variant_key``) compiles its own copy of
     ``fn`` (``Variants``): one code object seeing many variants would recompile for each and, past
-    torch.compile's recompile limit, fail (``FailOnRecompileLimitHit``) and run eagerly. Any compiler failure turns compilation off for
-    ``fn`` with a warning, and it runs eagerly (still correct).
+    torch.compile's recompile limit, fail (``FailOnRecompileLimitHit``) and run eagerly. Any compiler
+    failure turns compilation off for ``fn`` with a warning, and it runs eagerly (still correct).
     """
     variants = Variants(fn)
     failed = False

@@ -127,8 +127,9 @@ def parse_bandwidth(text: str) -> float:
 def parse_sizes(text: str) -> list[int]:
     """'256KB,1MB,4MB' -> message sizes in bytes (the units of ``parse_bandwidth``, per message); each
     must be a finite number of bytes above 0."""
-    sizes = [parse_bandwidth(s) for s in text.split(",")]
-    bad = [s for s, v in zip(text.split(","), sizes) if not math.isfinite(v) or int(v) <= 0]
+    parts = text.split(",")
+    sizes = [parse_bandwidth(s) for s in parts]
+    bad = [s for s, v in zip(parts, sizes) if not math.isfinite(v) or int(v) <= 0]
     if bad:
         raise NetClusterError(f"message size {bad[0]!r}: expected a number of bytes above 0, e.g. 4MB")
     return [int(v) for v in sizes]
