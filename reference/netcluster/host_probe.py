@@ -90,16 +90,24 @@ def busy_cpu_probe(cluster, model: str, dtype: str = "fp32", *, processes: int |
             "cpu_s_per_byte_windows": per_window, "cpu_s_per_byte": statistics.median(per_window)}
 
 
+# gloo messages a streamed block takes in ``_stream_main``: a 4-byte "go" and the block itself. Until
+# 2026-12-07 (twelfth session) the fit counted the block alone, so its ``per_message_s`` was the cost of
+# both: twice a message's (docs/validation.md, section 8, "Two messages a block").
+STREAM_MESSAGES_PER_BLOCK = 2
+
+
 def busy_cpu_fit(reports: list[dict]) -> dict:
     """The CPU a message and a byte cost a busy host, from ``busy_cpu_probe`` reports at several message
     sizes: every streaming window's cores taken (its CPU a byte times its bytes a second) fitted by least
-    squares, through the origin, as ``per_message_s`` x messages a second + ``per_byte_s`` x bytes a
-    second (``sim.engine.cpu_cluster``'s ``NET_CPU_S_PER_MESSAGE`` and ``NET_CPU_S_PER_BYTE``)."""
+    squares, through the origin, as ``per_message_s`` x gloo messages a second (``STREAM_MESSAGES_PER_BLOCK``
+    a streamed block) + ``per_byte_s`` x bytes a second (``sim.engine.cpu_cluster``'s
+    ``NET_CPU_S_PER_MESSAGE`` and ``NET_CPU_S_PER_BYTE``)."""
     rows = []  # (messages a second, bytes a second, cores taken)
     for report in reports:
         streaming = [w for w in report["windows"] if w["traffic"]]
         for w, per_byte in zip(streaming, report["cpu_s_per_byte_windows"]):
-            rows.append((w["bytes_per_s"] / report["size_bytes"], w["bytes_per_s"], per_byte * w["bytes_per_s"]))
+            blocks = w["bytes_per_s"] / report["size_bytes"]
+            rows.append((STREAM_MESSAGES_PER_BLOCK * blocks, w["bytes_per_s"], per_byte * w["bytes_per_s"]))
     if len({round(m / b * 1e9) for m, b, _ in rows}) < 2:
         raise ValueError("busy_cpu_fit needs reports at two message sizes or more")
     smm = sum(m * m for m, _, _ in rows)
@@ -109,6 +117,7 @@ def busy_cpu_fit(reports: list[dict]) -> dict:
     sbc = sum(b * c for _, b, c in rows)
     det = smm * sbb - smb * smb
     return {"schema": "busy-cpu-fit/1", "sizes_bytes": [r["size_bytes"] for r in reports], "windows": len(rows),
+            "messages_per_block": STREAM_MESSAGES_PER_BLOCK,
             "per_message_s": (smc * sbb - sbc * smb) / det, "per_byte_s": (sbc * smm - smc * smb) / det,
             "reports": reports}
 

@@ -252,13 +252,16 @@ def test_the_busy_cpu_probe_alternates_quiet_and_streaming_windows(tmp_path, cap
 
 
 def test_the_busy_cpu_fit_recovers_a_cost_a_message_and_a_cost_a_byte():
-    """Windows made from 0.5 ms a message + 2 ns a byte at three message sizes: the fit gives both back;
-    one size alone cannot tell them apart and is refused."""
-    from reference.netcluster.host_probe import busy_cpu_fit
+    """Windows made from 0.5 ms a gloo message + 2 ns a byte at three block sizes, each streamed block
+    being two gloo messages (its "go" and itself): the fit gives both back; one size alone cannot tell
+    them apart and is refused."""
+    from reference.netcluster.host_probe import STREAM_MESSAGES_PER_BLOCK, busy_cpu_fit
+
+    assert STREAM_MESSAGES_PER_BLOCK == 2  # _stream_main sends a 4-byte go, then the block
 
     def report(size, rates):
         windows = [{"traffic": True, "forwards_per_s": 1.0, "bytes_per_s": r} for r in rates]
-        per_byte = [(0.5e-3 * r / size + 2e-9 * r) / r for r in rates]
+        per_byte = [(2 * 0.5e-3 * r / size + 2e-9 * r) / r for r in rates]
         return {"size_bytes": size, "windows": windows, "cpu_s_per_byte_windows": per_byte}
     reports = [report(256e3, [80e6, 90e6]), report(1e6, [95e6]), report(4e6, [98e6, 99e6])]
     fit = busy_cpu_fit(reports)
