@@ -139,7 +139,8 @@ def busy_cpu_sizes(cluster, model: str, sizes: list[int], *, processes: int | No
     if len(reports) == 1:
         return reports[0]
     fit = busy_cpu_fit(reports)
-    say(f"fit over {fit['windows']} windows: {fit['per_message_s'] * 1e3:.3f} ms of CPU a message "
+    say(f"fit over {fit['windows']} windows: {fit['per_message_s'] * 1e3:.3f} ms of CPU a gloo message "
+        f"({STREAM_MESSAGES_PER_BLOCK} a streamed block) "
         f"+ {fit['per_byte_s'] * 1e9:.2f} ns a byte")
     return fit
 
