@@ -144,8 +144,9 @@ SOCKET_BUFFER_BYTES = 1.5e6
 # forwards lose 12-21% of their rate while 89-98 MB/s move, 4.73, 2.99 and 2.77 ns a byte at the median
 # for 256 KB, 1 MB and 4 MB messages; the least-squares fit over the 30 streaming windows is 0.278 ms a
 # gloo message plus 2.50 ns a byte (each streamed block is two gloo messages, its 4-byte "go" and itself;
-# the first fit counted one and gave 0.555 ms: docs/validation.md, section 8, "Two messages a block"). (With 4 MB messages alone, earlier the same day, 2.6 ns a byte: the median
-# of 40 windows at 100 and 50 MB/s.) The same host moving bytes with nothing else running (``python -m
+# the first fit counted one and gave 0.555 ms: docs/validation.md, section 8, "Two messages a block").
+# (With 4 MB messages alone, earlier the same day, 2.6 ns a byte: the median of 40 windows at 100 and
+# 50 MB/s.) The same host moving bytes with nothing else running (``python -m
 # reference.netcluster cpu``) burns only 0.39-0.51 ns a byte (2026-12-06) or 1.1-1.5 ns (2026-12-07):
 # what the traffic costs the ranks is mostly what it does to the compute beside it (docs/validation.md,
 # section 8, "The CPU a byte costs a busy host").
