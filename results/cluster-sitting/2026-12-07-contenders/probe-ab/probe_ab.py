@@ -1,5 +1,6 @@
-"""Is the harness's pool probe slower than the bridge's in-process probe at the same moment? Interleaved."""
-import statistics as st, time, sys, json
+"""Run from the checkout's root: python results/cluster-sitting/2026-12-07-contenders/probe-ab/probe_ab.py 20 OUT.tsv
+Is the harness's pool probe slower than the bridge's in-process probe at the same moment? Interleaved."""
+import statistics as st, sys
 from reference.measure import cluster as C
 from reference.measure.timing import workload_probe_s, speed_probe_s
 M = "profiles/models/cpu-llama-h512/config.json"
@@ -15,4 +16,5 @@ for i in range(int(sys.argv[1])):
     print(f"{i}: pool {alone*1e3:.1f}  in-process {here*1e3:.1f}  pool again {pool_alone2*1e3:.1f}  gemm {g*1e3:.2f}", flush=True)
 print("median pool", round(st.median(r[0] for r in rows)*1e3,1), "in-process", round(st.median(r[1] for r in rows)*1e3,1),
       "pool again", round(st.median(r[2] for r in rows)*1e3,1), "ratio pool/in-process", round(st.median(r[0]/r[1] for r in rows),3))
-json.dump(rows, open(sys.argv[2], "w"))
+with open(sys.argv[2], "w") as f:  # a table: one row a pair
+    f.writelines("\t".join(f"{x:.6f}" for x in r) + "\n" for r in rows)
