@@ -3,7 +3,7 @@
 within WINDOW_MIN minutes of it, then the scenario compared as `python -m sim` does. Not part of the tool.
 Run from the checkout's root:  python results/cluster-sitting/2026-12-07-contenders/smooth_probes.py both 10 SCENARIO...
 MODE: none|speed|contention|both"""
-import tempfile, sys, json, statistics as st, datetime, io, contextlib, re
+import contextlib, dataclasses, datetime, io, json, re, statistics as st, sys, tempfile
 import sim.validation.measured as M
 from sim.cli import main as sim_main
 mode, W = sys.argv[1], float(sys.argv[2])
@@ -26,7 +26,6 @@ def smoothed(files):
         speed = st.median([s for x in near for s in x[3]])
         cont = st.median([x[4] for x in near if x[2] == w])
         by_path[p] = (speed, cont)
-    import dataclasses
     new = {}
     for key, m in out.items():
         wl = tuple(by_path[p][0] if p in by_path and mode in ("speed", "both") else w for p, w in zip(m.files, m.workloads_s))
@@ -44,5 +43,4 @@ for path in sys.argv[3:]:
     mape = re.findall(r"^MAPE .*", text, re.M)
     groups = re.findall(r"^  (\S+)\s+(\S+)\s+([\d.]+)%", text, re.M)
     within = sum(float(g[2]) <= 5 for g in groups)
-    agree = re.findall(r".*ranks.*agree.*", text)
     print(f"{mode} W={W} {path}: {mape[-1] if mape else '?'}; groups within 5%: {within}/{len(groups)}")
